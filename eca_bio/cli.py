@@ -1,0 +1,25 @@
+"""``eca-bio``: the slide-to-expression pipeline's commands."""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from eca_core.cli import lazy_cli
+
+COMMANDS = {
+    "preprocess": ("eca_bio.preprocess", "tile slides (+ ST spots), embed patches with a frozen timm encoder, write per-slide HDF5"),
+    "train": ("eca_bio.train", "train expression models with slide-level cross-validation"),
+    "evaluate": ("eca_bio.evaluate", "PCC@F/S/M, MSE, MAE report, per-gene CSV, curves, .h5ad export"),
+    "predict": ("eca_bio.predict", "predict expression on new whole-slide images without sequencing"),
+    "demo": ("eca_bio.demo", "build a small synthetic ST slide set and run the whole pipeline on it"),
+    "run": ("eca_core.pipeline", "run a pipeline YAML from pipelines/"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return lazy_cli("eca-bio", "Predict spatial gene expression from H&E slides with Extrapolative Correlation Attention.", COMMANDS, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""ECA attention layers: attention pooling and multi-head cross-attention, softmax or ECA.
+
+Both layers compute ``z = v̄ + λ·(Σ_j α_j v_j − v̄)`` with ``α = softmax(s / τ)`` (DESIGN §2):
+
+* softmax mode (or both switches off): τ = 1, λ = 1, i.e. plain softmax attention;
+* DATS: τ_i = τ_min + (1 − τ_min)·tanh(β·d_i / d_ref), d_i the in-sample dispersion of the
+  aggregated elements, d_ref a running mean of d over training batches (frozen in eval);
+* SRA: λ_i = min(λ_max, 1 + softplus(MLP(x̄_i))), starting near 1.
+
+Masks are boolean ``(B, N)`` with **True = a real element** (padding is False). Each layer keeps
+the λ of its last forward in ``last_lambda`` so :func:`eca_core.losses.sra_penalty` can find it
+in any host model; ``return_aux=True`` also returns weights and temperatures for inspection.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_TAU_FLOOR = 1e-2
+_EPS = 1e-6
+
+
+@dataclass
+class ECAConfig:
+    """Switches and hyper-parameters of one ECA layer (paper Table 4 ranges in comments)."""
+
+    mode: Literal["softmax", "eca"] = "eca"
+    dats: bool = True  # dispersion-aware temperature softmax
+    sra: bool = True  # scaled residual aggregation
+    tau_min: float = 0.3  # [0, 0.8]
+    beta: float = 1.0  # [0.5, 3]
+    lambda_max: float = 2.0
+    lambda_hidden: int = 32  # width of the λ MLP
+    lambda_bias_init: float = -4.0  # softplus(-4) ≈ 0.018, so λ ≈ 1 at init
+    d_ref_momentum: float = 0.05  # running-mean momentum of d_ref
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("softmax", "eca"):
+            raise ValueError(f"ECAConfig.mode must be 'softmax' or 'eca', got {self.mode!r}")
+        if not 0.0 <= self.tau_min <= 1.0:
+            raise ValueError(f"ECAConfig.tau_min must be in [0, 1], got {self.tau_min}")
+        if self.lambda_max < 1.0:
+            raise ValueError(f"ECAConfig.lambda_max must be >= 1, got {self.lambda_max}")
+
+    @property
+    def use_dats(self) -> bool:
+        return self.mode == "eca" and self.dats
+
+    @property
+    def use_sra(self) -> bool:
+        return self.mode == "eca" and self.sra
+
+    @classmethod
+    def variant(cls, name: str, **overrides) -> "ECAConfig":
+        """The paper's named variants: softmax, eca (full), no_sra, no_dats (no_dnpl is a loss switch)."""
+        table = {
+            "softmax": dict(mode="softmax"),
+            "eca": dict(mode="eca"),
+            "no_sra": dict(mode="eca", sra=False),
+            "no_dats": dict(mode="eca", dats=False),
+            "no_dnpl": dict(mode="eca"),
+        }
+        if name not in table:
+            raise ValueError(f"unknown ECA variant {name!r}; choose from {sorted(table)}")
+        return cls(**{**table[name], **overrides})
+
+
+class AttentionAux(NamedTuple):
+    """Per-sample quantities of one forward: λ (B,), τ (B,), weights (B, H, L, N), dispersion d (B,)."""
+
+    lam: Tensor
+    tau: Tensor
+    weights: Tensor | None
+    dispersion: Tensor
+
+
+def check_set(x: Tensor, mask: Tensor | None, name: str = "x") -> Tensor:
+    """Validate a set ``x`` (B, N, D) and its mask (B, N); return a boolean mask (all True if None)."""
+    if x.dim() != 3:
+        raise ValueError(f"{name} must have shape (batch, elements, dim), got {tuple(x.shape)}")
+    if mask is None:
+        return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+    if mask.shape != x.shape[:2]:
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match {name} shape {tuple(x.shape)}: expected {tuple(x.shape[:2])}")
+    mask = mask.to(device=x.device, dtype=torch.bool)
+    if not bool(mask.any(dim=1).all()):
+        empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
+        raise ValueError(f"mask leaves samples {empty[:10]} with no valid element")
+    return mask
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean over the element axis (dim 1) of ``x`` (B, N, ...) counting only ``mask`` (B, N)."""
+    w = mask.to(x.dtype)
+    w = w.view(*w.shape, *([1] * (x.dim() - 2)))
+    return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+def set_dispersion(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """In-sample mean x̄ (B, D), dispersion d (B,) and hull radius R (B,) of a masked set, in float32."""
+    x = x.float()
+    xbar = masked_mean(x, mask)
+    sq = ((x - xbar[:, None, :]) ** 2).sum(-1)  # (B, N)
+    sq = sq.masked_fill(~mask, 0.0)
+    d = torch.sqrt((sq.sum(1) / mask.sum(1).clamp_min(1)) + _EPS)
+    r = torch.sqrt(sq.max(1).values + _EPS)
+    return xbar, d, r
+
+
+class DispersionTemperature(nn.Module):
+    """DATS: τ_i = τ_min + (1 − τ_min)·tanh(β·d_i / d_ref), d_ref a running mean of d in training."""
+
+    def __init__(self, cfg: ECAConfig) -> None:
+        super().__init__()
+        self.tau_min, self.beta, self.momentum = cfg.tau_min, cfg.beta, cfg.d_ref_momentum
+        self.register_buffer("d_ref", torch.zeros(()))
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
+
+    def forward(self, d: Tensor) -> Tensor:
+        d = d.float()
+        if self.training:
+            with torch.no_grad():
+                batch = d.detach().mean()
+                if bool(self.initialised):
+                    self.d_ref.lerp_(batch, self.momentum)
+                else:
+                    self.d_ref.copy_(batch)
+                    self.initialised.fill_(True)
+            ref = self.d_ref
+        else:
+            ref = self.d_ref if bool(self.initialised) else d.detach().mean()
+        tau = self.tau_min + (1.0 - self.tau_min) * torch.tanh(self.beta * d / (ref + _EPS))
+        return tau.clamp_min(_TAU_FLOOR)
+
+
+class ResidualScale(nn.Module):
+    """SRA: λ_i = min(λ_max, 1 + softplus(MLP(x̄_i))), initialised so that λ ≈ 1."""
+
+    def __init__(self, dim: int, cfg: ECAConfig) -> None:
+        super().__init__()
+        self.lambda_max = cfg.lambda_max
+        self.mlp = nn.Sequential(nn.Linear(dim, cfg.lambda_hidden), nn.GELU(), nn.Linear(cfg.lambda_hidden, 1))
+        nn.init.normal_(self.mlp[2].weight, std=0.01)
+        nn.init.constant_(self.mlp[2].bias, cfg.lambda_bias_init)
+
+    def forward(self, xbar: Tensor) -> Tensor:
+        raw = self.mlp(xbar.to(self.mlp[0].weight.dtype)).squeeze(-1).float()
+        return (1.0 + F.softplus(raw)).clamp(max=self.lambda_max)
+
+
+class _ECAAttention(nn.Module):
+    """Shared machinery: DATS/SRA modules, the aggregation and the aux bookkeeping."""
+
+    def __init__(self, set_dim: int, num_heads: int, head_dim: int, dropout: float, cfg: ECAConfig | None) -> None:
+        super().__init__()
+        self.cfg = cfg or ECAConfig()
+        self.num_heads, self.head_dim, self.dropout = num_heads, head_dim, dropout
+        self.temperature = DispersionTemperature(self.cfg) if self.cfg.use_dats else None
+        self.residual_scale = ResidualScale(set_dim, self.cfg) if self.cfg.use_sra else None
+        self.last_lambda: Tensor | None = None
+
+    def _aggregate(self, q: Tensor, k: Tensor, v: Tensor, elements: Tensor, mask: Tensor, need_weights: bool) -> tuple[Tensor, AttentionAux]:
+        # q (B,H,L,dh)  k, v (B,H,N,dh)  elements (B,N,D)  mask (B,N) -> out (B,H,L,dh)
+        b = q.shape[0]
+        xbar, d, _ = set_dispersion(elements, mask)
+        tau = self.temperature(d) if self.temperature is not None else torch.ones(b, device=q.device)
+        lam = self.residual_scale(xbar) if self.residual_scale is not None else torch.ones(b, device=q.device)
+        if self.temperature is not None:
+            q = q / tau.to(q.dtype).view(b, 1, 1, 1)
+        attn_mask = mask[:, None, None, :]  # (B,1,1,N), True = attend
+        p = self.dropout if self.training else 0.0
+        weights = None
+        if need_weights:
+            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+            weights = torch.softmax(scores.float().masked_fill(~attn_mask, float("-inf")), dim=-1).to(v.dtype)
+            out = F.dropout(weights, p, self.training) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        if self.residual_scale is not None:
+            vbar = masked_mean(v.transpose(1, 2), mask).unsqueeze(2)  # (B,H,1,dh)
+            out = vbar + lam.to(out.dtype).view(b, 1, 1, 1) * (out - vbar)
+        self.last_lambda = lam if self.residual_scale is not None else None
+        return out, AttentionAux(lam, tau, weights, d)
+
+    def _split(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
+
+
+class ECAPooling(_ECAAttention):
+    """Attention pooling: ``num_queries`` learned queries attend over a set → (B, Q, out_dim).
+
+    With ``value_proj=False`` and ``out_proj=False`` the output is a weighted combination of the
+    elements themselves (the paper's gating-attention regressor).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_queries: int = 1,
+        num_heads: int = 1,
+        head_dim: int | None = None,
+        value_proj: bool = True,
+        out_proj: bool = True,
+        out_dim: int | None = None,
+        dropout: float = 0.0,
+        cfg: ECAConfig | None = None,
+    ) -> None:
+        head_dim = head_dim or dim // num_heads
+        inner = num_heads * head_dim
+        if not value_proj and inner != dim:
+            raise ValueError(f"value_proj=False needs num_heads*head_dim == dim, got {num_heads}*{head_dim} != {dim}")
+        super().__init__(dim, num_heads, head_dim, dropout, cfg)
+        self.dim, self.num_queries = dim, num_queries
+        self.query = nn.Parameter(torch.randn(num_queries, inner) * 0.02)
+        self.k_proj = nn.Linear(dim, inner)
+        self.v_proj = nn.Linear(dim, inner) if value_proj else nn.Identity()
+        self.out_proj = nn.Linear(inner, out_dim or dim) if out_proj else nn.Identity()
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, return_aux: bool = False, need_weights: bool = False):
+        """x (B, N, dim), mask (B, N) True = valid → (B, Q, out_dim) [, AttentionAux]."""
+        mask = check_set(x, mask, "x")
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"x has feature dim {x.shape[-1]}, layer expects {self.dim} (shape {tuple(x.shape)})")
+        b = x.shape[0]
+        q = self.query.to(x.dtype).expand(b, -1, -1)  # (B,Q,inner)
+        out, aux = self._aggregate(self._split(q), self._split(self.k_proj(x)), self._split(self.v_proj(x)), x, mask, need_weights or return_aux)
+        out = self.out_proj(out.transpose(1, 2).reshape(b, self.num_queries, -1))
+        return (out, aux) if return_aux else out
+
+
+class ECACrossAttention(_ECAAttention):
+    """Multi-head cross-attention (query attends over key/value set) with softmax or ECA aggregation.
+
+    ``forward(query, key, value=None, mask=None)``: query (B, L, dim), key/value (B, N, kv_dim),
+    mask (B, N) True = valid → (B, L, dim). Self-attention is ``forward(x, x)``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        head_dim: int | None = None,
+        kv_dim: int | None = None,
+        dropout: float = 0.0,
+        bias: bool = True,
+        cfg: ECAConfig | None = None,
+    ) -> None:
+        head_dim = head_dim or dim // num_heads
+        kv_dim = kv_dim or dim
+        super().__init__(kv_dim, num_heads, head_dim, dropout, cfg)
+        inner = num_heads * head_dim
+        self.dim, self.kv_dim = dim, kv_dim
+        self.q_proj = nn.Linear(dim, inner, bias=bias)
+        self.k_proj = nn.Linear(kv_dim, inner, bias=bias)
+        self.v_proj = nn.Linear(kv_dim, inner, bias=bias)
+        self.out_proj = nn.Linear(inner, dim, bias=bias)
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor | None = None,
+        mask: Tensor | None = None,
+        return_aux: bool = False,
+        need_weights: bool = False,
+    ):
+        value = key if value is None else value
+        mask = check_set(value, mask, "value")
+        if query.dim() != 3 or query.shape[0] != key.shape[0] or query.shape[-1] != self.dim:
+            raise ValueError(f"query shape {tuple(query.shape)} incompatible: expected (B={key.shape[0]}, L, {self.dim})")
+        if key.shape[:2] != value.shape[:2] or key.shape[-1] != self.kv_dim or value.shape[-1] != self.kv_dim:
+            raise ValueError(f"key {tuple(key.shape)} / value {tuple(value.shape)} must be (B, N, {self.kv_dim}) with the same B, N")
+        b, l, _ = query.shape
+        q, k, v = self._split(self.q_proj(query)), self._split(self.k_proj(key)), self._split(self.v_proj(value))
+        out, aux = self._aggregate(q, k, v, value, mask, need_weights or return_aux)
+        out = self.out_proj(out.transpose(1, 2).reshape(b, l, -1))
+        return (out, aux) if return_aux else out

@@ -1,0 +1,106 @@
+"""Training objectives: MSE, batch PCC per output, DNPL, the SRA regulariser and their combination (DESIGN §2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+_EPS = 1e-8
+
+
+def _as_2d(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    if pred.shape != target.shape:
+        raise ValueError(f"pred shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
+    if pred.dim() == 1:
+        return pred[:, None], target[:, None]
+    if pred.dim() != 2:
+        raise ValueError(f"expected (batch,) or (batch, outputs), got {tuple(pred.shape)}")
+    return pred, target
+
+
+def pcc_per_dim(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Batch Pearson ρ_k per output column, with σ_ŷk and σ_yk (population std), all (K,) float32."""
+    pred, target = _as_2d(pred.float(), target.float())
+    pc = pred - pred.mean(0, keepdim=True)
+    tc = target - target.mean(0, keepdim=True)
+    sp = pc.pow(2).mean(0).add(_EPS).sqrt()
+    st = tc.pow(2).mean(0).add(_EPS).sqrt()
+    rho = (pc * tc).mean(0) / (sp * st)
+    return rho, sp, st
+
+
+def _valid_columns(target: Tensor) -> Tensor:
+    target = target if target.dim() == 2 else target[:, None]
+    return target.float().std(0, unbiased=False) > 1e-6
+
+
+def pcc_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """mean_k (1 − ρ_k) over columns whose target varies in the batch (0 if none or batch < 2)."""
+    rho, _, _ = pcc_per_dim(pred, target)
+    valid = _valid_columns(target)
+    if pred.shape[0] < 2 or not bool(valid.any()):
+        return pred.sum() * 0.0
+    return (1.0 - rho[valid]).mean()
+
+
+def dnpl_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """DNPL: mean_k sg(σ_ŷk / σ_yk)·(1 − ρ_k). Same stationary points as 1 − ρ, no 1/σ_ŷ attenuation."""
+    rho, sp, st = pcc_per_dim(pred, target)
+    valid = _valid_columns(target)
+    if pred.shape[0] < 2 or not bool(valid.any()):
+        return pred.sum() * 0.0
+    scale = (sp / st).detach()
+    return (scale[valid] * (1.0 - rho[valid])).mean()
+
+
+def sra_penalty(model_or_lambdas: nn.Module | Tensor | list[Tensor]) -> Tensor:
+    """R = mean (λ − 1)² over the λ of every ECA layer's last forward (or over given λ tensors)."""
+    if isinstance(model_or_lambdas, nn.Module):
+        lams = [m.last_lambda for m in model_or_lambdas.modules() if getattr(m, "last_lambda", None) is not None]
+    elif isinstance(model_or_lambdas, Tensor):
+        lams = [model_or_lambdas]
+    else:
+        lams = list(model_or_lambdas)
+    if not lams:
+        return torch.zeros(())
+    return torch.stack([((lam.float() - 1.0) ** 2).mean() for lam in lams]).mean()
+
+
+@dataclass
+class LossConfig:
+    """L = MSE + pcc_weight · (DNPL | plain PCC | nothing) + sra_weight · R."""
+
+    pcc: Literal["dnpl", "plain", "none"] = "dnpl"
+    pcc_weight: float = 0.5
+    sra_weight: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.pcc not in ("dnpl", "plain", "none"):
+            raise ValueError(f"LossConfig.pcc must be 'dnpl', 'plain' or 'none', got {self.pcc!r}")
+
+
+class ECAObjective(nn.Module):
+    """The combined objective; returns the total and its parts (for logging)."""
+
+    def __init__(self, cfg: LossConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg or LossConfig()
+
+    def forward(self, pred: Tensor, target: Tensor, model: nn.Module | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        mse = F.mse_loss(pred.float(), target.float())
+        parts = {"mse": mse}
+        total = mse
+        if self.cfg.pcc != "none" and self.cfg.pcc_weight:
+            corr = dnpl_loss(pred, target) if self.cfg.pcc == "dnpl" else pcc_loss(pred, target)
+            parts[self.cfg.pcc] = corr
+            total = total + self.cfg.pcc_weight * corr
+        if model is not None and self.cfg.sra_weight:
+            reg = sra_penalty(model).to(total.device)
+            parts["sra"] = reg
+            total = total + self.cfg.sra_weight * reg
+        parts["loss"] = total
+        return total, parts
