@@ -114,7 +114,10 @@ def set_dispersion(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 class DispersionTemperature(nn.Module):
-    """DATS: τ_i = τ_min + (1 − τ_min)·tanh(β·d_i / d_ref), d_ref a running mean of d in training."""
+    """DATS: τ_i = τ_min + (1 − τ_min)·tanh(β·d_i / d_ref), d_ref a running mean of d in training.
+
+    In eval d_ref is frozen; a layer that never trained uses d_ref = d_i (τ = τ_min + (1 − τ_min)·tanh β).
+    """
 
     def __init__(self, cfg: ECAConfig) -> None:
         super().__init__()
@@ -133,8 +136,8 @@ class DispersionTemperature(nn.Module):
                     self.d_ref.copy_(batch)
                     self.initialised.fill_(True)
             ref = self.d_ref
-        else:
-            ref = self.d_ref if bool(self.initialised) else d.detach().mean()
+        else:  # frozen; an untrained layer uses each sample's own d so samples never affect each other
+            ref = self.d_ref if bool(self.initialised) else d.detach()
         tau = self.tau_min + (1.0 - self.tau_min) * torch.tanh(self.beta * d / (ref + _EPS))
         return tau.clamp_min(_TAU_FLOOR)
 

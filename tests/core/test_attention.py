@@ -1,0 +1,201 @@
+"""ECA layers: exact softmax reduction, masking, edge cases, shape errors, dtypes."""
+
+import pytest
+import torch
+from torch import nn
+
+from eca_core.attention import ECAConfig, ECACrossAttention, ECAPooling, set_dispersion
+from eca_core.losses import sra_penalty
+
+
+def _softmax_reference(q, k, v, mask):
+    # q (B,H,L,dh) k,v (B,H,N,dh) mask (B,N)
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+    return torch.softmax(scores, -1) @ v
+
+
+def _copy(dst: nn.Module, src: nn.Module) -> None:
+    missing, unexpected = dst.load_state_dict(src.state_dict(), strict=False)
+    assert not unexpected
+
+
+@pytest.fixture
+def batch():
+    torch.manual_seed(0)
+    x = torch.randn(5, 9, 16)
+    mask = torch.ones(5, 9, dtype=torch.bool)
+    mask[1, 6:] = False
+    mask[3, 2:] = False
+    return x, mask
+
+
+def test_cross_attention_matches_manual_softmax(batch):
+    x, mask = batch
+    layer = ECACrossAttention(16, num_heads=4, cfg=ECAConfig(mode="softmax")).eval()
+    query = torch.randn(5, 3, 16)
+    b = 5
+    q = layer.q_proj(query).view(b, 3, 4, 4).transpose(1, 2)
+    k = layer.k_proj(x).view(b, 9, 4, 4).transpose(1, 2)
+    v = layer.v_proj(x).view(b, 9, 4, 4).transpose(1, 2)
+    ref = layer.out_proj(_softmax_reference(q, k, v, mask).transpose(1, 2).reshape(b, 3, 16))
+    torch.testing.assert_close(layer(query, x, mask=mask), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cls", ["pool", "cross"])
+def test_lambda_one_tau_one_reproduces_softmax(batch, cls):
+    """λ = 1 (λ_max = 1) and τ = 1 (τ_min = 1) with both components active equal the softmax layer."""
+    x, mask = batch
+    torch.manual_seed(1)
+    pinned = ECAConfig(mode="eca", tau_min=1.0, lambda_max=1.0)
+    if cls == "pool":
+        soft = ECAPooling(16, num_queries=2, num_heads=4, cfg=ECAConfig(mode="softmax"))
+        eca = ECAPooling(16, num_queries=2, num_heads=4, cfg=pinned)
+        _copy(eca, soft)
+        out_s, out_e = soft(x, mask), eca(x, mask, return_aux=True)
+    else:
+        soft = ECACrossAttention(16, num_heads=4, cfg=ECAConfig(mode="softmax"))
+        eca = ECACrossAttention(16, num_heads=4, cfg=pinned)
+        _copy(eca, soft)
+        query = torch.randn(5, 3, 16)
+        out_s, out_e = soft(query, x, mask=mask), eca(query, x, mask=mask, return_aux=True)
+    out_e, aux = out_e
+    assert torch.equal(aux.lam, torch.ones(5)) and torch.equal(aux.tau, torch.ones(5))
+    torch.testing.assert_close(out_e, out_s, atol=1e-6, rtol=1e-6)
+
+
+def test_switches_off_is_softmax_code_path(batch):
+    x, mask = batch
+    soft = ECAPooling(16, num_heads=2, cfg=ECAConfig(mode="softmax"))
+    off = ECAPooling(16, num_heads=2, cfg=ECAConfig(mode="eca", dats=False, sra=False))
+    _copy(off, soft)
+    assert torch.equal(soft(x, mask), off(x, mask))
+
+
+@pytest.mark.parametrize("mode", ["softmax", "eca"])
+def test_only_sra_leaves_the_convex_hull(mode):
+    """‖z − x̄‖ ≤ R for any convex aggregation; with λ = 2 and sharp attention SRA exceeds R."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 6, 3)
+    layer = ECAPooling(3, value_proj=False, out_proj=False, cfg=ECAConfig(mode=mode, dats=False))
+    with torch.no_grad():
+        layer.query.copy_(torch.tensor([[1.0, 0.0, 0.0]]))
+        layer.k_proj.weight.copy_(20.0 * torch.eye(3))
+        layer.k_proj.bias.zero_()
+        if mode == "eca":
+            layer.residual_scale.mlp[2].bias.fill_(5.0)  # λ -> λ_max = 2
+    out, aux = layer(x, return_aux=True)
+    xbar, _, radius = set_dispersion(x, torch.ones(64, 6, dtype=torch.bool))
+    dist = (out[:, 0] - xbar).norm(dim=-1)
+    if mode == "softmax":
+        assert torch.all(dist <= radius + 1e-4)
+    else:
+        assert torch.allclose(aux.lam, torch.full((64,), 2.0))
+        assert (dist > radius * 1.2).float().mean() > 0.5
+        convex = (x * aux.weights[:, 0, 0, :, None]).sum(1)
+        torch.testing.assert_close(out[:, 0], xbar + 2.0 * (convex - xbar), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["softmax", "eca"])
+def test_padding_gets_zero_weight_and_does_not_change_output(batch, mode):
+    x, mask = batch
+    layer = ECACrossAttention(16, num_heads=4, cfg=ECAConfig(mode=mode)).eval()
+    query = torch.randn(5, 2, 16)
+    out, aux = layer(query, x, mask=mask, return_aux=True)
+    assert torch.all(aux.weights[1, :, :, 6:] == 0) and torch.all(aux.weights[3, :, :, 2:] == 0)
+    x2 = x.clone()
+    x2[1, 6:] = 1e3 * torch.randn(3, 16)
+    x2[3, 2:] = -7.0
+    out2 = layer(query, x2, mask=mask)
+    torch.testing.assert_close(out, out2, atol=1e-5, rtol=1e-5)
+    # a padded sample equals the same sample given alone without padding
+    alone = layer(query[3:4], x[3:4, :2])
+    torch.testing.assert_close(out[3:4], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_weights_path_equals_fused_path(batch):
+    x, mask = batch
+    layer = ECAPooling(16, num_queries=3, num_heads=4, cfg=ECAConfig()).eval()
+    torch.testing.assert_close(layer(x, mask), layer(x, mask, need_weights=True), atol=1e-5, rtol=1e-5)
+
+
+def test_dats_sharpens_homogeneous_samples():
+    """Lower dispersion -> lower τ; in eval d_ref is frozen."""
+    torch.manual_seed(0)
+    layer = ECAPooling(8, cfg=ECAConfig(tau_min=0.2, beta=1.0))
+    spread = torch.randn(16, 10, 8)
+    layer.train()
+    layer(spread)
+    d_ref = layer.temperature.d_ref.clone()
+    layer.eval()
+    tight = spread.mean(1, keepdim=True) + 0.01 * torch.randn(16, 10, 8)
+    _, aux_t = layer(tight, return_aux=True)
+    _, aux_s = layer(spread, return_aux=True)
+    assert torch.equal(layer.temperature.d_ref, d_ref)
+    assert aux_t.tau.max() < aux_s.tau.min()
+    assert aux_t.tau.min() >= 0.2 - 1e-6
+
+
+@pytest.mark.parametrize("mode", ["softmax", "eca"])
+def test_no_nan_on_degenerate_sets(mode):
+    cfg = ECAConfig(mode=mode, tau_min=0.0)
+    layer = ECAPooling(8, num_heads=2, cfg=cfg)
+    cases = [torch.ones(3, 5, 8), torch.randn(3, 1, 8), torch.randn(2, 4, 8)]
+    for x in cases:
+        x = x.clone().requires_grad_(True)
+        out = layer(x)
+        out.sum().backward()
+        assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
+        assert all(torch.isfinite(p.grad).all() for p in layer.parameters() if p.grad is not None)
+        layer.zero_grad()
+
+
+def test_shape_errors_name_the_shapes():
+    layer = ECACrossAttention(16, num_heads=4)
+    x = torch.randn(2, 5, 16)
+    with pytest.raises(ValueError, match=r"mask shape \(2, 4\).*\(2, 5, 16\)"):
+        layer(x, x, mask=torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"key \(2, 5, 8\).*\(B, N, 16\)"):
+        layer(x, x[..., :8])
+    with pytest.raises(ValueError, match="no valid element"):
+        layer(x, x, mask=torch.zeros(2, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"\(3, 5, 16\)"):
+        layer(torch.randn(3, 5, 16), x)
+    with pytest.raises(ValueError, match=r"\(5, 16\)"):
+        ECAPooling(16)(torch.randn(5, 16))
+
+
+def test_bf16_forward_backward():
+    layer = ECACrossAttention(16, num_heads=4, cfg=ECAConfig()).to(torch.bfloat16)
+    x = torch.randn(3, 7, 16, dtype=torch.bfloat16, requires_grad=True)
+    out = layer(x, x)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert torch.isfinite(x.grad.float()).all()
+
+
+def test_sra_penalty_finds_lambda_in_host_model():
+    host = nn.Sequential(nn.Linear(8, 8))
+    host.add_module("pool", ECAPooling(8, cfg=ECAConfig()))
+    x = torch.randn(4, 5, 8)
+    host.pool(host[0](x))
+    lam = host.pool.last_lambda
+    assert lam.shape == (4,) and lam.requires_grad
+    torch.testing.assert_close(sra_penalty(host), ((lam - 1) ** 2).mean())
+
+
+def test_set_dispersion_matches_definition():
+    x = torch.tensor([[[0.0, 0.0], [2.0, 0.0], [0.0, 0.0]]])
+    mask = torch.tensor([[True, True, False]])
+    xbar, d, r = set_dispersion(x, mask)
+    torch.testing.assert_close(xbar, torch.tensor([[1.0, 0.0]]))
+    torch.testing.assert_close(d, torch.tensor([1.0]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(r, torch.tensor([1.0]), atol=1e-3, rtol=0)
+
+
+def test_variant_names():
+    assert ECAConfig.variant("softmax").use_sra is False
+    assert ECAConfig.variant("no_sra").use_dats and not ECAConfig.variant("no_sra").use_sra
+    assert ECAConfig.variant("no_dats").use_sra and not ECAConfig.variant("no_dats").use_dats
+    with pytest.raises(ValueError, match="unknown ECA variant"):
+        ECAConfig.variant("bogus")
