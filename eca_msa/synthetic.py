@@ -1,0 +1,174 @@
+"""A MOSI-shaped MMSA pickle whose labels depend on the text and on a few frames of a homogeneous video.
+
+Like the paper's synthetic data (App. G.1): every clip's frames sit around a clip centre c_i
+(cross-sample spread ``center_std``, in-sample spread ``frame_noise``), and ``key_frames``
+informative frames carry c_i + a_i·u along a unit direction u. The label is
+``text_weight·t_i + video_weight·(u·c_i + key_gain·a_i)`` plus noise, scaled to MOSI's range,
+clipped to [-3, 3] and rounded to multiples of 0.2 (MOSI averages five integer ratings, so exact
+zeros occur). Mean pooling dilutes a_i by key_frames/length; attention must find the key frames.
+Padding past the lengths is non-zero for some clips and audio holds -inf values, as in the real files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from eca_core.config import from_dict, to_dict
+from eca_core.io import atomic_path
+from eca_core.pipeline import Stage, StageContext
+
+CLS_ID, SEP_ID, VOCAB = 101, 102, 30522
+POSITIVE_IDS, NEGATIVE_IDS, NEUTRAL_IDS = (2000, 3000), (3000, 4000), (4000, VOCAB)
+
+
+@dataclass
+class SyntheticConfig:
+    """Sizes default to CMU-MOSI's (1284/229/686 clips; 50 tokens × 768, 375 × 5 audio, 500 × 20 video)."""
+
+    n_train: int = 1284
+    n_valid: int = 229
+    n_test: int = 686
+    text_len: int = 50
+    text_dim: int = 768
+    audio_len: int = 375
+    audio_dim: int = 5
+    vision_len: int = 500
+    vision_dim: int = 20
+    key_frames: int = 3  # informative frames per clip
+    center_std: float = 1.0  # σ_c: spread of clip centres across clips
+    frame_noise: float = 0.05  # σ_floor: spread of ordinary frames around their clip centre
+    key_contrast: float = 1.0  # std of a_i, the key frames' offset along u
+    key_gain: float = 2.0  # κ: weight of a_i in the label
+    text_weight: float = 1.0
+    video_weight: float = 1.0
+    label_noise: float = 0.2
+    label_std: float = 1.5  # MOSI's label std is about 1.5
+    dirty_padding: float = 0.3  # fraction of clips whose padding frames are not zero
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("n_train", "n_valid", "n_test"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"SyntheticConfig.{name} must be >= 2, got {getattr(self, name)}")
+        if not 1 <= self.key_frames < self.vision_len // 4:
+            raise ValueError(f"SyntheticConfig.key_frames must be in [1, vision_len/4), got {self.key_frames}")
+
+
+def _unit(rng: np.random.Generator, dim: int) -> np.ndarray:
+    v = rng.standard_normal(dim)
+    return (v / np.linalg.norm(v)).astype(np.float32)
+
+
+def _lengths(rng: np.random.Generator, n: int, max_len: int, low_frac: float) -> np.ndarray:
+    return rng.integers(max(2, int(low_frac * max_len)), max_len + 1, size=n)
+
+
+def _split(cfg: SyntheticConfig, n: int, name: str, dirs: dict[str, np.ndarray], rng: np.random.Generator) -> tuple[dict[str, Any], np.ndarray]:
+    """One split's arrays and its raw (unscaled) label."""
+    # Text: BERT-like token features plus t_i along a sentiment direction on the real tokens.
+    t = rng.standard_normal(n).astype(np.float32)
+    t_len = _lengths(rng, n, cfg.text_len, 0.2)
+    t_mask = np.arange(cfg.text_len)[None, :] < t_len[:, None]
+    text = 0.5 * rng.standard_normal((n, cfg.text_len, cfg.text_dim), dtype=np.float32)
+    text += (t[:, None, None] * t_mask[:, :, None]) * dirs["text"][None, None, :]
+    ids = rng.integers(*NEUTRAL_IDS, size=(n, cfg.text_len))
+    for i in range(n):  # sentiment words: more of them for stronger t_i
+        k = min(int(round(abs(t[i]) * 3)), t_len[i] - 2)
+        lo, hi = POSITIVE_IDS if t[i] > 0 else NEGATIVE_IDS
+        ids[i, 1 : 1 + k] = rng.integers(lo, hi, size=k)
+    ids[:, 0] = CLS_ID
+    ids[np.arange(n), t_len - 1] = SEP_ID
+    ids[~t_mask] = 0
+    text_bert = np.stack([ids, t_mask.astype(np.int64), np.zeros_like(ids)], axis=1).astype(np.float32)
+
+    # Video: homogeneous frames around c_i, key frames at c_i + a_i·u.
+    u = dirs["video"]
+    c = cfg.center_std * rng.standard_normal((n, cfg.vision_dim)).astype(np.float32)
+    a = cfg.key_contrast * rng.standard_normal(n).astype(np.float32)
+    v_len = _lengths(rng, n, cfg.vision_len, 0.3)
+    vision = c[:, None, :] + cfg.frame_noise * rng.standard_normal((n, cfg.vision_len, cfg.vision_dim), dtype=np.float32)
+    for i in range(n):
+        pos = rng.choice(v_len[i], size=cfg.key_frames, replace=False)
+        vision[i, pos] += a[i] * u
+    # Audio: uninformative features with COVAREP-like -inf entries.
+    a_len = _lengths(rng, n, cfg.audio_len, 0.3)
+    audio = rng.standard_normal((n, cfg.audio_len, cfg.audio_dim), dtype=np.float32)
+    audio[rng.random(audio.shape) < 0.01] = -np.inf
+
+    # Padding past the lengths: zero, except for a fraction of clips that keep junk.
+    dirty = rng.random(n) < cfg.dirty_padding
+    v_pad = np.arange(cfg.vision_len)[None, :] >= v_len[:, None]
+    a_pad = np.arange(cfg.audio_len)[None, :] >= a_len[:, None]
+    vision[v_pad & ~dirty[:, None]] = 0.0
+    vision[v_pad & dirty[:, None]] += 3.0 * rng.standard_normal(cfg.vision_dim).astype(np.float32)
+    audio[a_pad & ~dirty[:, None]] = 0.0
+
+    raw = cfg.text_weight * t + cfg.video_weight * (c @ u + cfg.key_gain * a) + cfg.label_noise * rng.standard_normal(n)
+    arrays = {
+        "id": np.array([f"synth_{name}_{i:05d}" for i in range(n)], dtype=object),
+        "raw_text": np.array([f"synthetic clip {i} of {name}" for i in range(n)], dtype=object),
+        "text": text, "text_bert": text_bert, "audio": audio, "vision": vision,
+        "audio_lengths": a_len.astype(np.int64).tolist(), "vision_lengths": v_len.astype(np.int64).tolist(),
+    }
+    return arrays, raw.astype(np.float64)
+
+
+def generate_mmsa(cfg: SyntheticConfig | None = None, progress: bool = False) -> dict[str, dict[str, Any]]:
+    """The MMSA dict ``{train, valid, test}`` described in the module docstring."""
+    cfg = cfg or SyntheticConfig()
+    rng = np.random.default_rng(cfg.seed)
+    dirs = {"text": _unit(rng, cfg.text_dim), "video": _unit(rng, cfg.vision_dim)}
+    sizes = {"train": cfg.n_train, "valid": cfg.n_valid, "test": cfg.n_test}
+    out, raws = {}, {}
+    for name in tqdm(sizes, desc="generating splits", disable=not progress):
+        out[name], raws[name] = _split(cfg, sizes[name], name, dirs, rng)
+    mu, sd = raws["train"].mean(), raws["train"].std() + 1e-8
+    for name, raw in raws.items():
+        y = np.clip(cfg.label_std * (raw - mu) / sd, -3.0, 3.0)
+        y = np.round(y * 5.0) / 5.0 + 0.0  # multiples of 0.2 like averaged integer ratings (+0.0 drops -0.0)
+        out[name]["regression_labels"] = y.astype(np.float32)
+        out[name]["classification_labels"] = np.sign(y).astype(np.float32) + 1.0  # MMSA: 0 neg, 1 neu, 2 pos
+    return out
+
+
+def write_mmsa_pickle(path: str | Path, cfg: SyntheticConfig | None = None, progress: bool = False) -> Path:
+    """Generate the data set and pickle it (atomically) at ``path``."""
+    data = generate_mmsa(cfg, progress)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        pickle.dump(data, fh, protocol=4)
+    return Path(path)
+
+
+PICKLE_NAME = "synthetic_mosi.pkl"
+
+
+def _run_stage(ctx: StageContext) -> dict[str, Any]:
+    cfg = from_dict(SyntheticConfig, ctx.params, f"stage '{ctx.stage}'")
+    path = write_mmsa_pickle(ctx.out_dir / PICKLE_NAME, cfg, progress=True)
+    return {"pickle": str(path), "config": to_dict(cfg)}
+
+
+STAGE = Stage("generate", _run_stage, description="write a MOSI-shaped synthetic MMSA pickle")
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", type=Path, help="output .pkl path")
+    parser.add_argument("--n-train", type=int, default=SyntheticConfig.n_train)
+    parser.add_argument("--n-valid", type=int, default=SyntheticConfig.n_valid)
+    parser.add_argument("--n-test", type=int, default=SyntheticConfig.n_test)
+    parser.add_argument("--key-frames", type=int, default=SyntheticConfig.key_frames)
+    parser.add_argument("--seed", type=int, default=SyntheticConfig.seed)
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = SyntheticConfig(n_train=args.n_train, n_valid=args.n_valid, n_test=args.n_test, key_frames=args.key_frames, seed=args.seed)
+    path = write_mmsa_pickle(args.out, cfg, progress=True)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
