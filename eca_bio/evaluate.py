@@ -1,0 +1,287 @@
+"""Reports of a train run: PCC@F/S/M, MSE, MAE per fold and overall, per-gene PCC CSV, training curves,
+a markdown + JSON summary comparing every method side by side, and ``.h5ad`` export of test predictions.
+
+PCC is per gene over all test spots of a fold (DESIGN §3); PCC@F/S/M are the 25th percentile, median
+and mean over genes with a defined PCC (genes constant in the truth are counted, never scored 0).
+"Overall" is the mean (± std) over folds. Every table names its target transform.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eca_core.config import from_dict, to_dict
+from eca_core.io import atomic_dir, write_json_atomic, write_text_atomic
+from eca_core.metrics import regression_report
+from eca_core.pipeline import Stage, StageContext
+from eca_bio.targets import DataError
+
+METRICS = ("pcc_f", "pcc_s", "pcc_m", "mse", "mae")
+TRANSFORM_NOTES = {
+    "egn": "egn = log10(counts + 1), per-gene min-max (EGN/ECA paper protocol; rewards predicting sequencing depth)",
+    "libsize": "libsize = log1p(counts per 10k per spot), per-gene min-max (library-size normalised)",
+}
+
+
+@dataclass
+class EvaluateConfig:
+    """Parameters of the evaluate stage."""
+
+    primary: str = "eca"  # the method the claims are about
+    softmax: str = "softmax"  # its softmax counterpart
+    reference: str = "ridge"  # the linear probe on the same features
+    mse_tolerance: float = 1.02  # claim: ECA MSE <= tolerance x softmax MSE
+    export_method: str | None = "eca"  # write test predictions of this method as .h5ad per slide
+    genes_to_plot: int = 4
+    export_images: bool = True  # embed hires/lowres slide images in the .h5ad
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _history(path: Path) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    with open(path) as fh:
+        return [{k: float(v) if v not in ("", None) else float("nan") for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def collect(train_dir: Path) -> dict[str, Any]:
+    """Per transform/method/fold metrics of a train run (reads predictions.npz and targets.json)."""
+    train_dir = Path(train_dir)
+    folds_path = train_dir / "folds.json"
+    if not folds_path.is_file():
+        raise DataError(f"{train_dir}: no folds.json (run `eca-bio train` first)")
+    plan = json.loads(folds_path.read_text())
+    cfg = plan["config"]
+    results: dict[str, Any] = {}
+    for transform in cfg["transforms"]:
+        per_method: dict[str, Any] = {}
+        for method in cfg["methods"]:
+            folds = []
+            for fold in plan["folds"]:
+                item = train_dir / transform / f"fold_{fold['fold']}" / method
+                if not (item / "predictions.npz").is_file():
+                    raise DataError(f"{item}: no predictions.npz (training of this fold/method did not finish)")
+                genes = json.loads((item.parent / "targets.json").read_text())["genes"]
+                z = _load_npz(item / "predictions.npz")
+                rep = regression_report(z["pred"], z["truth"], genes)
+                res = json.loads((item / "result.json").read_text())
+                folds.append({"fold": fold["fold"], "test": fold["test"], "val": fold["val"], "epochs": res.get("epochs"),
+                              **{m: rep[m] for m in METRICS}, "n_constant": rep["n_constant"],
+                              "constant_genes": rep["constant_outputs"], "n_spots": rep["n_samples"],
+                              "per_gene": rep["per_output"], "history": _history(item / "history.csv")})
+            overall = {}
+            for m in METRICS:
+                vals = np.array([f[m] for f in folds], dtype=float)
+                overall[m] = float(np.nanmean(vals))
+                overall[f"{m}_std"] = float(np.nanstd(vals))
+            per_method[method] = {"folds": folds, "overall": overall}
+        results[transform] = per_method
+    return {"plan": plan, "results": results}
+
+
+def claims(results: dict[str, Any], cfg: EvaluateConfig) -> dict[str, dict[str, Any]]:
+    """The issue's two claims per transform, tested on the overall (fold-mean) numbers."""
+    out = {}
+    for transform, methods in results.items():
+        c: dict[str, Any] = {}
+        eca = methods.get(cfg.primary, {}).get("overall")
+        if eca and cfg.reference in methods:
+            ref = methods[cfg.reference]["overall"]
+            c["beats_reference"] = {"statement": f"{cfg.primary} PCC@M > {cfg.reference} PCC@M",
+                                    "holds": bool(eca["pcc_m"] > ref["pcc_m"]), "values": [eca["pcc_m"], ref["pcc_m"]]}
+        if eca and cfg.softmax in methods:
+            sm = methods[cfg.softmax]["overall"]
+            ratio = eca["mse"] / sm["mse"] if sm["mse"] > 0 else float("inf")
+            c["vs_softmax"] = {"statement": f"{cfg.primary} PCC@M >= {cfg.softmax} PCC@M and MSE <= {cfg.mse_tolerance}x",
+                               "holds": bool(eca["pcc_m"] >= sm["pcc_m"] and ratio <= cfg.mse_tolerance),
+                               "pcc_m": [eca["pcc_m"], sm["pcc_m"]], "mse_ratio": ratio}
+        out[transform] = c
+    return out
+
+
+def _fmt(v: float, std: float | None = None) -> str:
+    if v is None or not np.isfinite(v):
+        return "n/a"
+    return f"{v:.4f}" if std is None else f"{v:.4f} ± {std:.4f}"
+
+
+def markdown_report(collected: dict[str, Any], checks: dict[str, Any], encoder: Any) -> str:
+    """Side-by-side markdown tables (one per transform), per-fold PCC@M, and the claims."""
+    plan, results = collected["plan"], collected["results"]
+    labels = plan.get("labels", {})
+    enc = encoder if isinstance(encoder, dict) else {"name": str(encoder)}
+    pretrained = enc.get("pretrained") or enc.get("weights")
+    lines = ["# Spatial expression from H&E: cross-validated comparison", "",
+             f"- cross-validation: {plan['cv']} by slide, {len(plan['folds'])} folds; early stopping on a held-out training slide",
+             f"- encoder: `{enc.get('name')}` {'with pretrained weights' if pretrained else '**random-init (no pretrained weights)**'}"
+             f", kwargs {enc.get('kwargs', {})}",
+             f"- genes: top {plan['config']['n_genes']} by mean count over each fold's training slides; k = {plan['config']['k']} exemplars",
+             ""]
+    for transform, methods in results.items():
+        lines += [f"## Target transform: `{transform}`", "", TRANSFORM_NOTES.get(transform, transform), "",
+                  f"| method ({transform}) | PCC@F | PCC@S | PCC@M | MSE | MAE |", "|---|---|---|---|---|---|"]
+        for method, r in methods.items():
+            o = r["overall"]
+            lines.append(f"| {labels.get(method, method)} | " + " | ".join(_fmt(o[m], o[f'{m}_std']) for m in METRICS) + " |")
+        fold_names = [",".join(f["test"]) for f in next(iter(methods.values()))["folds"]]
+        lines += ["", f"PCC@M per fold (test slide), `{transform}`:", "",
+                  "| method | " + " | ".join(fold_names) + " |", "|---" * (len(fold_names) + 1) + "|"]
+        for method, r in methods.items():
+            lines.append(f"| {labels.get(method, method)} | " + " | ".join(_fmt(f["pcc_m"]) for f in r["folds"]) + " |")
+        const = {m: sum(f["n_constant"] for f in r["folds"]) for m, r in methods.items()}
+        if any(const.values()):
+            lines += ["", f"Genes constant in a test slide's truth (no PCC, excluded from PCC@*): {max(const.values())} gene-folds."]
+        lines.append("")
+        for c in checks.get(transform, {}).values():
+            extra = f" (MSE ratio {c['mse_ratio']:.3f})" if "mse_ratio" in c else ""
+            lines.append(f"- claim `{transform}`: {c['statement']}: **{'holds' if c['holds'] else 'does NOT hold'}**{extra}")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(folds: list[dict[str, Any]], path: Path, title: str) -> None:
+    """PNG with PCC@M and MSE per epoch, train (dashed) and validation (solid), one colour per fold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for i, f in enumerate(folds):
+        h = f["history"]
+        if not h:
+            continue
+        ep = [r["epoch"] for r in h]
+        color = f"C{i}"
+        for ax, key in zip(axes, ("pcc", "mse")):
+            ax.plot(ep, [r.get(f"train_{key}") for r in h], "--", color=color, alpha=0.7)
+            ax.plot(ep, [r.get(f"val_{key}") for r in h], "-", color=color, label=f"fold {f['fold']} (val {f['val']})")
+    axes[0].set_ylabel("PCC@M")
+    axes[1].set_ylabel("MSE")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, title="solid: val, dashed: train", title_fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def per_gene_csv(folds: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["fold", "test_slides", "gene", "pcc"])
+    for f in folds:
+        for gene, r in f["per_gene"].items():
+            w.writerow([f["fold"], ";".join(f["test"]), gene, "" if r is None else f"{r:.6f}"])
+    return buf.getvalue()
+
+
+def export_predictions(train_dir: Path, pre_dir: Path | None, method: str, transform: str, collected: dict[str, Any],
+                       out: Path, cfg: EvaluateConfig) -> list[str]:
+    """One .h5ad + gene-map PNG per test slide of ``method`` under ``transform``."""
+    from eca_bio.export import plot_gene_maps, prediction_anndata, slide_images, top_genes, write_h5ad
+
+    plan = collected["plan"]
+    manifest = json.loads((pre_dir / "manifest.json").read_text()) if pre_dir and (pre_dir / "manifest.json").is_file() else {"slides": []}
+    entries = {e["slide_id"]: e for e in manifest["slides"]}
+    written = []
+    for fold, res in zip(plan["folds"], collected["results"][transform][method]["folds"]):
+        item = Path(train_dir) / transform / f"fold_{fold['fold']}" / method
+        z = _load_npz(item / "predictions.npz")
+        genes = json.loads((item.parent / "targets.json").read_text())["genes"]
+        for sid in fold["test"]:
+            rows = z["slide_ids"] == sid
+            entry = entries.get(sid, {})
+            images, scales = None, None
+            if cfg.export_images and entry.get("image") and Path(entry["image"]).exists():
+                images, scales = slide_images(entry["image"], entry.get("mpp"))
+            rep = regression_report(z["pred"][rows], z["truth"][rows], genes)
+            eca = {"method": method, "target_transform": transform, "target_note": TRANSFORM_NOTES.get(transform, ""),
+                   "fold": fold["fold"], "train_slides": fold["train"],
+                   "metrics": {m: rep[m] for m in METRICS} | {"n_constant": rep["n_constant"]},
+                   "config": json.dumps(plan["config"]), "encoder": json.dumps(plan["encoder"])}
+            adata = prediction_anndata(z["pred"][rows], genes, list(z["barcodes"][rows]), z["centres"][rows], sid,
+                                       truth=z["truth"][rows], images=images, scalefactors=scales,
+                                       spot_diameter_px=entry.get("patch_size_px"), eca=eca)
+            path = write_h5ad(adata, out / f"{sid}.h5ad")
+            plot_gene_maps(adata, top_genes(adata, cfg.genes_to_plot), out / f"{sid}_genes.png",
+                           title=f"{sid}: {method}, target {transform} (predicted | measured)")
+            written.append(str(path))
+    return written
+
+
+def evaluate_run(train_dir: Path, out_dir: Path, cfg: EvaluateConfig | None = None, pre_dir: Path | None = None) -> dict[str, Any]:
+    """Write report.md, summary.json, per-gene CSVs, curves and .h5ad exports into ``out_dir`` (atomically)."""
+    cfg = cfg or EvaluateConfig()
+    collected = collect(train_dir)
+    results = collected["results"]
+    checks = claims(results, cfg)
+    encoder = collected["plan"].get("encoder", {})
+    report = markdown_report(collected, checks, encoder)
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        (tmp / "per_gene").mkdir()
+        (tmp / "curves").mkdir()
+        for transform, methods in results.items():
+            for method, r in methods.items():
+                write_text_atomic(tmp / "per_gene" / f"{transform}_{method}.csv", per_gene_csv(r["folds"]))
+                if any(f["history"] for f in r["folds"]):
+                    plot_curves(r["folds"], tmp / "curves" / f"{transform}_{method}.png", f"{method}, target {transform}")
+        exported = {}
+        if cfg.export_method and all(cfg.export_method in m for m in results.values()):
+            for transform in results:
+                exported[transform] = export_predictions(train_dir, pre_dir, cfg.export_method, transform, collected,
+                                                         tmp / "h5ad" / transform, cfg)
+        summary = {"encoder": encoder, "cv": collected["plan"]["cv"], "config": to_dict(cfg), "claims": checks,
+                   "results": {t: {m: {"overall": r["overall"],
+                                       "folds": [{k: v for k, v in f.items() if k not in ("per_gene", "history")} for f in r["folds"]]}
+                                   for m, r in ms.items()} for t, ms in results.items()},
+                   "transforms": {t: TRANSFORM_NOTES.get(t, t) for t in results}}
+        write_json_atomic(tmp / "summary.json", summary)
+        write_text_atomic(tmp / "report.md", report)
+    exported = {t: [str(out_dir / Path(p).relative_to(tmp)) for p in ps] for t, ps in exported.items()}
+    return {"report": str(out_dir / "report.md"), "summary": str(out_dir / "summary.json"), "h5ad": exported,
+            "claims": {t: {k: v["holds"] for k, v in c.items()} for t, c in checks.items()}}
+
+
+def _stage_run(ctx: StageContext) -> dict[str, Any]:
+    cfg = from_dict(EvaluateConfig, ctx.params, "evaluate")
+    pre = ctx.run_dir / "preprocess"
+    result = evaluate_run(ctx.stage_dir("train"), ctx.out_dir, cfg, pre if pre.is_dir() else None)
+    print((ctx.out_dir / "report.md").read_text())
+    return result
+
+
+STAGE = Stage("evaluate", _stage_run, description="PCC@F/S/M, MSE, MAE per fold and overall; per-gene CSV; curves; .h5ad")
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--train", type=Path, required=True, help="output folder of `eca-bio train`")
+    parser.add_argument("--out", type=Path, required=True, help="report folder (replaced atomically)")
+    parser.add_argument("--preprocess", type=Path, default=None, help="preprocess folder (slide images for the .h5ad export)")
+    parser.add_argument("--export-method", default="eca", help="method whose test predictions are exported as .h5ad ('' for none)")
+    parser.add_argument("--genes-to-plot", type=int, default=4)
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = EvaluateConfig(export_method=args.export_method or None, genes_to_plot=args.genes_to_plot)
+    result = evaluate_run(args.train, args.out, cfg, args.preprocess)
+    print((Path(args.out) / "report.md").read_text())
+    print(f"report: {result['report']}\nsummary: {result['summary']}")
+    for transform, paths in result["h5ad"].items():
+        print(f".h5ad ({transform}): {Path(paths[0]).parent if paths else '-'}")
+    return 0

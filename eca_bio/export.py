@@ -1,0 +1,142 @@
+"""Predictions as AnnData ``.h5ad`` per slide (DESIGN §3) and PNG maps of chosen genes.
+
+The AnnData carries ``X`` predicted expression (min–max scaled targets), ``layers['truth']`` where
+measured, ``obsm['spatial']`` full-res pixel (x, y), ``uns['spatial'][library_id]`` with ``images``
+(``hires``/``lowres``) and ``scalefactors`` so ``scanpy.pl.spatial`` / ``squidpy.pl.spatial_scatter``
+draw it over the H&E, and ``uns['eca']`` with metrics and configuration.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from eca_core.io import atomic_path
+
+HIRES_PX = 2000
+LOWRES_PX = 600
+
+
+def slide_images(image: str | Path, mpp: float | None, hires_px: int = HIRES_PX,
+                 lowres_px: int = LOWRES_PX) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Hires/lowres RGB thumbnails of a slide and their scale factors relative to level-0 pixels."""
+    from eca_bio.slides import open_slide
+
+    with open_slide(image, mpp=mpp) as reader:
+        width = reader.dimensions[0]
+        images, scales = {}, {}
+        for name, size in (("hires", hires_px), ("lowres", lowres_px)):
+            thumb = np.asarray(reader.thumbnail(size).convert("RGB"))
+            images[name] = thumb
+            scales[f"tissue_{name}_scalef"] = thumb.shape[1] / float(width)
+    return images, scales
+
+
+def prediction_anndata(pred: np.ndarray, genes: list[str], obs_names: list[str], centres: np.ndarray,
+                       library_id: str, truth: np.ndarray | None = None, images: dict[str, np.ndarray] | None = None,
+                       scalefactors: dict[str, float] | None = None, spot_diameter_px: float | None = None,
+                       eca: dict[str, Any] | None = None) -> ad.AnnData:
+    """AnnData of one slide's predictions with the DESIGN §3 fields."""
+    pred = np.asarray(pred, dtype=np.float32)
+    if pred.shape != (len(obs_names), len(genes)):
+        raise ValueError(f"predictions {pred.shape} do not match {len(obs_names)} spots x {len(genes)} genes")
+    adata = ad.AnnData(X=pred, obs=pd.DataFrame(index=pd.Index([str(o) for o in obs_names], dtype=str)),
+                       var=pd.DataFrame(index=pd.Index([str(g) for g in genes], dtype=str)))
+    adata.obs["slide_id"] = library_id
+    if truth is not None:
+        adata.layers["truth"] = np.asarray(truth, dtype=np.float32)
+    adata.obsm["spatial"] = np.asarray(centres, dtype=np.float64)
+    sf = dict(scalefactors or {"tissue_hires_scalef": 1.0, "tissue_lowres_scalef": 1.0})
+    sf["spot_diameter_fullres"] = float(spot_diameter_px or 1.0)
+    adata.uns["spatial"] = {library_id: {"images": dict(images or {}), "scalefactors": sf,
+                                         "metadata": {"source": "eca_bio"}}}
+    adata.uns["eca"] = _jsonable(eca or {})
+    return adata
+
+
+def _jsonable(obj: Any) -> Any:
+    """Nested dicts of plain values that h5ad can store (None -> 'null', lists -> arrays of one type)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in obj) and obj:
+            return np.asarray(obj, dtype=np.float64)
+        if all(isinstance(v, str) for v in obj) and obj:
+            return np.asarray(obj, dtype=str)
+        return json.dumps(obj, default=str)
+    if obj is None:
+        return "null"
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return str(obj)
+    return obj
+
+
+def write_h5ad(adata: ad.AnnData, path: str | Path) -> Path:
+    """Write ``adata`` atomically (a crash leaves no half-written .h5ad)."""
+    with atomic_path(path) as tmp:
+        adata.write_h5ad(tmp)
+    return Path(path)
+
+
+def top_genes(adata: ad.AnnData, n: int) -> list[str]:
+    """The ``n`` genes best predicted (by PCC with the truth) or, without truth, the most variable predictions."""
+    x = np.asarray(adata.X)
+    if "truth" in adata.layers and adata.n_obs > 1:
+        from eca_core.metrics import pearson_per_column
+
+        r = np.nan_to_num(pearson_per_column(x, np.asarray(adata.layers["truth"])), nan=-2.0)
+        order = np.argsort(-r, kind="stable")
+    else:
+        order = np.argsort(-x.std(0), kind="stable")
+    return [adata.var_names[i] for i in order[:n]]
+
+
+def plot_gene_maps(adata: ad.AnnData, genes: list[str], path: str | Path, image_key: str = "hires",
+                   title: str = "") -> Path:
+    """PNG: for each gene, predicted (and measured, if present) values drawn over the slide image."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    library_id = next(iter(adata.uns["spatial"]))
+    lib = adata.uns["spatial"][library_id]
+    img = lib["images"].get(image_key)
+    scale = float(lib["scalefactors"].get(f"tissue_{image_key}_scalef", 1.0))
+    xy = np.asarray(adata.obsm["spatial"]) * scale
+    has_truth = "truth" in adata.layers
+    cols = 2 if has_truth else 1
+    fig, axes = plt.subplots(len(genes), cols, figsize=(4.2 * cols, 3.8 * len(genes)), squeeze=False)
+    diam = float(lib["scalefactors"].get("spot_diameter_fullres", 1.0)) * scale
+    size = max(4.0, (diam * 72.0 / fig.dpi) ** 2 * 0.8)
+    for row, gene in enumerate(genes):
+        j = list(adata.var_names).index(gene)
+        panels = [("predicted", np.asarray(adata.X)[:, j])]
+        if has_truth:
+            panels.append(("measured", np.asarray(adata.layers["truth"])[:, j]))
+        vmin = min(float(v.min()) for _, v in panels)
+        vmax = max(float(v.max()) for _, v in panels)
+        for col, (name, values) in enumerate(panels):
+            ax = axes[row, col]
+            if img is not None and len(img):
+                ax.imshow(img)
+            sc = ax.scatter(xy[:, 0], xy[:, 1], c=values, s=size, cmap="viridis", vmin=vmin, vmax=vmax,
+                            marker="s" if not has_truth else "o", alpha=0.85, linewidths=0)
+            ax.set_title(f"{gene} {name}", fontsize=9)
+            ax.set_axis_off()
+            if img is None or not len(img):
+                ax.invert_yaxis()
+                ax.set_aspect("equal")
+            fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    return Path(path)

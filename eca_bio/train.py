@@ -1,0 +1,518 @@
+"""Train expression models with slide-level cross-validation (Lightning), for every method and target transform.
+
+For each transform and fold the targets (genes, min–max) and the exemplar bank are fitted on the
+fold's training slides only. Neural methods hold out one training slide for early stopping on
+validation PCC@M, then (``refit``) retrain on all training slides for the best number of epochs.
+Everything a fold/method produces lands in ``<out>/<transform>/fold_<i>/<method>/`` atomically,
+so an interrupted run resumes at the first unfinished item. ``final_method`` is also trained on all
+ST slides (``<out>/final/``) for ``eca-bio predict``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from eca_core.config import from_dict, to_dict
+from eca_core.io import atomic_dir, write_json_atomic
+from eca_core.losses import ECAObjective, LossConfig
+from eca_core.metrics import pearson_per_column
+from eca_core.pipeline import Stage, StageContext, add_runtime_arguments, runtime_options
+from eca_bio.exemplars import ExemplarBank, ExemplarIndex
+from eca_bio.model import ExpressionModel, ModelConfig, RidgeBaseline
+from eca_bio.targets import TRANSFORMS, DataError, SlideData, TargetSpec, canonical_encoder, fit_targets, load_preprocessed, make_targets
+
+# method -> (model overrides, PCC term of the loss); ridge is the closed-form baseline
+METHODS: dict[str, tuple[dict[str, Any], str] | None] = {
+    "ridge": None,
+    "meanpool": ({"pool": "mean"}, "plain"),
+    "softmax": ({"pool": "attention", "attention": "softmax"}, "plain"),
+    "eca": ({"pool": "attention", "attention": "eca"}, "dnpl"),
+    "no_sra": ({"pool": "attention", "attention": "no_sra"}, "dnpl"),
+    "no_dats": ({"pool": "attention", "attention": "no_dats"}, "dnpl"),
+    "no_dnpl": ({"pool": "attention", "attention": "no_dnpl"}, "plain"),
+}
+METHOD_LABELS = {
+    "ridge": "ridge (PCA-256, HEST)", "meanpool": "mean-pool MLP", "softmax": "softmax attention",
+    "eca": "ECA full", "no_sra": "ECA w/o SRA", "no_dats": "ECA w/o DATS", "no_dnpl": "ECA w/o DNPL",
+}
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Parameters of the train stage (the ``train:`` block of a bio pipeline YAML)."""
+
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    transforms: list[str] = field(default_factory=lambda: list(TRANSFORMS))
+    n_genes: int = 250
+    cv: Literal["loso", "kfold"] = "loso"
+    n_folds: int = 4  # k-fold by slide (cv: kfold)
+    k: int = 8  # exemplars per spot
+    exemplar_backend: Literal["auto", "exact", "faiss"] = "auto"
+    use_tokens: bool = True  # attend over stored patch tokens (else the CLS feature only)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)  # its `pcc` is set per method
+    epochs: int = 60
+    patience: int = 10
+    min_epochs: int = 3
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    refit: bool = True  # retrain on all training slides for the early-stopped number of epochs
+    ridge_components: int = 256
+    ridge_alpha: float | None = None  # None: HEST's 100 / (components · genes)
+    final_method: str | None = "eca"  # trained on every ST slide for `eca-bio predict`; None to skip
+    final_transform: str | None = None  # default: the first of `transforms`
+    seed: int = 0
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ValueError(f"train.methods: unknown {bad}; choose from {list(METHODS)}")
+        bad = [t for t in self.transforms if t not in TRANSFORMS]
+        if bad or not self.transforms:
+            raise ValueError(f"train.transforms: unknown {bad}; choose from {list(TRANSFORMS)}")
+        if self.final_method is not None and self.final_method not in METHODS:
+            raise ValueError(f"train.final_method {self.final_method!r} is not one of {list(METHODS)}")
+        if self.final_transform is not None and self.final_transform not in TRANSFORMS:
+            raise ValueError(f"train.final_transform {self.final_transform!r} is not one of {list(TRANSFORMS)}")
+
+
+# ---------------------------------------------------------------------------------------- folds
+
+def plan_folds(slide_ids: list[str], cv: str, n_folds: int) -> list[dict[str, Any]]:
+    """Slide-level folds: test slides, training slides and the training slide used for early stopping."""
+    ids = sorted(slide_ids)
+    if cv == "loso":
+        groups = [[s] for s in ids]
+    elif cv == "kfold":
+        if n_folds < 2 or n_folds > len(ids):
+            raise DataError(f"k-fold by slide needs 2 <= n_folds <= {len(ids)} slides, got n_folds={n_folds}")
+        groups = [ids[i::n_folds] for i in range(n_folds)]
+    else:
+        raise ValueError(f"unknown cv {cv!r}; choose loso or kfold")
+    folds = []
+    for i, test in enumerate(groups):
+        train = [s for s in ids if s not in test]
+        if len(train) < 2:
+            raise DataError(f"fold {i} (test {test}) has {len(train)} training slide(s); slide-level CV needs at least 2 "
+                            f"(one is held out for early stopping and exemplars must come from another slide). "
+                            f"Found {len(ids)} ST slides: {ids}")
+        folds.append({"fold": i, "test": test, "train": train, "val": train[i % len(train)]})
+    return folds
+
+
+# ---------------------------------------------------------------------------------------- data
+
+@dataclass
+class SpotSet:
+    """Model inputs of a set of spots: features, tokens, targets and exemplar rows into a bank."""
+
+    features: np.ndarray
+    tokens: np.ndarray | None
+    targets: np.ndarray
+    exemplars: np.ndarray  # (N, k) rows of the bank
+    slide_ids: np.ndarray
+    barcodes: list[str]
+    centres: np.ndarray
+
+
+class SpotDataset(Dataset):
+    """Torch view of a :class:`SpotSet`; exemplar embeddings/targets are gathered from the bank per item."""
+
+    def __init__(self, spots: SpotSet, bank: ExemplarBank) -> None:
+        self.f = torch.from_numpy(spots.features)
+        self.t = torch.from_numpy(spots.tokens) if spots.tokens is not None else None
+        self.y = torch.from_numpy(spots.targets)
+        self.ex = torch.from_numpy(spots.exemplars)
+        self.bank_e = torch.from_numpy(bank.embeddings)
+        self.bank_y = torch.from_numpy(bank.targets)
+
+    def __len__(self) -> int:
+        return self.f.shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = {"features": self.f[i], "ex_emb": self.bank_e[self.ex[i]], "ex_expr": self.bank_y[self.ex[i]], "y": self.y[i]}
+        if self.t is not None:
+            item["tokens"] = self.t[i]
+        return item
+
+
+def build_spots(slides: list[SlideData], spec: TargetSpec, index: ExemplarIndex | None, use_tokens: bool,
+                missing_report: dict[str, list[str]] | None = None) -> SpotSet:
+    """Targets and exemplars of all spots of ``slides``; each spot's own slide is never an exemplar source."""
+    ys, feats, toks, sids, bcs, cen = [], [], [], [], [], []
+    for s in slides:
+        y, missing = make_targets(s, spec)
+        if missing and missing_report is not None:
+            missing_report[s.slide_id] = missing
+        ys.append(y)
+        feats.append(s.features)
+        toks.append(s.tokens)
+        sids += [s.slide_id] * s.n_spots
+        bcs += list(s.counts.obs_names) if s.counts is not None else [str(i) for i in range(s.n_spots)]
+        cen.append(s.centres)
+    features = np.concatenate(feats).astype(np.float32)
+    tokens = np.concatenate(toks).astype(np.float32) if use_tokens and all(t is not None for t in toks) else None
+    sid_arr = np.asarray(sids)
+    ex = index.query(features, sid_arr)[0] if index is not None else np.zeros((len(sids), 1), dtype=np.int64)
+    return SpotSet(features, tokens, np.concatenate(ys), ex, sid_arr, bcs, np.concatenate(cen))
+
+
+def make_bank(slides: list[SlideData], spec: TargetSpec, encoder: Any) -> ExemplarBank:
+    """Exemplar bank of the training slides under a target spec."""
+    emb = np.concatenate([s.features for s in slides])
+    y = np.concatenate([make_targets(s, spec)[0] for s in slides])
+    sids = np.concatenate([[s.slide_id] * s.n_spots for s in slides])
+    return ExemplarBank(emb, y, sids, spec.genes, canonical_encoder(encoder))
+
+
+# ---------------------------------------------------------------------------------------- Lightning
+
+def epoch_scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """(PCC@M over genes with a defined PCC, MSE) of one epoch's predictions."""
+    r = pearson_per_column(pred, truth)
+    pcc = float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")
+    return pcc, float(np.mean((pred - truth) ** 2))
+
+
+class ExpressionTask(L.LightningModule):
+    """Lightning wrapper: the DESIGN §2 objective, per-epoch PCC@M / MSE for train and validation."""
+
+    def __init__(self, in_dim: int, n_genes: int, model: dict[str, Any], loss: dict[str, Any], lr: float = 1e-3,
+                 weight_decay: float = 1e-4) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = ExpressionModel(in_dim, n_genes, from_dict(ModelConfig, model, "model"))
+        self.objective = ECAObjective(from_dict(LossConfig, loss, "loss"))
+        self.history: list[dict[str, float]] = []
+        self._buf: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"train": [], "val": []}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(batch["features"], batch.get("tokens"), batch.get("ex_emb"), batch.get("ex_expr"))
+
+    def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
+        pred = self(batch)
+        total, parts = self.objective(pred, batch["y"], self.model)
+        self.log_dict({f"train_{k}": v for k, v in parts.items()}, on_step=False, on_epoch=True, batch_size=len(pred))
+        self._buf["train"].append((pred.detach().float().cpu().numpy(), batch["y"].float().cpu().numpy()))
+        return total
+
+    def validation_step(self, batch: dict[str, torch.Tensor], _: int) -> None:
+        pred = self(batch)
+        self._buf["val"].append((pred.float().cpu().numpy(), batch["y"].float().cpu().numpy()))
+
+    def _scores(self, split: str) -> dict[str, float]:
+        buf, self._buf[split] = self._buf[split], []
+        if not buf:
+            return {}
+        pcc, mse = epoch_scores(np.concatenate([b[0] for b in buf]), np.concatenate([b[1] for b in buf]))
+        return {f"{split}_pcc": pcc, f"{split}_mse": mse}
+
+    def on_validation_epoch_end(self) -> None:
+        scores = self._scores("val")
+        if scores and not self.trainer.sanity_checking:
+            self.log("val_pcc", -1.0 if math.isnan(scores["val_pcc"]) else scores["val_pcc"])
+            self._pending = scores
+
+    def on_train_epoch_end(self) -> None:
+        row = {"epoch": self.current_epoch + 1, **self._scores("train"), **getattr(self, "_pending", {})}
+        self._pending = {}
+        self.history.append(row)
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+
+def _trainer(options: dict[str, Any], max_epochs: int, callbacks: list, validate: bool, min_epochs: int = 1) -> L.Trainer:
+    return L.Trainer(
+        accelerator=options.get("accelerator") or "auto", devices=options.get("devices") or "auto",
+        num_nodes=options.get("num_nodes") or 1, strategy=options.get("strategy") or "auto",
+        max_epochs=max_epochs, min_epochs=min(min_epochs, max_epochs), callbacks=callbacks, logger=False,
+        enable_checkpointing=any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks),
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        limit_val_batches=1.0 if validate else 0, deterministic=False,
+    )
+
+
+def _loader(ds: Dataset, batch_size: int, shuffle: bool, options: dict[str, Any], seed: int) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    workers = options.get("num_workers") or 0
+    # drop a trailing batch of 1 spot: batch PCC is undefined on one row
+    drop_last = shuffle and len(ds) % batch_size == 1
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=workers, drop_last=drop_last)
+
+
+def fit_neural(method: str, cfg: TrainConfig, fit: SpotSet, val: SpotSet | None, everything: SpotSet, bank: ExemplarBank,
+               work: Path, options: dict[str, Any]) -> tuple[ExpressionTask, list[dict[str, float]], int]:
+    """Early-stop on ``val`` (best validation PCC@M), then refit on ``everything`` for that many epochs."""
+    overrides, pcc = METHODS[method]
+    model_cfg = {**to_dict(cfg.model), **overrides, "use_exemplars": True}
+    loss_cfg = {**to_dict(cfg.loss), "pcc": pcc}
+    in_dim, n_genes = fit.features.shape[1], fit.targets.shape[1]
+
+    def new_task() -> ExpressionTask:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        return ExpressionTask(in_dim, n_genes, model_cfg, loss_cfg, cfg.lr, cfg.weight_decay)
+
+    task = new_task()
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=work, filename="best", monitor="val_pcc", mode="max", save_top_k=1)
+    stop = L.pytorch.callbacks.EarlyStopping(monitor="val_pcc", mode="max", patience=cfg.patience)
+    trainer = _trainer(options, cfg.epochs, [ckpt, stop], validate=True, min_epochs=cfg.min_epochs)
+    trainer.fit(task, _loader(SpotDataset(fit, bank), cfg.batch_size, True, options, cfg.seed),
+                _loader(SpotDataset(val, bank), cfg.batch_size, False, options, cfg.seed))
+    history = task.history
+    vals = [h.get("val_pcc", float("nan")) for h in history]
+    best_epoch = int(np.nanargmax(vals)) + 1 if np.isfinite(vals).any() else len(history)
+    if not cfg.refit:
+        best = ExpressionTask.load_from_checkpoint(ckpt.best_model_path, map_location="cpu")
+        return best, history, best_epoch
+    final = new_task()
+    _trainer(options, best_epoch, [], validate=False).fit(
+        final, _loader(SpotDataset(everything, bank), cfg.batch_size, True, options, cfg.seed))
+    return final, history, best_epoch
+
+
+@torch.no_grad()
+def predict_spots(task: ExpressionTask, spots: SpotSet, bank: ExemplarBank, batch_size: int = 512) -> np.ndarray:
+    """Predicted targets (N, G) of a spot set (eval mode, CPU/GPU wherever the model is)."""
+    task.eval()
+    device = next(task.parameters()).device
+    out = []
+    for batch in DataLoader(SpotDataset(spots, bank), batch_size=batch_size, shuffle=False):
+        out.append(task({k: v.to(device) for k, v in batch.items()}).float().cpu().numpy())
+    pred = np.concatenate(out)
+    if not np.isfinite(pred).all():
+        raise FloatingPointError("model produced NaN/inf predictions")
+    return pred
+
+
+# ---------------------------------------------------------------------------------------- the CV run
+
+def quiet_lightning() -> None:
+    """Silence Lightning's per-fit banners and known-harmless warnings (dozens of small fits per run)."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    for msg in (".*LeafSpec.*", ".*no `val_dataloader`.*", ".*does not have many workers.*", ".*litlogger.*",
+                ".*smaller than the logging interval.*"):
+        warnings.filterwarnings("ignore", message=msg)
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _write_history(path: Path, history: list[dict[str, float]]) -> None:
+    cols = ["epoch", "train_pcc", "train_mse", "val_pcc", "val_mse"]
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for row in history:
+            w.writerow({c: row.get(c, "") for c in cols})
+
+
+def _save_predictions(path: Path, pred: np.ndarray, spots: SpotSet) -> None:
+    np.savez_compressed(path, pred=pred, truth=spots.targets, slide_ids=spots.slide_ids,
+                        barcodes=np.asarray(spots.barcodes), centres=spots.centres)
+
+
+def train_method(method: str, cfg: TrainConfig, train_sl: list[SlideData], val_id: str | None, test_sl: list[SlideData],
+                 spec: TargetSpec, encoder: Any, out: Path, options: dict[str, Any], key: str) -> dict[str, Any]:
+    """Train one method on one fold and write model, history and test predictions into ``out`` atomically."""
+    bank = make_bank(train_sl, spec, encoder)
+    index = ExemplarIndex(bank, cfg.k, cfg.exemplar_backend)
+    everything = build_spots(train_sl, spec, index, cfg.use_tokens)
+    test = build_spots(test_sl, spec, index, cfg.use_tokens) if test_sl else None
+    result: dict[str, Any] = {"method": method, "key": key, "transform": spec.transform, "train": spec.train_slides,
+                              "val": val_id, "test": [s.slide_id for s in test_sl]}
+    with atomic_dir(out) as tmp:
+        if method == "ridge":
+            ridge = RidgeBaseline(cfg.ridge_components, cfg.ridge_alpha).fit(everything.features, everything.targets)
+            ridge.save(tmp / "ridge.npz")
+            pred = ridge.predict(test.features) if test is not None else None
+            result.update(epochs=0, alpha=float(ridge.params["alpha"]), components=int(ridge.params["components"].shape[0]))
+        else:
+            fit = build_spots([s for s in train_sl if s.slide_id != val_id], spec, index, cfg.use_tokens)
+            val = build_spots([s for s in train_sl if s.slide_id == val_id], spec, index, cfg.use_tokens)
+            task, history, best_epoch = fit_neural(method, cfg, fit, val, everything, bank, tmp, options)
+            _write_history(tmp / "history.csv", history)
+            for stale in tmp.glob("best*.ckpt"):
+                stale.rename(tmp / "early_stopping.ckpt")
+            torch.save({"state_dict": task.model.state_dict(), "hparams": dict(task.hparams), "targets": spec.to_dict(),
+                        "encoder": canonical_encoder(encoder), "k": cfg.k, "use_tokens": everything.tokens is not None,
+                        "method": method}, tmp / "model.pt")
+            pred = predict_spots(task, test, bank) if test is not None else None
+            result.update(epochs=best_epoch, epochs_run=len(history), refit=cfg.refit)
+        if pred is not None:
+            _save_predictions(tmp / "predictions.npz", pred, test)
+        if not test_sl:
+            bank.save(tmp / "bank.npz")
+        write_json_atomic(tmp / "result.json", result)
+    return result
+
+
+def train_all(cfg: TrainConfig, pre_dir: Path, out_dir: Path, options: dict[str, Any] | None = None,
+              progress: bool = True) -> dict[str, Any]:
+    """Cross-validate every method under every transform; write ``folds.json`` and per-item folders."""
+    options = dict(options or {})
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    quiet_lightning()
+    manifest, slides = load_preprocessed(pre_dir, require_expression=True, with_tokens=cfg.use_tokens)
+    by_id = {s.slide_id: s for s in slides}
+    folds = plan_folds(list(by_id), cfg.cv, cfg.n_folds)  # validates before anything is written
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    encoder = manifest["encoder"]
+    base_key = {"config": to_dict(cfg), "encoder": canonical_encoder(encoder),
+                "slides": {s.slide_id: [s.n_spots, str(s.h5.stat().st_mtime_ns)] for s in slides}}
+    write_json_atomic(out_dir / "folds.json", {"cv": cfg.cv, "folds": folds, "encoder": encoder,
+                                               "feature_dim": int(slides[0].features.shape[1]),
+                                               "config": to_dict(cfg), "labels": METHOD_LABELS})
+    items = [(t, f, m) for t in cfg.transforms for f in folds for m in cfg.methods]
+    done, skipped = 0, 0
+    bar = tqdm(items, desc="train", disable=not progress)
+    specs: dict[tuple[str, int], TargetSpec] = {}
+    for transform, fold, method in bar:
+        bar.set_postfix_str(f"{transform} fold {fold['fold']} {method}")
+        fold_dir = out_dir / transform / f"fold_{fold['fold']}"
+        key = _digest({**base_key, "fold": fold, "transform": transform, "method": method})
+        item_dir = fold_dir / method
+        if _is_done(item_dir, key):
+            skipped += 1
+            continue
+        train_sl = [by_id[s] for s in fold["train"]]
+        if (transform, fold["fold"]) not in specs:
+            spec = fit_targets(train_sl, transform, cfg.n_genes)
+            missing: dict[str, list[str]] = {}
+            for s in train_sl + [by_id[t] for t in fold["test"]]:
+                miss = make_targets(s, spec)[1]
+                if miss:
+                    missing[s.slide_id] = miss
+            write_json_atomic(fold_dir / "targets.json", {**spec.to_dict(), "missing_genes": missing, "fold": fold})
+            specs[(transform, fold["fold"])] = spec
+        train_method(method, cfg, train_sl, fold["val"], [by_id[t] for t in fold["test"]],
+                     specs[(transform, fold["fold"])], encoder, item_dir, options, key)
+        done += 1
+    final = None
+    if cfg.final_method is not None:
+        final = train_final(cfg, slides, encoder, out_dir / "final", options, base_key)
+    return {"trained": done, "skipped": skipped, "folds": len(folds), "methods": cfg.methods,
+            "transforms": cfg.transforms, "final": final}
+
+
+def train_final(cfg: TrainConfig, slides: list[SlideData], encoder: Any, out: Path, options: dict[str, Any],
+                base_key: dict[str, Any]) -> str:
+    """``final_method`` trained on every ST slide (early stopping on one of them), with its exemplar bank."""
+    transform = cfg.final_transform or cfg.transforms[0]
+    key = _digest({**base_key, "final": cfg.final_method, "transform": transform})
+    if not _is_done(out, key):
+        ids = sorted(s.slide_id for s in slides)
+        spec = fit_targets(slides, transform, cfg.n_genes)
+        train_method(cfg.final_method, cfg, slides, ids[-1], [], spec, encoder, out, options, key)
+    return str(out)
+
+
+def _is_done(item_dir: Path, key: str) -> bool:
+    path = item_dir / "result.json"
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("key") == key
+    except json.JSONDecodeError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------- loading trained models
+
+@dataclass
+class TrainedModel:
+    """A trained model with everything prediction needs: targets, encoder, k, exemplar bank."""
+
+    method: str
+    spec: TargetSpec
+    encoder: str
+    k: int
+    use_tokens: bool
+    task: ExpressionTask | None
+    ridge: RidgeBaseline | None
+    bank: ExemplarBank | None
+
+
+def load_trained(item_dir: Path, bank: ExemplarBank | None = None) -> TrainedModel:
+    """Load ``model.pt``/``ridge.npz`` of a trained item; its bank must carry the same genes (else an error)."""
+    item_dir = Path(item_dir)
+    result_path = item_dir / "result.json"
+    if not result_path.is_file():
+        raise DataError(f"{item_dir}: not a trained model folder (no result.json)")
+    if bank is None and (item_dir / "bank.npz").is_file():
+        bank = ExemplarBank.load(item_dir / "bank.npz")
+    if (item_dir / "ridge.npz").is_file():
+        raise DataError(f"{item_dir}: ridge models predict from features only; use a neural method for prediction")
+    ckpt = torch.load(item_dir / "model.pt", map_location="cpu", weights_only=False)
+    spec = TargetSpec.from_dict(ckpt["targets"])
+    hp = ckpt["hparams"]
+    task = ExpressionTask(hp["in_dim"], hp["n_genes"], hp["model"], hp["loss"], hp["lr"], hp["weight_decay"])
+    task.model.load_state_dict(ckpt["state_dict"])
+    task.eval()
+    if bank is None:
+        raise DataError(f"{item_dir}: no exemplar bank (bank.npz)")
+    bank.check_compatible(spec.genes, hp["in_dim"], ckpt["encoder"])
+    return TrainedModel(ckpt["method"], spec, ckpt["encoder"], int(ckpt["k"]), bool(ckpt["use_tokens"]), task, None, bank)
+
+
+# ---------------------------------------------------------------------------------------- stage / CLI
+
+def _stage_run(ctx: StageContext) -> dict[str, Any]:
+    cfg = from_dict(TrainConfig, ctx.params, "train")
+    return train_all(cfg, ctx.stage_dir("preprocess"), ctx.out_dir, ctx.options)
+
+
+STAGE = Stage("train", _stage_run, description="slide-level CV of ridge, mean-pool, softmax and ECA expression models")
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preprocess", type=Path, required=True, help="output folder of `eca-bio preprocess` (has manifest.json)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder for models, histories and predictions")
+    parser.add_argument("--config", type=Path, default=None, help="YAML with TrainConfig fields (or a pipeline YAML: its stages.train)")
+    parser.add_argument("--methods", nargs="+", default=None, choices=list(METHODS), help="methods to train")
+    parser.add_argument("--transforms", nargs="+", default=None, choices=list(TRANSFORMS), help="target transforms")
+    parser.add_argument("--cv", choices=["loso", "kfold"], default=None, help="leave-one-slide-out or k-fold by slide")
+    parser.add_argument("--epochs", type=int, default=None, help="maximum epochs (early stopping on validation PCC)")
+    add_runtime_arguments(parser)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    cfg = TrainConfig()
+    if args.config is not None:
+        import yaml
+
+        data = yaml.safe_load(Path(args.config).read_text()) or {}
+        if "stages" in data:
+            data = (data["stages"] or {}).get("train") or {}
+        cfg = from_dict(TrainConfig, data, str(args.config))
+    overrides = {k: v for k, v in (("methods", args.methods), ("transforms", args.transforms), ("cv", args.cv),
+                                   ("epochs", args.epochs)) if v is not None}
+    return replace(cfg, **overrides) if overrides else cfg
+
+
+def main(args: argparse.Namespace) -> int:
+    summary = train_all(config_from_args(args), args.preprocess, args.out, runtime_options(args))
+    print(json.dumps(summary, indent=2))
+    print(f"models and predictions: {Path(args.out).resolve()}")
+    return 0
