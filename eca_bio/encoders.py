@@ -1,0 +1,172 @@
+"""Frozen patch encoders from timm: any timm name, ``hf-hub:`` ids, or a local .safetensors/.pth weights file.
+
+``build_encoder(cfg, patch_px)`` returns a ``FrozenEncoder`` in eval mode without gradients whose forward
+maps normalised images (B, 3, P, P) to ``(pooled (B, D), tokens (B, T, D))``: the model's own pooled /
+CLS vector (``forward_head(pre_logits=True)``) and its patch tokens (ViTs: the non-prefix tokens;
+CNNs: the final feature map's positions), optionally average-pooled to a k x k grid so T = k * k.
+``preprocess`` holds the encoder's own normalisation from ``timm.data.resolve_data_config``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class EncoderError(ValueError):
+    """The encoder cannot be built or does not accept the configured input."""
+
+
+@dataclass
+class EncoderConfig:
+    """Which frozen encoder embeds the patches."""
+
+    name: str = "vit_small_patch16_224"      # timm model name or "hf-hub:org/repo"
+    pretrained: bool = True                  # load the name's pretrained weights (timm cache / hub)
+    weights: str | None = None               # local .safetensors / .pth / .pt / .bin state dict (overrides pretrained)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs, e.g. img_size, depth
+    seed: int = 0                            # seed for random-init encoders (pretrained=False, no weights)
+
+
+class FrozenEncoder(nn.Module):
+    """A timm backbone that returns (pooled (B, D), tokens (B, T, D)); frozen, eval mode."""
+
+    def __init__(self, model: nn.Module, token_grid: int | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.token_grid = token_grid
+        self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0) or 0)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "FrozenEncoder":
+        return super().train(False)  # frozen: dropout/batch-norm stay in inference mode
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.model.forward_features(x)                  # ViT: (B, prefix + N, D); CNN: (B, D, h, w)
+        pooled = self.model.forward_head(feats, pre_logits=True)  # (B, D)
+        if feats.ndim == 4:
+            grid = feats                                          # (B, D, h, w)
+        elif feats.ndim == 3:
+            tokens = feats[:, self.num_prefix_tokens:]            # (B, N, D)
+            side = int(round(math.sqrt(tokens.shape[1])))
+            if self.token_grid is None or side * side != tokens.shape[1]:
+                if self.token_grid is not None:
+                    raise EncoderError(f"cannot pool {tokens.shape[1]} tokens to a {self.token_grid}x{self.token_grid} grid")
+                return pooled, tokens
+            grid = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], side, side)
+        else:
+            raise EncoderError(f"unsupported forward_features output shape {tuple(feats.shape)}")
+        if self.token_grid is not None:
+            grid = F.adaptive_avg_pool2d(grid, self.token_grid)   # (B, D, k, k)
+        return pooled, grid.flatten(2).transpose(1, 2)            # (B, T, D)
+
+
+def create_model(cfg: EncoderConfig) -> nn.Module:
+    """``timm.create_model`` with the config's weights source; errors name the model / file."""
+    import timm
+
+    kwargs = dict(cfg.kwargs)
+    kwargs.setdefault("num_classes", 0)
+    use_hub = cfg.pretrained and cfg.weights is None
+    if not use_hub:
+        torch.manual_seed(cfg.seed)
+    try:
+        model = timm.create_model(cfg.name, pretrained=use_hub, **kwargs)
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc) or "Unknown" in str(exc):
+            raise EncoderError(f"encoder '{cfg.name}': not a timm model name ({exc})") from exc
+        raise EncoderError(f"encoder '{cfg.name}': cannot be created: {exc}") from exc
+    except (OSError, ValueError, ImportError) as exc:
+        hint = " (no network? set encoder.pretrained=false for a random-init encoder or encoder.weights=PATH)" if use_hub else ""
+        raise EncoderError(f"encoder '{cfg.name}': cannot load pretrained weights: {exc}{hint}") from exc
+    except Exception as exc:  # huggingface_hub errors (offline, gated repo) do not share a base class
+        hint = " (set encoder.pretrained=false for a random-init encoder or encoder.weights=PATH)" if use_hub else ""
+        raise EncoderError(f"encoder '{cfg.name}': {type(exc).__name__}: {exc}{hint}") from exc
+    if cfg.weights is not None:
+        load_weights(model, cfg.weights)
+    return model
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a local state dict (.safetensors or torch pickle; nested 'state_dict'/'model' keys and 'module.' prefixes handled).
+
+    Every backbone parameter must be present; classifier-head keys may be missing or extra.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise EncoderError(f"{path}: encoder weights file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise EncoderError(f"{path}: cannot read encoder weights: {exc}") from exc
+    for key in ("state_dict", "model", "teacher"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise EncoderError(f"{path}: expected a state dict, got {type(state).__name__}")
+    state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith(("head.", "fc.", "classifier."))]
+    if missing:
+        raise EncoderError(f"{path}: weights do not fit the encoder: missing {len(missing)} key(s), e.g. {missing[:5]}")
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    bad = [k for k, v in state.items() if k in shapes and tuple(v.shape) != tuple(shapes[k])]
+    if bad:
+        raise EncoderError(f"{path}: shape mismatch for {bad[:5]}")
+
+
+@dataclass
+class Normalisation:
+    """The encoder's input normalisation (from timm's pretrained config)."""
+
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_size: tuple[int, int, int]
+
+    def __call__(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 (B, H, W, 3) or (H, W, 3) -> float32 (B, 3, H, W) / (3, H, W) normalised."""
+        t = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+        t = t.movedim(-1, -3)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (t - mean) / std
+
+
+def resolve_normalisation(model: nn.Module) -> Normalisation:
+    """Mean/std/input size the model was trained with (``timm.data.resolve_data_config``)."""
+    from timm.data import resolve_data_config
+
+    dc = resolve_data_config({}, model=model)
+    return Normalisation(tuple(float(v) for v in dc["mean"]), tuple(float(v) for v in dc["std"]),
+                         tuple(int(v) for v in dc["input_size"]))
+
+
+def build_encoder(cfg: EncoderConfig, patch_px: int, token_grid: int | None = None) -> tuple[FrozenEncoder, Normalisation, dict]:
+    """Frozen encoder, its normalisation and ``{"feature_dim", "num_tokens"}`` probed with one forward pass."""
+    model = create_model(cfg)
+    norm = resolve_normalisation(model)
+    encoder = FrozenEncoder(model, token_grid)
+    try:
+        pooled, tokens = encoder(torch.zeros(1, 3, patch_px, patch_px))
+    except EncoderError:
+        raise
+    except Exception as exc:
+        raise EncoderError(
+            f"encoder '{cfg.name}' does not accept {patch_px}x{patch_px} patches ({exc}); set patch_px to "
+            f"{norm.input_size[1]} or pass encoder.kwargs.img_size={patch_px}"
+        ) from exc
+    return encoder, norm, {"feature_dim": int(pooled.shape[-1]), "num_tokens": int(tokens.shape[1])}

@@ -1,0 +1,365 @@
+"""Spatial-transcriptomics loaders: 10x Visium Space Ranger folders and the legacy ST layout -> AnnData.
+
+Both return raw counts with ``obsm['spatial']`` = full-resolution pixel (x, y) of each spot centre,
+``uns['spatial'][library_id]`` in the scanpy/squidpy layout, and ``uns['st']`` with the image path,
+the microns per pixel implied by the array geometry and the spots that were excluded (and why).
+Spots are never dropped silently: ``uns['st']['excluded']`` lists them by reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+ST_SPOT_SPACING_UM = 200.0  # legacy ST array: spot centre-to-centre distance (Stahl et al. 2016)
+VISIUM_SPOT_DIAMETER_UM = 55.0  # 10x Visium spot diameter; scalefactors give it in full-res pixels
+IMAGE_SUFFIXES = (".tif", ".tiff", ".btf", ".svs", ".ndpi", ".jpg", ".jpeg", ".png")
+STFormat = Literal["auto", "legacy_st", "visium"]
+
+
+class STError(ValueError):
+    """A spatial-transcriptomics folder or file is malformed or inconsistent."""
+
+
+@dataclass
+class Section:
+    """One ST section found on disk."""
+
+    section_id: str
+    path: Path
+    format: Literal["legacy_st", "visium"]
+
+
+def detect_layout(path: str | os.PathLike) -> Literal["legacy_st", "visium"] | None:
+    """'visium' for a Space Ranger output folder, 'legacy_st' for ``<id>.tsv.gz`` + ``<id>_selection.tsv``, else None."""
+    path = Path(path)
+    if not path.is_dir():
+        return None
+    if (path / "spatial").is_dir() and any((path / n).exists() for n in ("filtered_feature_bc_matrix.h5", "raw_feature_bc_matrix.h5")):
+        return "visium"
+    if _legacy_pairs(path):
+        return "legacy_st"
+    return None
+
+
+def find_sections(st_dir: str | os.PathLike, fmt: STFormat = "auto", sections: list[str] | None = None) -> list[Section]:
+    """Sections in ``st_dir``: the folder itself if it is one, else its sub-folders that are (sorted by name)."""
+    st_dir = Path(st_dir)
+    if not st_dir.is_dir():
+        raise STError(f"{st_dir}: no such directory")
+    found: list[Section] = []
+    own = detect_layout(st_dir)
+    candidates = [st_dir] if own else sorted(p for p in st_dir.iterdir() if p.is_dir())
+    for folder in candidates:
+        layout = detect_layout(folder)
+        if layout is None or (fmt != "auto" and layout != fmt):
+            continue
+        if layout == "legacy_st":
+            found.extend(Section(sid, folder, "legacy_st") for sid in _legacy_pairs(folder))
+        else:
+            found.append(Section(folder.name, folder, "visium"))
+    if not found:
+        want = {"auto": "a Visium Space Ranger folder (filtered_feature_bc_matrix.h5 + spatial/) or a legacy ST "
+                        "folder (<id>.tsv.gz + <id>_selection.tsv + an H&E image)",
+                "visium": "a Visium Space Ranger folder (filtered_feature_bc_matrix.h5 + spatial/)",
+                "legacy_st": "a legacy ST folder (<id>.tsv.gz + <id>_selection.tsv + an H&E image)"}[fmt]
+        raise STError(f"{st_dir}: not {want}, nor a folder of such folders")
+    ids = [s.section_id for s in found]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise STError(f"{st_dir}: section id(s) {dupes} occur more than once")
+    if sections is not None:
+        missing = sorted(set(sections) - set(ids))
+        if missing:
+            raise STError(f"{st_dir}: section(s) {missing} not found; available: {ids}")
+        found = [s for s in found if s.section_id in set(sections)]
+    return found
+
+
+def read_section(section: Section, image: str | os.PathLike | None = None) -> ad.AnnData:
+    """Load a section found by ``find_sections``."""
+    if section.format == "legacy_st":
+        return read_legacy_st(section.path, section.section_id, image=image)
+    return read_visium(section.path, image=image, library_id=section.section_id)
+
+
+# ----------------------------------------------------------------------------------------- legacy ST
+
+
+def _legacy_pairs(folder: Path) -> list[str]:
+    ids = []
+    for sel in sorted(folder.glob("*_selection.tsv")):
+        sid = sel.name[: -len("_selection.tsv")]
+        if any((folder / f"{sid}{ext}").exists() for ext in (".tsv.gz", ".tsv")):
+            ids.append(sid)
+    return ids
+
+
+def read_legacy_st(folder: str | os.PathLike, section_id: str | None = None, image: str | os.PathLike | None = None) -> ad.AnnData:
+    """Legacy ST section: ``<id>.tsv.gz`` (spots x genes, rows ``XxY``), ``<id>_selection.tsv``, one H&E image.
+
+    Kept: spots with ``selected == 1`` that have a counts row with a non-zero total. Selected spots without
+    counts or with zero counts are listed in ``uns['st']['excluded']``; a counts row without a spot in the
+    selection file is an error (the two files do not belong together).
+    """
+    folder = Path(folder)
+    if section_id is None:
+        pairs = _legacy_pairs(folder)
+        if len(pairs) != 1:
+            raise STError(f"{folder}: expected one <id>_selection.tsv + <id>.tsv.gz pair, found {pairs or 'none'}")
+        section_id = pairs[0]
+    counts_path = next((folder / f"{section_id}{e}" for e in (".tsv.gz", ".tsv") if (folder / f"{section_id}{e}").exists()), None)
+    sel_path = folder / f"{section_id}_selection.tsv"
+    if counts_path is None or not sel_path.exists():
+        raise STError(f"{folder}: missing {section_id}.tsv.gz or {section_id}_selection.tsv")
+    image_path = Path(image) if image is not None else _find_image(folder, section_id)
+
+    sel = _read_table(sel_path, sep="\t")
+    need = ["x", "y", "pixel_x", "pixel_y"]
+    missing = [c for c in need if c not in sel.columns]
+    if missing:
+        raise STError(f"{sel_path}: missing column(s) {missing}; expected x y new_x new_y pixel_x pixel_y selected")
+    sel["spot"] = sel["x"].astype(int).astype(str) + "x" + sel["y"].astype(int).astype(str)
+    if sel["spot"].duplicated().any():
+        raise STError(f"{sel_path}: duplicated spot(s) {sel['spot'][sel['spot'].duplicated()].tolist()[:5]}")
+    sel = sel.set_index("spot")
+    if "selected" not in sel.columns:
+        sel["selected"] = 1
+
+    try:
+        counts = pd.read_csv(counts_path, sep="\t", index_col=0)
+    except Exception as exc:
+        raise STError(f"{counts_path}: cannot read counts table: {exc}") from exc
+    counts.index = counts.index.astype(str)
+    if counts.shape[0] == 0 or counts.shape[1] == 0:
+        raise STError(f"{counts_path}: empty counts table")
+    if not all(np.issubdtype(t, np.number) for t in counts.dtypes):
+        raise STError(f"{counts_path}: counts must be numeric (spots x genes with a header row of gene names)")
+    if counts.index.duplicated().any():
+        raise STError(f"{counts_path}: duplicated spot row(s) {counts.index[counts.index.duplicated()].tolist()[:5]}")
+    unknown = counts.index.difference(sel.index)
+    if len(unknown):
+        raise STError(
+            f"{counts_path} and {sel_path} do not match: {len(unknown)} of {len(counts)} counts rows have no spot in "
+            f"the selection file (e.g. {list(unknown[:5])})"
+        )
+
+    selected = sel.index[sel["selected"].astype(int) == 1]
+    not_selected = sel.index[sel["selected"].astype(int) != 1]
+    no_counts = selected.difference(counts.index, sort=False)
+    keep = [s for s in counts.index if s in set(selected)]
+    X = sp.csr_matrix(counts.loc[keep].to_numpy(dtype=np.float32))
+    obs = sel.loc[keep].copy()
+    obs = obs.rename(columns={"x": "array_x", "y": "array_y"})
+    obs["selected"] = obs["selected"].astype(int)
+    adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=counts.columns.astype(str)))
+    adata.obsm["spatial"] = obs[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
+    mpp, spacing_px = legacy_st_mpp(sel.loc[selected])
+    excluded = {"not_selected": list(not_selected), "no_counts": list(no_counts)}
+    _finish(adata, section_id, image_path, mpp, f"array spacing {ST_SPOT_SPACING_UM:g} um / {spacing_px:.2f} px", excluded,
+            {"spot_diameter_fullres": 100.0 / mpp, "tissue_hires_scalef": 1.0, "tissue_lowres_scalef": 1.0},
+            {"counts": str(counts_path.resolve()), "selection": str(sel_path.resolve())})
+    return adata
+
+
+def legacy_st_mpp(selection: pd.DataFrame) -> tuple[float, float]:
+    """Microns per pixel from the ST array: least-squares pixel distance per array step vs 200 um spacing.
+
+    Fits ``pixel = A @ (array_x, array_y) + b`` over the spots (``new_x/new_y`` when present) and takes the mean
+    length of A's columns as the pixel distance between neighbouring spots. Returns (mpp, pixels per step).
+    """
+    ax = "new_x" if "new_x" in selection.columns else "x"
+    ay = "new_y" if "new_y" in selection.columns else "y"
+    grid = selection[[ax, ay]].to_numpy(dtype=np.float64)
+    pix = selection[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
+    if len(grid) < 3:
+        raise STError("need at least 3 spots to derive microns per pixel from the array spacing")
+    design = np.hstack([grid, np.ones((len(grid), 1))])
+    coef, *_ = np.linalg.lstsq(design, pix, rcond=None)
+    step_px = float(np.mean(np.linalg.norm(coef[:2], axis=1)))
+    if not np.isfinite(step_px) or step_px <= 0:
+        raise STError("cannot derive microns per pixel: spot pixel coordinates do not follow the array grid")
+    return ST_SPOT_SPACING_UM / step_px, step_px
+
+
+# ----------------------------------------------------------------------------------------- Visium
+
+
+def read_visium(folder: str | os.PathLike, image: str | os.PathLike | None = None, library_id: str | None = None,
+                count_file: str = "filtered_feature_bc_matrix.h5") -> ad.AnnData:
+    """Space Ranger output folder -> AnnData, as ``scanpy.read_visium`` reads it, plus the full-res image path.
+
+    Keeps in-tissue barcodes present in the count matrix; spots with zero counts are excluded and reported.
+    """
+    folder = Path(folder)
+    library_id = library_id or folder.name
+    h5 = folder / count_file
+    if not h5.exists():
+        raise STError(f"{folder}: no {count_file} (not a Space Ranger output folder)")
+    adata = read_10x_h5(h5)
+    spatial = folder / "spatial"
+    pos_path = next((spatial / n for n in ("tissue_positions.csv", "tissue_positions_list.csv") if (spatial / n).exists()), None)
+    if pos_path is None:
+        parquet = spatial / "tissue_positions.parquet"
+        if not parquet.exists():
+            raise STError(f"{spatial}: no tissue_positions.csv / tissue_positions_list.csv / tissue_positions.parquet")
+        pos_path = parquet
+    pos = _read_positions(pos_path)
+    sf_path = spatial / "scalefactors_json.json"
+    if not sf_path.exists():
+        raise STError(f"{spatial}: no scalefactors_json.json")
+    try:
+        scalefactors = json.loads(sf_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise STError(f"{sf_path}: not valid JSON: {exc}") from exc
+    if "spot_diameter_fullres" not in scalefactors:
+        raise STError(f"{sf_path}: missing 'spot_diameter_fullres'")
+
+    unknown = adata.obs_names.difference(pos.index)
+    if len(unknown):
+        raise STError(f"{h5} and {pos_path} do not match: {len(unknown)} of {adata.n_obs} barcodes have no position "
+                      f"(e.g. {list(unknown[:5])})")
+    pos = pos.loc[adata.obs_names]
+    in_tissue = pos["in_tissue"].astype(int) == 1
+    not_in_tissue = list(adata.obs_names[~in_tissue.to_numpy()])
+    adata = adata[in_tissue.to_numpy()].copy()
+    pos = pos.loc[adata.obs_names]
+    for col in ("in_tissue", "array_row", "array_col"):
+        adata.obs[col] = pos[col].astype(int).to_numpy()
+    adata.obsm["spatial"] = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
+    image_path = Path(image) if image is not None else _find_image(folder, None)
+    mpp = VISIUM_SPOT_DIAMETER_UM / float(scalefactors["spot_diameter_fullres"])
+    _finish(adata, library_id, image_path, mpp,
+            f"spot diameter {VISIUM_SPOT_DIAMETER_UM:g} um / {float(scalefactors['spot_diameter_fullres']):.2f} px",
+            {"not_in_tissue": not_in_tissue}, scalefactors,
+            {"counts": str(h5.resolve()), "positions": str(pos_path.resolve())})
+    images = {}
+    for key, name in (("hires", "tissue_hires_image.png"), ("lowres", "tissue_lowres_image.png")):
+        if (spatial / name).exists():
+            from PIL import Image
+
+            with Image.open(spatial / name) as im:
+                images[key] = np.asarray(im.convert("RGB"))
+    adata.uns["spatial"][library_id]["images"] = images
+    return adata
+
+
+def read_10x_h5(path: str | os.PathLike, gex_only: bool = True) -> ad.AnnData:
+    """10x Genomics HDF5 feature-barcode matrix (Cell Ranger >= 3 layout) -> AnnData (barcodes x features)."""
+    import h5py
+
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            if "matrix" not in f:
+                raise STError(f"{path}: no 'matrix' group (only the Cell Ranger >= 3 HDF5 layout is supported)")
+            g = f["matrix"]
+            n_features, n_barcodes = (int(v) for v in g["shape"][()])
+            mat = sp.csc_matrix((g["data"][()], g["indices"][()], g["indptr"][()]), shape=(n_features, n_barcodes))
+            barcodes = [b.decode() for b in g["barcodes"][()]]
+            feats = g["features"]
+            names = [b.decode() for b in feats["name"][()]]
+            ids = [b.decode() for b in feats["id"][()]]
+            ftype = [b.decode() for b in feats["feature_type"][()]] if "feature_type" in feats else ["Gene Expression"] * len(ids)
+    except STError:
+        raise
+    except (OSError, KeyError, ValueError) as exc:
+        raise STError(f"{path}: not a readable 10x feature-barcode HDF5 file: {exc}") from exc
+    var = pd.DataFrame({"gene_ids": ids, "feature_types": ftype}, index=pd.Index(names))
+    adata = ad.AnnData(X=mat.T.tocsr().astype(np.float32), obs=pd.DataFrame(index=pd.Index(barcodes)), var=var)
+    if gex_only:
+        adata = adata[:, adata.var["feature_types"] == "Gene Expression"].copy()
+    adata.var_names_make_unique()
+    return adata
+
+
+def _read_positions(path: Path) -> pd.DataFrame:
+    cols = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
+    try:
+        if path.suffix == ".parquet":
+            pos = pd.read_parquet(path)
+        else:
+            first = path.read_text().split("\n", 1)[0]
+            has_header = "barcode" in first or "in_tissue" in first
+            pos = pd.read_csv(path, header=0 if has_header else None)
+            if not has_header:
+                if pos.shape[1] != 6:
+                    raise STError(f"{path}: expected 6 columns {cols}, found {pos.shape[1]}")
+                pos.columns = cols
+    except STError:
+        raise
+    except Exception as exc:
+        raise STError(f"{path}: cannot read tissue positions: {exc}") from exc
+    missing = [c for c in cols if c not in pos.columns]
+    if missing:
+        raise STError(f"{path}: missing column(s) {missing}")
+    return pos.set_index(pos["barcode"].astype(str))
+
+
+# ----------------------------------------------------------------------------------------- shared
+
+
+def exclude_outside_image(adata: ad.AnnData, width: int, height: int, max_outside_fraction: float = 0.1) -> list[str]:
+    """Drop spots whose centre lies outside a ``width`` x ``height`` image, recording them in ``uns['st']``.
+
+    More than ``max_outside_fraction`` of the spots outside means the coordinates do not belong to this
+    image (wrong image, or coordinates at another scale): an ``STError`` naming both files.
+    """
+    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    inside = (xy[:, 0] >= 0) & (xy[:, 0] < width) & (xy[:, 1] >= 0) & (xy[:, 1] < height) & np.isfinite(xy).all(axis=1)
+    outside = list(adata.obs_names[~inside])
+    st = adata.uns["st"]
+    if len(outside) > max_outside_fraction * adata.n_obs:
+        raise STError(
+            f"{st.get('positions') or st.get('selection')}: {len(outside)} of {adata.n_obs} spot centres lie outside "
+            f"the image {st['image']} ({width}x{height} px), e.g. {outside[:3]} at {xy[~inside][:3].round(1).tolist()}; "
+            "wrong image, or coordinates not in full-resolution pixels?"
+        )
+    if outside:
+        adata._inplace_subset_obs(inside)
+    st["excluded"]["outside_image"] = outside
+    return outside
+
+
+
+def _finish(adata: ad.AnnData, library_id: str, image_path: Path, mpp: float, mpp_source: str,
+            excluded: dict[str, list[str]], scalefactors: dict, files: dict[str, str]) -> None:
+    adata.obs_names = adata.obs_names.astype(str)
+    zero = np.asarray(adata.X.sum(axis=1)).ravel() == 0
+    excluded = {k: [str(v) for v in vals] for k, vals in excluded.items()}
+    excluded["zero_counts"] = list(adata.obs_names[zero])
+    if zero.any():
+        adata._inplace_subset_obs(~zero)
+    if adata.n_obs == 0:
+        raise STError(f"{files['counts']}: no spot with counts left (excluded: { {k: len(v) for k, v in excluded.items()} })")
+    adata.uns["spatial"] = {library_id: {"images": {}, "scalefactors": dict(scalefactors),
+                                         "metadata": {"source_image_path": str(image_path.resolve())}}}
+    adata.uns["st"] = {"library_id": library_id, "image": str(image_path.resolve()), "array_mpp": float(mpp),
+                       "array_mpp_source": mpp_source, "excluded": excluded, **files}
+
+
+def _find_image(folder: Path, section_id: str | None) -> Path:
+    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if section_id is not None and len(images) > 1:
+        named = [p for p in images if section_id in p.stem]
+        images = named or images
+    if len(images) == 1:
+        return images[0]
+    if not images:
+        raise STError(f"{folder}: no full-resolution image ({', '.join(IMAGE_SUFFIXES)}) found; give the image path")
+    raise STError(f"{folder}: several candidate full-resolution images {[p.name for p in images]}; give the image path")
+
+
+def _read_table(path: Path, sep: str) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, sep=sep)
+    except Exception as exc:
+        raise STError(f"{path}: cannot read table: {exc}") from exc
