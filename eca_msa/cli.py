@@ -1,0 +1,25 @@
+"""``eca-msa``: the multimodal sentiment analysis pipeline's commands."""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from eca_core.cli import lazy_cli
+
+COMMANDS = {
+    "preprocess": ("eca_msa.preprocess", "validate an MMSA feature pickle (MOSI/MOSEI/CH-SIMS) and cache its tensors"),
+    "train": ("eca_msa.train", "train ALMT settings (MSE | +PCC | +ECA+DNPL) over seeds, select epochs on validation"),
+    "evaluate": ("eca_msa.evaluate", "mean ± std report (markdown, JSON) and validation curves (PNG) of a training folder"),
+    "synthetic": ("eca_msa.synthetic", "write a MOSI-shaped synthetic MMSA pickle"),
+    "demo": ("eca_msa.demo", "generate a synthetic MOSI-shaped pickle and run the whole pipeline on it"),
+    "run": ("eca_core.pipeline", "run a pipeline YAML from pipelines/"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return lazy_cli("eca-msa", "Multimodal sentiment analysis with ALMT and Extrapolative Correlation Attention.", COMMANDS, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

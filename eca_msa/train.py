@@ -1,0 +1,292 @@
+"""Train ALMT in the three settings of the paper over several seeds with Lightning; model selection on validation.
+
+Settings (each one config flag away from the one before):
+  (i)   ``almt``      ALMT, MSE only (the original)
+  (ii)  ``almt_pcc``  + plain PCC loss (``loss.pcc = "plain"``)
+  (iii) ``almt_eca``  + ECA in the video stream (``video_attention.mode = "eca"``) and DNPL (``loss.pcc = "dnpl"``)
+
+Selection rule: after every epoch the whole validation split is scored with MMSA's metrics; the
+epoch with the best ``select_metric`` (default: lowest validation MAE) is kept, training stops
+after ``patience`` epochs without improvement, and every reported test metric comes from that one
+epoch's checkpoint. Each (setting, seed) run writes ``<setting>/seed<k>/metrics.json``; a finished
+run with the same configuration is not repeated, so a crash loses at most the run in flight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from eca_core.attention import ECAConfig
+from eca_core.config import from_dict, load_yaml, to_dict
+from eca_core.io import write_json_atomic
+from eca_core.losses import ECAObjective, LossConfig
+from eca_core.pipeline import Stage, StageContext, add_runtime_arguments, runtime_options
+from eca_msa.almt import ALMT, ALMTConfig
+from eca_msa.metrics import HIGHER_IS_BETTER, regression_metrics
+
+SETTINGS: dict[str, dict[str, str]] = {
+    "almt": {"video_attention": "softmax", "pcc": "none"},
+    "almt_pcc": {"video_attention": "softmax", "pcc": "plain"},
+    "almt_eca": {"video_attention": "eca", "pcc": "dnpl"},
+}
+SETTING_LABELS = {"almt": "(i) ALMT (MSE)", "almt_pcc": "(ii) ALMT + PCC", "almt_eca": "(iii) ALMT + ECA + DNPL"}
+
+
+@dataclass
+class TrainConfig:
+    """Training of every (setting, seed); defaults follow the ECA paper's MOSI setup (Table 5)."""
+
+    settings: list[str] = field(default_factory=lambda: ["almt", "almt_pcc", "almt_eca"])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    pcc_weight: float = 1.0  # MSE / PCC weights 1.0 / 1.0
+    sra_weight: float = 1e-3
+    select_metric: str = "MAE"  # validation metric that picks the epoch (MAE: lower is better; Corr, Has0_F1_score, ...: higher)
+    patience: int = 20  # early stopping on select_metric
+    dataset: str = "mosi"  # metric rules: mosi | mosei | sims
+    model: ALMTConfig = field(default_factory=ALMTConfig)  # lengths/feature sizes are taken from the data
+    progress_bar: bool = True
+    threads: int = 0  # torch CPU threads (0: leave as is)
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.settings if s not in SETTINGS]
+        if unknown or not self.settings:
+            raise ValueError(f"TrainConfig.settings: unknown {unknown}; choose from {list(SETTINGS)}")
+        if self.select_metric not in HIGHER_IS_BETTER:
+            raise ValueError(f"TrainConfig.select_metric {self.select_metric!r}: choose from {sorted(HIGHER_IS_BETTER)}")
+        if not self.seeds:
+            raise ValueError("TrainConfig.seeds must list at least one seed")
+
+
+def setting_configs(cfg: TrainConfig, setting: str, shapes: dict[str, int]) -> tuple[ALMTConfig, LossConfig]:
+    """The model and loss of one setting, built for the data's lengths and feature sizes."""
+    flags = SETTINGS[setting]
+    video = replace(cfg.model.video_attention, mode=flags["video_attention"])
+    model = replace(cfg.model, video_attention=video, **shapes)
+    loss = LossConfig(pcc=flags["pcc"], pcc_weight=cfg.pcc_weight if flags["pcc"] != "none" else 0.0,
+                      sra_weight=cfg.sra_weight if flags["video_attention"] == "eca" else 0.0)
+    return model, loss
+
+
+def _lightning_module():
+    import lightning as L
+
+    class ALMTRegressor(L.LightningModule):
+        """ALMT + the ECA objective; scores whole validation/test splits with MMSA's metrics."""
+
+        def __init__(self, model_cfg: dict, loss_cfg: dict, lr: float, weight_decay: float, dataset: str) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+            self.model = ALMT(from_dict(ALMTConfig, model_cfg, "model"))
+            self.objective = ECAObjective(from_dict(LossConfig, loss_cfg, "loss"))
+            self.history: list[dict[str, float]] = []
+            self.test_metrics: dict[str, float] = {}
+            self.test_pred: np.ndarray | None = None
+            self._outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+            self._train_loss = [0.0, 0]
+
+        def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            return self.model(batch)
+
+        def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+            pred = self.model(batch)
+            total, parts = self.objective(pred, batch["label"], self.model)
+            self.log_dict({f"train/{k}": v.detach() for k, v in parts.items()}, on_step=False, on_epoch=True, batch_size=len(pred))
+            self._train_loss[0] += float(total.detach()) * len(pred)
+            self._train_loss[1] += len(pred)
+            return total
+
+        def _collect(self, batch: dict[str, torch.Tensor]) -> None:
+            self._outputs.append((self.model(batch).detach().float(), batch["label"].float()))
+
+        def _scores(self) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+            pred = torch.cat([p for p, _ in self._outputs])
+            truth = torch.cat([t for _, t in self._outputs])
+            self._outputs.clear()
+            pred, truth = self.all_gather(pred).reshape(-1), self.all_gather(truth).reshape(-1)
+            p, t = pred.cpu().numpy().astype(np.float64), truth.cpu().numpy().astype(np.float64)
+            metrics = regression_metrics(p, t, self.hparams.dataset)
+            metrics["loss_mse"] = float(np.mean((p - t) ** 2))
+            return metrics, p, t
+
+        def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+            self._collect(batch)
+
+        def on_validation_epoch_end(self) -> None:
+            metrics, _, _ = self._scores()
+            if self.trainer.sanity_checking:
+                return
+            logged = {f"val/{k}": (v if np.isfinite(v) else (-1.0 if HIGHER_IS_BETTER.get(k, False) else 1e9)) for k, v in metrics.items()}
+            self.log_dict(logged, sync_dist=False)
+            n = max(self._train_loss[1], 1)
+            self.history.append({"epoch": int(self.current_epoch), "train_loss": self._train_loss[0] / n, **metrics})
+            self._train_loss = [0.0, 0]
+
+        def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+            self._collect(batch)
+
+        def on_test_epoch_end(self) -> None:
+            self.test_metrics, self.test_pred, _ = self._scores()
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+    return ALMTRegressor
+
+
+def _run_key(cfg: TrainConfig, setting: str, seed: int, shapes: dict[str, int], data_source: str) -> str:
+    payload = {"cfg": to_dict(cfg), "setting": setting, "seed": seed, "shapes": shapes, "data": data_source}
+    payload["cfg"].pop("progress_bar", None)
+    payload["cfg"].pop("threads", None)
+    payload["cfg"]["settings"] = payload["cfg"]["seeds"] = None
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def train_one(data, cfg: TrainConfig, setting: str, seed: int, out_dir: Path, options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fit one (setting, seed), pick the epoch on validation, test that epoch; write and return metrics.json."""
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from eca_msa.data import MSADataModule
+
+    options = dict(options or {})
+    out_dir = Path(out_dir)
+    shapes = data.shapes()
+    key = _run_key(cfg, setting, seed, shapes, data.source)
+    done_path = out_dir / "metrics.json"
+    if done_path.exists():
+        done = json.loads(done_path.read_text())
+        if done.get("key") == key:
+            return done
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_cfg, loss_cfg = setting_configs(cfg, setting, shapes)
+    L.seed_everything(seed, workers=True, verbose=False)
+    module = _lightning_module()(to_dict(model_cfg), to_dict(loss_cfg), cfg.lr, cfg.weight_decay, cfg.dataset)
+    workers = options.get("num_workers")
+    dm = MSADataModule(data, cfg.batch_size, 0 if workers is None else int(workers), seed)
+    monitor, mode = f"val/{cfg.select_metric}", "max" if HIGHER_IS_BETTER[cfg.select_metric] else "min"
+    ckpt = ModelCheckpoint(dirpath=out_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1, enable_version_counter=False)
+    trainer = L.Trainer(
+        max_epochs=cfg.epochs,
+        accelerator=options.get("accelerator", "auto"), devices=options.get("devices", "auto"),
+        num_nodes=options.get("num_nodes", 1), strategy=options.get("strategy", "auto"),
+        callbacks=[ckpt, EarlyStopping(monitor=monitor, mode=mode, patience=cfg.patience)],
+        logger=False, enable_model_summary=False, enable_progress_bar=cfg.progress_bar,
+        num_sanity_val_steps=0, default_root_dir=out_dir,
+    )
+    start = time.time()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*sync_dist.*")
+        trainer.fit(module, datamodule=dm)
+        fit_s = time.time() - start
+        trainer.test(module, datamodule=dm, ckpt_path=ckpt.best_model_path, verbose=False)
+    history = module.history
+    higher = HIGHER_IS_BETTER[cfg.select_metric]
+    scores = [h[cfg.select_metric] if np.isfinite(h[cfg.select_metric]) else (-np.inf if higher else np.inf) for h in history]
+    best = int(np.argmax(scores) if higher else np.argmin(scores))
+    ckpt_epoch = int(torch.load(ckpt.best_model_path, map_location="cpu", weights_only=False)["epoch"])
+    if ckpt_epoch != history[best]["epoch"]:
+        raise RuntimeError(f"{out_dir}: checkpoint holds epoch {ckpt_epoch} but validation picks epoch {history[best]['epoch']}")
+    result = {
+        "key": key, "setting": setting, "seed": seed,
+        "selection": f"epoch with the {'highest' if higher else 'lowest'} validation {cfg.select_metric}",
+        "best_epoch": history[best]["epoch"], "epochs_run": len(history),
+        "valid": {k: v for k, v in history[best].items() if k != "epoch"},
+        "test": module.test_metrics,
+        "history": history,
+        "fit_seconds": fit_s,
+        "train_steps": int(trainer.global_step),
+        "checkpoint": str(Path(ckpt.best_model_path).name),
+        "model": to_dict(model_cfg), "loss": to_dict(loss_cfg),
+    }
+    write_json_atomic(out_dir / "test_predictions.json", {"pred": module.test_pred.tolist(), "truth": data.splits["test"].labels.tolist(),
+                                                           "id": data.splits["test"].ids})
+    write_json_atomic(done_path, result)
+    return result
+
+
+def train_all(data, cfg: TrainConfig, out_dir: Path, options: dict[str, Any] | None = None, log=print) -> dict[str, Any]:
+    """Every (setting, seed) in turn; writes ``results.json`` with all runs and returns it."""
+    from tqdm import tqdm
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    out_dir = Path(out_dir)
+    runs = [(s, k) for s in cfg.settings for k in cfg.seeds]
+    results = []
+    bar = tqdm(runs, desc="training runs", unit="run")
+    for setting, seed in bar:
+        bar.set_postfix_str(f"{setting} seed {seed}")
+        r = train_one(data, cfg, setting, seed, out_dir / setting / f"seed{seed}", options)
+        log(f"{setting} seed {seed}: best epoch {r['best_epoch']}/{r['epochs_run']}  test Corr {r['test']['Corr']:.4f}  "
+            f"MAE {r['test']['MAE']:.4f}  F1 {r['test'].get('Non0_F1_score', r['test'].get('F1_score', float('nan'))):.4f}")
+        results.append({k: v for k, v in r.items() if k != "history"} | {"dir": f"{setting}/seed{seed}"})
+    summary = {"config": to_dict(cfg), "data": data.summary(), "runs": results}
+    write_json_atomic(out_dir / "results.json", summary)
+    return summary
+
+
+def _run_stage(ctx: StageContext) -> dict[str, Any]:
+    from eca_msa.data import load_cache
+
+    cfg = from_dict(TrainConfig, ctx.params, f"stage '{ctx.stage}'")
+    data = load_cache(ctx.stage_dir("preprocess"))
+    summary = train_all(data, cfg, ctx.out_dir, ctx.options)
+    return {"runs": len(summary["runs"]), "results": str(ctx.out_dir / "results.json")}
+
+
+STAGE = Stage("train", _run_stage, description="train ALMT settings × seeds, select epochs on validation, test")
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", type=Path, help="MMSA pickle, or the tensor cache written by `eca-msa preprocess`")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per setting and seed)")
+    parser.add_argument("--config", type=Path, default=None, help="YAML with TrainConfig fields (a `train:` section is used if present)")
+    parser.add_argument("--settings", nargs="+", default=None, choices=list(SETTINGS), help="settings to train")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="random seeds")
+    parser.add_argument("--epochs", type=int, default=None, help="maximum epochs")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--select-metric", default=None, help="validation metric that picks the epoch (default MAE)")
+    add_runtime_arguments(parser)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig from an optional YAML plus command-line overrides."""
+    base: dict[str, Any] = {}
+    if args.config is not None:
+        import yaml
+
+        raw = yaml.safe_load(Path(args.config).read_text()) or {}
+        base = raw.get("train", raw)
+    for name in ("settings", "seeds", "epochs", "batch_size", "select_metric"):
+        value = getattr(args, name)
+        if value is not None:
+            base[name] = value
+    return from_dict(TrainConfig, base, str(args.config or "command line"))
+
+
+def main(args: argparse.Namespace) -> int:
+    from eca_msa.data import load_any
+
+    cfg = config_from_args(args)
+    data = load_any(args.data)
+    train_all(data, cfg, args.out, runtime_options(args))
+    print(f"results: {Path(args.out) / 'results.json'}")
+    return 0
