@@ -362,6 +362,8 @@ def train_method(method: str, cfg: TrainConfig, train_sl: list[SlideData], val_i
             _save_predictions(tmp / "predictions.npz", pred, test)
         if not test_sl:
             bank.save(tmp / "bank.npz")
+            write_json_atomic(tmp / "targets.json", spec.to_dict())
+        result["encoder"] = canonical_encoder(encoder)
         write_json_atomic(tmp / "result.json", result)
     return result
 
@@ -411,20 +413,22 @@ def train_all(cfg: TrainConfig, pre_dir: Path, out_dir: Path, options: dict[str,
         done += 1
     final = None
     if cfg.final_method is not None:
-        final = train_final(cfg, slides, encoder, out_dir / "final", options, base_key)
+        final = train_final(cfg, slides, manifest, out_dir / "final", options, base_key)
     return {"trained": done, "skipped": skipped, "folds": len(folds), "methods": cfg.methods,
             "transforms": cfg.transforms, "final": final}
 
 
-def train_final(cfg: TrainConfig, slides: list[SlideData], encoder: Any, out: Path, options: dict[str, Any],
+def train_final(cfg: TrainConfig, slides: list[SlideData], manifest: dict[str, Any], out: Path, options: dict[str, Any],
                 base_key: dict[str, Any]) -> str:
-    """``final_method`` trained on every ST slide (early stopping on one of them), with its exemplar bank."""
+    """``final_method`` trained on every ST slide (early stopping on one of them), with its exemplar bank
+    and the preprocess parameters (encoder, patch size) that new slides must be embedded with."""
     transform = cfg.final_transform or cfg.transforms[0]
     key = _digest({**base_key, "final": cfg.final_method, "transform": transform})
     if not _is_done(out, key):
         ids = sorted(s.slide_id for s in slides)
         spec = fit_targets(slides, transform, cfg.n_genes)
-        train_method(cfg.final_method, cfg, slides, ids[-1], [], spec, encoder, out, options, key)
+        train_method(cfg.final_method, cfg, slides, ids[-1], [], spec, manifest["encoder"], out, options, key)
+    write_json_atomic(out / "preprocess.json", {"encoder": manifest["encoder"], "params": manifest.get("params", {})})
     return str(out)
 
 
@@ -463,7 +467,9 @@ def load_trained(item_dir: Path, bank: ExemplarBank | None = None) -> TrainedMod
     if bank is None and (item_dir / "bank.npz").is_file():
         bank = ExemplarBank.load(item_dir / "bank.npz")
     if (item_dir / "ridge.npz").is_file():
-        raise DataError(f"{item_dir}: ridge models predict from features only; use a neural method for prediction")
+        spec = TargetSpec.from_dict(json.loads((item_dir / "targets.json").read_text()))
+        result = json.loads(result_path.read_text())
+        return TrainedModel("ridge", spec, result.get("encoder", ""), 0, False, None, RidgeBaseline.load(item_dir / "ridge.npz"), bank)
     ckpt = torch.load(item_dir / "model.pt", map_location="cpu", weights_only=False)
     spec = TargetSpec.from_dict(ckpt["targets"])
     hp = ckpt["hparams"]

@@ -1,0 +1,143 @@
+"""``eca-bio predict``: expression maps for whole-slide images without sequencing.
+
+The slide is tiled over tissue and embedded with exactly the encoder and patch settings the model
+was trained with (``eca_bio.preprocess.run_preprocess``), each tile gets its k exemplars from the
+training bank, and the model's predictions are written as ``<slide>.h5ad`` (DESIGN §3 layout, no
+``truth`` layer) plus ``<slide>_genes.png`` heatmaps over the slide thumbnail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eca_core.config import from_dict
+from eca_core.io import write_json_atomic
+from eca_core.pipeline import Stage, StageContext, add_runtime_arguments, runtime_options
+from eca_bio.exemplars import ExemplarIndex
+from eca_bio.targets import DataError, canonical_encoder, load_slide
+
+
+@dataclass
+class PredictConfig:
+    """Parameters of the predict stage / command."""
+
+    slides: list[str] = field(default_factory=list)  # WSIs (any OpenSlide format or plain image) to predict on
+    mpp: float | None = None  # microns per pixel for slides whose metadata has none
+    genes_to_plot: int = 4
+    batch_size: int = 16
+    num_workers: int = 0
+    export_images: bool = True
+
+
+def find_model(path: Path) -> Path:
+    """The trained-model folder inside a pipeline run dir, a train output folder, or the folder itself."""
+    path = Path(path)
+    for cand in (path, path / "final", path / "train" / "final"):
+        if (cand / "result.json").is_file() and (cand / "preprocess.json").is_file():
+            return cand
+    raise DataError(f"{path}: no trained model found (expected a run dir with train/final/, or a train/final folder "
+                    f"with result.json and preprocess.json; run `eca-bio train` with final_method set)")
+
+
+def preprocess_config_for(model_dir: Path, cfg: PredictConfig):
+    """The training run's preprocess settings (encoder, patch size, tokens) applied to new slides."""
+    from eca_bio.preprocess import PreprocessConfig
+
+    saved = json.loads((model_dir / "preprocess.json").read_text())
+    params = dict(saved.get("params") or {})
+    if not params:
+        raise DataError(f"{model_dir}/preprocess.json has no preprocess parameters; cannot embed new slides consistently")
+    params.update(st_dir=None, sections=None, slides=[str(s) for s in cfg.slides], mpp=cfg.mpp,
+                  batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+    return from_dict(PreprocessConfig, params, f"{model_dir}/preprocess.json")
+
+
+def predict_slides(model: Path, cfg: PredictConfig, out_dir: Path, options: dict[str, Any] | None = None,
+                   progress: bool = True) -> dict[str, Any]:
+    """Tile + embed ``cfg.slides``, predict every tile and write .h5ad + heatmap PNG per slide into ``out_dir``."""
+    from eca_bio.export import plot_gene_maps, prediction_anndata, slide_images, top_genes, write_h5ad
+    from eca_bio.preprocess import run_preprocess
+    from eca_bio.train import SpotSet, load_trained, predict_spots
+
+    if not cfg.slides:
+        raise DataError("predict: no slides given")
+    for s in cfg.slides:
+        if not Path(s).exists():
+            raise DataError(f"{s}: slide file does not exist")
+    model_dir = find_model(model)
+    trained = load_trained(model_dir)
+    pcfg = preprocess_config_for(model_dir, cfg)
+    out_dir = Path(out_dir)
+    manifest = run_preprocess(pcfg, out_dir / "preprocess", options, progress=progress)
+    encoder = json.loads(trained.encoder) if trained.encoder else manifest["encoder"]
+    if canonical_encoder(manifest["encoder"]) != canonical_encoder(encoder):
+        raise DataError(f"new slides were embedded with {manifest['encoder']}, the model expects {encoder}")
+    written = {}
+    for entry in manifest["slides"]:
+        slide = load_slide(out_dir / "preprocess", entry, encoder, with_tokens=trained.use_tokens)
+        if slide.n_spots == 0:
+            raise DataError(f"{entry['image']}: no tissue tiles found; nothing to predict")
+        if trained.ridge is not None:
+            pred = trained.ridge.predict(slide.features)
+        else:
+            trained.bank.check_compatible(trained.spec.genes, slide.features.shape[1], canonical_encoder(encoder))
+            index = ExemplarIndex(trained.bank, trained.k)
+            ex = index.query(slide.features, None)[0]
+            spots = SpotSet(slide.features, slide.tokens if trained.use_tokens else None,
+                            np.zeros((slide.n_spots, len(trained.spec.genes)), np.float32), ex,
+                            np.full(slide.n_spots, slide.slide_id), [], slide.centres)
+            pred = predict_spots(trained.task, spots, trained.bank)
+        names = [f"{x}_{y}" for x, y in slide.coords]
+        images, scales = slide_images(slide.image, slide.mpp) if cfg.export_images else (None, None)
+        eca = {"method": trained.method, "target_transform": trained.spec.transform, "model": str(model_dir.resolve()),
+               "train_slides": trained.spec.train_slides, "slide": slide.image, "encoder": canonical_encoder(encoder),
+               "note": "X = predicted per-gene min-max scaled targets (training statistics); no measured expression"}
+        adata = prediction_anndata(pred, trained.spec.genes, names, slide.centres, slide.slide_id, images=images,
+                                   scalefactors=scales, spot_diameter_px=slide.patch_size_px, eca=eca)
+        path = write_h5ad(adata, out_dir / f"{slide.slide_id}.h5ad")
+        png = plot_gene_maps(adata, top_genes(adata, cfg.genes_to_plot), out_dir / f"{slide.slide_id}_genes.png",
+                             title=f"{slide.slide_id}: predicted ({trained.method}, target {trained.spec.transform})")
+        written[slide.slide_id] = {"h5ad": str(path), "png": str(png), "tiles": slide.n_spots}
+        if progress:
+            print(f"{slide.slide_id}: {slide.n_spots} tiles -> {path}")
+    write_json_atomic(out_dir / "predictions.json", {"model": str(model_dir), "slides": written})
+    return {"slides": written}
+
+
+def _stage_run(ctx: StageContext) -> dict[str, Any]:
+    cfg = from_dict(PredictConfig, ctx.params, "predict")
+    if not cfg.slides:
+        return {"slides": {}, "note": "no slides to predict"}
+    return predict_slides(ctx.stage_dir("train"), cfg, ctx.out_dir, ctx.options)
+
+
+def _stage_inputs(ctx: StageContext) -> list[Path]:
+    return [Path(s) for s in (ctx.params.get("slides") or [])]
+
+
+STAGE = Stage("predict", _stage_run, inputs=_stage_inputs, description="expression maps for new WSIs without sequencing")
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, required=True, help="pipeline run dir (with train/final) or a trained model folder")
+    parser.add_argument("--slides", nargs="+", required=True, help="whole-slide images (svs, ndpi, tiff, jpg, ...)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder for .h5ad and PNG files")
+    parser.add_argument("--mpp", type=float, default=None, help="microns per pixel if the slide metadata has none")
+    parser.add_argument("--genes-to-plot", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=16)
+    add_runtime_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    cfg = PredictConfig(slides=[str(s) for s in args.slides], mpp=args.mpp, genes_to_plot=args.genes_to_plot,
+                        batch_size=args.batch_size, num_workers=args.num_workers or 0)
+    result = predict_slides(args.model, cfg, args.out, runtime_options(args))
+    for sid, r in result["slides"].items():
+        print(f"{sid}: {r['tiles']} tiles\n  {r['h5ad']}\n  {r['png']}")
+    return 0
