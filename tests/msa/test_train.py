@@ -10,7 +10,7 @@ from eca_msa.cli import main as cli_main
 from eca_msa.metrics import mosi_regression_metrics
 from eca_msa.train import TrainConfig, setting_configs
 
-from conftest import TINY
+from tests.msa.conftest import TINY
 
 # A narrower ALMT keeps the test fast; the full-size model is exercised in test_almt.py.
 SMALL_MODEL = {"dim": 32, "heads": 2, "dim_head": 16, "mlp_dim": 32, "hyper_heads": 2, "hyper_dim_head": 16}
