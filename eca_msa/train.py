@@ -166,6 +166,8 @@ def train_one(data, cfg: TrainConfig, setting: str, seed: int, out_dir: Path, op
     options = dict(options or {})
     out_dir = Path(out_dir)
     shapes = data.shapes()
+    if cfg.model.text_model and any(s.text_bert is None for s in data.splits.values()):
+        raise ValueError(f"{data.source}: model.text_model={cfg.model.text_model!r} fine-tunes BERT but the data has no 'text_bert' ids")
     key = _run_key(cfg, setting, seed, shapes, data.source)
     done_path = out_dir / "metrics.json"
     if done_path.exists():

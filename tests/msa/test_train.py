@@ -86,3 +86,14 @@ def test_cli_help_and_preprocess_errors(tmp_path, capsys):
     assert exc.value.code == 0
     with pytest.raises(FileNotFoundError, match="no such MMSA pickle"):
         cli_main(["preprocess", str(tmp_path / "missing.pkl"), "--out", str(tmp_path / "o")])
+
+
+def test_bert_setting_needs_text_bert_ids(tiny_mmsa, tmp_path):
+    from eca_msa.almt import ALMTConfig
+    from eca_msa.data import from_mmsa_dict
+    from eca_msa.train import train_one
+
+    raw = {name: {k: v for k, v in split.items() if k != "text_bert"} for name, split in tiny_mmsa.items()}
+    cfg = TrainConfig(model=ALMTConfig(text_model="bert-base-uncased"), epochs=1)
+    with pytest.raises(ValueError, match="no 'text_bert' ids"):
+        train_one(from_mmsa_dict(raw, "nobert.pkl"), cfg, "almt", 0, tmp_path)
