@@ -63,11 +63,36 @@ class PatchDataset(Dataset):
 
 
 class SlideBatchSampler(Sampler[list[int]]):
-    """Consecutive batches of one slide at a time (a batch never mixes slides)."""
+    """Batches of one slide each, ordered so that each DataLoader worker reads as few slides as possible.
 
-    def __init__(self, offsets: np.ndarray, batch_size: int) -> None:
-        self.batches = [list(range(s, min(s + batch_size, e)))
-                        for s0, e in zip(offsets[:-1], offsets[1:]) for s in range(int(s0), int(e), batch_size)]
+    A DataLoader with W workers hands batch i to worker i mod W. Slides are assigned to workers (largest
+    first, to the least-loaded worker) and their batches interleaved in that rhythm, so each worker decodes
+    only its own slides (a full-resolution JPEG is decoded once, not once per worker). A worker whose
+    slides are done takes batches from the fullest queue.
+    """
+
+    def __init__(self, offsets: np.ndarray, batch_size: int, num_workers: int = 0) -> None:
+        per_slide = [[list(range(s, min(s + batch_size, int(e)))) for s in range(int(s0), int(e), batch_size)]
+                     for s0, e in zip(offsets[:-1], offsets[1:])]
+        workers = max(1, int(num_workers))
+        if workers == 1:
+            self.batches = [b for slide in per_slide for b in slide]
+            return
+        queues: list[list[list[int]]] = [[] for _ in range(workers)]
+        for k in sorted(range(len(per_slide)), key=lambda k: -len(per_slide[k])):
+            target = min(range(workers), key=lambda w: (len(queues[w]), w))
+            queues[target].extend(per_slide[k])
+        self.batches = []
+        heads = [0] * workers
+        total = sum(len(q) for q in queues)
+        while len(self.batches) < total:
+            for w in range(workers):
+                if len(self.batches) == total:
+                    break
+                if heads[w] >= len(queues[w]):
+                    w = max(range(workers), key=lambda v: len(queues[v]) - heads[v])
+                self.batches.append(queues[w][heads[w]])
+                heads[w] += 1
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches)
@@ -113,7 +138,7 @@ class SlideDataModule(L.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         self.rank_jobs = [j for i, j in enumerate(self.jobs) if i % world == rank]
         ds = PatchDataset(self.rank_jobs, self.patch_px)
-        return DataLoader(ds, batch_sampler=SlideBatchSampler(ds.offsets, self.batch_size), num_workers=self.num_workers,
+        return DataLoader(ds, batch_sampler=SlideBatchSampler(ds.offsets, self.batch_size, self.num_workers), num_workers=self.num_workers,
                           persistent_workers=False, pin_memory=False,
                           prefetch_factor=4 if self.num_workers > 0 else None)
 

@@ -25,7 +25,7 @@ PLAIN_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 TIFF_SUFFIXES = {".tif", ".tiff", ".btf"}
 BACKGROUND = (255, 255, 255)
 _DECODED_CACHE_SIZE = 1  # decoded plain images kept per process (each her2st JPEG is ~270 MB decoded)
-_decoded: "OrderedDict[str, np.ndarray]" = OrderedDict()
+_decoded: "OrderedDict[str, Image.Image]" = OrderedDict()
 
 
 class SlideError(RuntimeError):
@@ -206,8 +206,8 @@ class ImageReader(SlideReader):
         # JPEG/PNG dpi fields are screen resolutions (72/96 dpi), never microscope resolutions.
         return (int(size[0]), int(size[1])), None
 
-    def array(self) -> np.ndarray:
-        """The decoded level-0 image as an (H, W, 3) uint8 array, cached per process."""
+    def image(self) -> Image.Image:
+        """The decoded level-0 RGB image, cached per process (Pillow crops it without copying the whole image)."""
         key = str(self.path)
         if key in _decoded:
             _decoded.move_to_end(key)
@@ -218,34 +218,34 @@ class ImageReader(SlideReader):
             if self._is_tiff():
                 import tifffile
 
-                arr = _to_rgb_array(tifffile.imread(self.path, key=0))
+                img = Image.fromarray(_to_rgb_array(tifffile.imread(self.path, key=0)))
             else:
                 with Image.open(self.path) as im:
-                    arr = np.asarray(im.convert("RGB"))
+                    im.load()
+                    img = im if im.mode == "RGB" else im.convert("RGB")
         except Exception as exc:
             raise SlideError(f"{self.path}: cannot decode image (unreadable or truncated?): {exc}") from exc
-        if arr.shape[1] != self.dimensions[0] or arr.shape[0] != self.dimensions[1]:
-            raise SlideError(f"{self.path}: decoded size {arr.shape[1]}x{arr.shape[0]} != header size {self.dimensions}")
-        _decoded[key] = arr
-        return arr
+        if img.size != tuple(self.dimensions):
+            raise SlideError(f"{self.path}: decoded size {img.size} != header size {self.dimensions}")
+        _decoded[key] = img
+        return img
 
     def _read(self, x: int, y: int, w: int, h: int, size: tuple[int, int]) -> Image.Image:
-        arr = self.array()
-        H, W = arr.shape[:2]
-        x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
-        if x0 == x and y0 == y and x1 == x + w and y1 == y + h:
-            crop = arr[y0:y1, x0:x1]
-        else:
-            crop = np.full((h, w, 3), 255, dtype=np.uint8)
+        img = self.image()
+        W, H = img.size
+        if x >= 0 and y >= 0 and x + w <= W and y + h <= H:
+            crop = img.crop((x, y, x + w, y + h))
+        else:  # partly outside the slide: white background
+            crop = Image.new("RGB", (w, h), BACKGROUND)
+            x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + w, W), min(y + h, H)
             if x1 > x0 and y1 > y0:
-                crop[y0 - y:y1 - y, x0 - x:x1 - x] = arr[y0:y1, x0:x1]
-        img = Image.fromarray(np.ascontiguousarray(crop))
-        return img if img.size == size else img.resize(size, Image.Resampling.BILINEAR)
+                crop.paste(img.crop((x0, y0, x1, y1)), (x0 - x, y0 - y))
+        return crop if crop.size == size else crop.resize(size, Image.Resampling.BILINEAR)
 
     def thumbnail(self, max_size: int) -> Image.Image:
         try:
             if self._is_tiff():
-                img = Image.fromarray(self.array())
+                img = self.image().copy()
             else:
                 with Image.open(self.path) as im:
                     im.draft("RGB", (max_size, max_size))  # JPEG: decode at 1/2..1/8 scale, much faster

@@ -273,12 +273,11 @@ def read_10x_h5(path: str | os.PathLike, gex_only: bool = True) -> ad.AnnData:
         raise
     except (OSError, KeyError, ValueError) as exc:
         raise STError(f"{path}: not a readable 10x feature-barcode HDF5 file: {exc}") from exc
-    var = pd.DataFrame({"gene_ids": ids, "feature_types": ftype}, index=pd.Index(names))
-    adata = ad.AnnData(X=mat.T.tocsr().astype(np.float32), obs=pd.DataFrame(index=pd.Index(barcodes)), var=var)
-    if gex_only:
-        adata = adata[:, adata.var["feature_types"] == "Gene Expression"].copy()
-    adata.var_names_make_unique()
-    return adata
+    keep = np.array([t == "Gene Expression" for t in ftype]) if gex_only else np.ones(len(ids), dtype=bool)
+    names = ad.utils.make_index_unique(pd.Index(np.asarray(names)[keep]))  # scanpy's var_names_make_unique
+    var = pd.DataFrame({"gene_ids": np.asarray(ids)[keep], "feature_types": np.asarray(ftype)[keep]}, index=names)
+    X = mat.T.tocsr()[:, np.flatnonzero(keep)].astype(np.float32)
+    return ad.AnnData(X=X, obs=pd.DataFrame(index=pd.Index(barcodes)), var=var)
 
 
 def _read_positions(path: Path) -> pd.DataFrame:
@@ -325,7 +324,7 @@ def exclude_outside_image(adata: ad.AnnData, width: int, height: int, max_outsid
         )
     if outside:
         adata._inplace_subset_obs(inside)
-    st["excluded"]["outside_image"] = outside
+    adata.uns["st"]["excluded"]["outside_image"] = outside
     return outside
 
 
