@@ -77,8 +77,21 @@ class MSAData:
                 "mean_audio_len": float(s.audio_mask.sum(1).mean()),
                 "mean_vision_len": float(s.vision_mask.sum(1).mean()),
                 "has_text_bert": s.text_bert is not None,
+                **video_homogeneity(s),
             }
         return out
+
+
+def video_homogeneity(split: MSASplit) -> dict[str, float]:
+    """In-sample dispersion of the video frames (RMS over clips of d_i, masked) vs the spread of clip means across clips."""
+    from eca_core.attention import set_dispersion
+
+    x = torch.from_numpy(split.vision)
+    mask = torch.from_numpy(split.vision_mask)
+    xbar, d, r = set_dispersion(x, mask)
+    cross = torch.sqrt(((xbar - xbar.mean(0)) ** 2).sum(1).mean())
+    return {"vision_dispersion_rms": float(d.pow(2).mean().sqrt()), "vision_hull_radius_rms": float(r.pow(2).mean().sqrt()),
+            "vision_cross_sample_rms": float(cross)}
 
 
 def lengths_to_mask(lengths: np.ndarray, max_len: int) -> np.ndarray:

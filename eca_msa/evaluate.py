@@ -119,6 +119,14 @@ def plot_curves(runs: list[dict[str, Any]], path: str | Path) -> Path:
     return Path(path)
 
 
+def _homogeneity_line(data: dict[str, Any]) -> str:
+    train = data.get("train", {})
+    if "vision_dispersion_rms" not in train:
+        return ""
+    return (f"Video frames (train): in-sample dispersion RMS {train['vision_dispersion_rms']:.3f}, hull radius RMS "
+            f"{train['vision_hull_radius_rms']:.3f}, spread of clip means across clips {train['vision_cross_sample_rms']:.3f}.")
+
+
 def evaluate(train_dir: str | Path, out_dir: str | Path, cfg: EvaluateConfig | None = None) -> dict[str, Any]:
     """Write ``report.md``, ``report.json`` and ``curves.png`` into ``out_dir``; return the report dict."""
     cfg = cfg or EvaluateConfig()
@@ -135,6 +143,7 @@ def evaluate(train_dir: str | Path, out_dir: str | Path, cfg: EvaluateConfig | N
         "",
         f"Data: `{data.get('source', '?')}` ({sizes}). Mean ± standard deviation (ddof={cfg.std_ddof}) over seeds.",
         f"Model selection: the {selection} (early stopping on the same metric); every test metric of a run comes from that epoch.",
+        _homogeneity_line(data),
         "Metrics as MMSA's metricsTop: Has0 = truth ≥ 0 vs pred ≥ 0; Non0 = zeros dropped, > 0 vs > 0; F1 weighted.",
         "",
         table,
