@@ -38,7 +38,8 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     mu0 = np.divide(m0, w0, out=np.zeros_like(m0), where=w0 > 0)
     mu1 = np.divide(m0[-1] - m0, w1, out=np.zeros_like(m0), where=w1 > 0)
     between = w0 * w1 * (mu0 - mu1) ** 2
-    return float(centres[int(np.argmax(between))])
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))
+    return float(centres[best].mean())  # middle of the plateau when the classes are separated by a gap
 
 
 def detect_tissue(thumbnail: Image.Image | np.ndarray, thumb_mpp: float, cfg: TissueConfig | None = None) -> np.ndarray:
