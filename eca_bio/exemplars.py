@@ -116,7 +116,7 @@ class ExemplarIndex:
             others = [s for s in self._rows if s != own]
             available = sum(len(self._rows[s]) for s in others)
             if available < self.k:
-                raise ValueError(f"only {available} exemplar spots outside slide {own!r}; need k={self.k}")
+                raise ValueError(f"only {available} exemplar spots outside slide '{own}'; need k={self.k}")
             for start in range(0, len(sel), batch):
                 rows = sel[start:start + batch]
                 idx[rows], dist[rows] = self._search(emb[rows], others)

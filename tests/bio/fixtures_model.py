@@ -45,8 +45,10 @@ def write_slide(out_dir: Path, slide_id: str, features: np.ndarray, tokens: np.n
 
 
 def make_preprocess_dir(out_dir: Path, n_slides: int = 4, n_spots: int = 40, n_genes: int = 30, dim: int = 16,
-                        n_tokens: int = 4, seed: int = 0, missing_gene: bool = False) -> Path:
+                        n_tokens: int = 4, seed: int = 0, missing_gene: bool = False, encoder: dict | None = None,
+                        params: dict | None = None) -> Path:
     """A preprocess output folder whose expression depends (learnably) on the features."""
+    encoder = encoder or ENCODER
     rng = np.random.default_rng(seed)
     out_dir = Path(out_dir)
     genes = [f"G{i:03d}" for i in range(n_genes)]
@@ -63,7 +65,7 @@ def make_preprocess_dir(out_dir: Path, n_slides: int = 4, n_spots: int = 40, n_g
         if missing_gene and s == n_slides - 1:
             slide_genes, counts = slide_genes[1:], counts[:, 1:]
         grid = np.stack(np.meshgrid(np.arange(8), np.arange(int(np.ceil(n_spots / 8)))), -1).reshape(-1, 2)[:n_spots]
-        entries.append(write_slide(out_dir, sid, features, tokens, grid * 64, counts, slide_genes))
-    manifest = {"encoder": ENCODER, "feature_dim": dim, "params": {"patch_um": 32.0, "patch_px": 64}, "slides": entries}
+        entries.append(write_slide(out_dir, sid, features, tokens, grid * 64, counts, slide_genes, encoder))
+    manifest = {"encoder": encoder, "feature_dim": dim, "params": params or {"patch_um": 32.0, "patch_px": 64}, "slides": entries}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return out_dir

@@ -1,0 +1,93 @@
+"""Slide-level CV training: folds, outputs, resume, gene-list/bank mismatch, bad input leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from eca_bio.exemplars import BankMismatchError, ExemplarBank
+from eca_bio.model import ModelConfig
+from eca_bio.targets import DataError
+from eca_bio.train import TrainConfig, load_trained, plan_folds, train_all
+from tests.bio.fixtures_model import make_preprocess_dir
+
+
+def tiny_config(**kw) -> TrainConfig:
+    base = dict(methods=["ridge", "eca"], transforms=["egn"], n_genes=10, k=3, epochs=2, patience=2, min_epochs=1,
+                batch_size=32, model=ModelConfig(hidden=8, heads=2), final_method="eca", threads=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_fold_plans():
+    folds = plan_folds(["C", "A", "B"], "loso", 0)
+    assert [f["test"] for f in folds] == [["A"], ["B"], ["C"]]
+    for f in folds:
+        assert f["val"] in f["train"] and not set(f["test"]) & set(f["train"])
+    kf = plan_folds(["A", "B", "C", "D"], "kfold", 2)
+    assert [f["test"] for f in kf] == [["A", "C"], ["B", "D"]]
+    with pytest.raises(DataError, match="fold 0 .* has 1 training slide"):
+        plan_folds(["A", "B"], "loso", 0)
+    with pytest.raises(DataError, match="n_folds"):
+        plan_folds(["A", "B", "C"], "kfold", 5)
+
+
+def test_train_writes_every_item_and_resumes(tmp_path):
+    pre = make_preprocess_dir(tmp_path / "pre", n_slides=3, n_spots=24, n_genes=12)
+    out = tmp_path / "train"
+    summary = train_all(tiny_config(), pre, out, progress=False)
+    assert summary["trained"] == 6 and summary["skipped"] == 0
+    folds = json.loads((out / "folds.json").read_text())
+    for fold in folds["folds"]:
+        targets = json.loads((out / "egn" / f"fold_{fold['fold']}" / "targets.json").read_text())
+        assert targets["train_slides"] == fold["train"] and len(targets["genes"]) == 10
+        for method in ("ridge", "eca"):
+            z = np.load(out / "egn" / f"fold_{fold['fold']}" / method / "predictions.npz")
+            assert z["pred"].shape == (24, 10) and set(z["slide_ids"]) == set(fold["test"])
+        hist = (out / "egn" / f"fold_{fold['fold']}" / "eca" / "history.csv").read_text().splitlines()
+        assert hist[0] == "epoch,train_pcc,train_mse,val_pcc,val_mse" and len(hist) == 3
+        assert (out / "egn" / f"fold_{fold['fold']}" / "eca" / "early_stopping.ckpt").is_file()
+    assert not list(out.rglob(".*tmp*"))
+    again = train_all(tiny_config(), pre, out, progress=False)
+    assert again["trained"] == 0 and again["skipped"] == 6
+    # the final model predicts with its own bank; a bank built with another gene list is refused
+    model = load_trained(out / "final")
+    assert model.bank.genes == model.spec.genes and model.spec.train_slides == ["S0", "S1", "S2"]
+    other = ExemplarBank(model.bank.embeddings, model.bank.targets, model.bank.slide_ids,
+                         list(reversed(model.bank.genes)), model.bank.encoder)
+    with pytest.raises(BankMismatchError, match="gene list does not match the model's"):
+        load_trained(out / "final", bank=other)
+
+
+def test_fewer_than_two_training_slides_fails_before_writing(tmp_path):
+    pre = make_preprocess_dir(tmp_path / "pre", n_slides=2, n_spots=10)
+    with pytest.raises(DataError, match="has 1 training slide"):
+        train_all(tiny_config(), pre, tmp_path / "train", progress=False)
+    assert not (tmp_path / "train").exists()
+
+
+def test_nan_features_and_other_encoder_fail_before_writing(tmp_path):
+    pre = make_preprocess_dir(tmp_path / "pre", n_slides=3, n_spots=10)
+    with h5py.File(pre / "slides/S2.h5", "a") as f:
+        tok = f["tokens"][:]
+        tok[0, 0, 0] = np.inf
+        f["tokens"][...] = tok
+    with pytest.raises(DataError, match=r"S2\.h5: tokens contain NaN/inf"):
+        train_all(tiny_config(), pre, tmp_path / "train", progress=False)
+    assert not (tmp_path / "train").exists()
+    pre = make_preprocess_dir(tmp_path / "pre2", n_slides=3, n_spots=10)
+    with h5py.File(pre / "slides/S1.h5", "a") as f:
+        f.attrs["encoder_config"] = json.dumps({"name": "vit_giant"})
+    with pytest.raises(DataError, match="another encoder"):
+        train_all(tiny_config(), pre, tmp_path / "train2", progress=False)
+    assert not (tmp_path / "train2").exists()
+
+
+def test_config_rejects_unknown_methods():
+    with pytest.raises(ValueError, match="unknown"):
+        TrainConfig(methods=["transformer"])
+    with pytest.raises(ValueError, match="unknown"):
+        TrainConfig(transforms=["log2"])
