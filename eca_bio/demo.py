@@ -111,6 +111,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bio_demo"), help="run directory (data go to OUT/data)")
     parser.add_argument("--pipeline", type=Path, default=None, help="pipeline YAML (default: pipelines/bio_demo.yaml)")
     parser.add_argument("--slides", type=int, default=4, help="number of synthetic ST slides (>= 3 for LOSO)")
+    parser.add_argument("--grid", type=int, default=9, help="spots per side of each synthetic ST array")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
                         help="override a stage parameter of the demo pipeline; repeatable")
@@ -120,7 +121,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     start = time.time()
     out = Path(args.out)
-    data = make_demo_data(out / "data", n_slides=args.slides, seed=args.seed)
+    data = make_demo_data(out / "data", n_slides=args.slides, grid=args.grid, seed=args.seed)
     print(f"synthetic data: {len(list(data['st_dir'].iterdir()))} ST slides in {data['st_dir'].resolve()}, "
           f"new slide {data['new_slide'].resolve()}")
     os.environ["DEMO_DATA"] = str((out / "data").resolve())
