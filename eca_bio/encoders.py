@@ -119,14 +119,14 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     if not isinstance(state, dict):
         raise EncoderError(f"{path}: expected a state dict, got {type(state).__name__}")
     state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    bad = [f"{k} {tuple(v.shape)} vs {shapes[k]}" for k, v in state.items() if k in shapes and tuple(v.shape) != shapes[k]]
+    if bad:
+        raise EncoderError(f"{path}: weights do not fit the encoder: {len(bad)} shape mismatch(es), e.g. {bad[:3]}")
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith(("head.", "fc.", "classifier."))]
     if missing:
         raise EncoderError(f"{path}: weights do not fit the encoder: missing {len(missing)} key(s), e.g. {missing[:5]}")
-    shapes = {k: v.shape for k, v in model.state_dict().items()}
-    bad = [k for k, v in state.items() if k in shapes and tuple(v.shape) != tuple(shapes[k])]
-    if bad:
-        raise EncoderError(f"{path}: shape mismatch for {bad[:5]}")
 
 
 @dataclass
