@@ -39,6 +39,7 @@ from eca_bio.targets import TRANSFORMS, DataError, SlideData, TargetSpec, canoni
 # method -> (model overrides, PCC term of the loss); ridge is the closed-form baseline
 METHODS: dict[str, tuple[dict[str, Any], str] | None] = {
     "ridge": None,
+    "ridge_cv": None,
     "meanpool": ({"pool": "mean"}, "plain"),
     "softmax": ({"pool": "attention", "attention": "softmax"}, "plain"),
     "eca": ({"pool": "attention", "attention": "eca"}, "dnpl"),
@@ -47,7 +48,7 @@ METHODS: dict[str, tuple[dict[str, Any], str] | None] = {
     "no_dnpl": ({"pool": "attention", "attention": "no_dnpl"}, "plain"),
 }
 METHOD_LABELS = {
-    "ridge": "ridge (PCA-256, HEST)", "meanpool": "mean-pool MLP", "softmax": "softmax attention",
+    "ridge": "ridge (PCA-256, HEST)", "ridge_cv": "ridge (PCA-256, alpha on val slide)", "meanpool": "mean-pool MLP", "softmax": "softmax attention",
     "eca": "ECA full", "no_sra": "ECA w/o SRA", "no_dats": "ECA w/o DATS", "no_dnpl": "ECA w/o DNPL",
 }
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class TrainConfig:
     refit: bool = True  # retrain on all training slides for the early-stopped number of epochs
     ridge_components: int = 256
     ridge_alpha: float | None = None  # None: HEST's 100 / (components · genes)
+    ridge_alphas: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0])  # ridge_cv grid
     final_method: str | None = "eca"  # trained on every ST slide for `eca-bio predict`; None to skip
     final_transform: str | None = None  # default: the first of `transforms`
     seed: int = 0
@@ -341,8 +343,9 @@ def train_method(method: str, cfg: TrainConfig, train_sl: list[SlideData], val_i
     result: dict[str, Any] = {"method": method, "key": key, "transform": spec.transform, "train": spec.train_slides,
                               "val": val_id, "test": [s.slide_id for s in test_sl]}
     with atomic_dir(out) as tmp:
-        if method == "ridge":
-            ridge = RidgeBaseline(cfg.ridge_components, cfg.ridge_alpha).fit(everything.features, everything.targets)
+        if method in ("ridge", "ridge_cv"):
+            alpha = cfg.ridge_alpha if method == "ridge" else select_ridge_alpha(cfg, train_sl, val_id, spec, result)
+            ridge = RidgeBaseline(cfg.ridge_components, alpha).fit(everything.features, everything.targets)
             ridge.save(tmp / "ridge.npz")
             pred = ridge.predict(test.features) if test is not None else None
             result.update(epochs=0, alpha=float(ridge.params["alpha"]), components=int(ridge.params["components"].shape[0]))
@@ -368,6 +371,21 @@ def train_method(method: str, cfg: TrainConfig, train_sl: list[SlideData], val_i
     return result
 
 
+def select_ridge_alpha(cfg: TrainConfig, train_sl: list[SlideData], val_id: str | None, spec: TargetSpec,
+                      result: dict[str, Any]) -> float:
+    """The ``ridge_alphas`` value with the best PCC@M on the held-out training slide (recorded in ``result``)."""
+    fit = [s for s in train_sl if s.slide_id != val_id]
+    val = [s for s in train_sl if s.slide_id == val_id]
+    x_fit = np.concatenate([s.features for s in fit])
+    y_fit = np.concatenate([make_targets(s, spec)[0] for s in fit])
+    x_val = np.concatenate([s.features for s in val])
+    y_val = np.concatenate([make_targets(s, spec)[0] for s in val])
+    scores = {a: epoch_scores(RidgeBaseline(cfg.ridge_components, a).fit(x_fit, y_fit).predict(x_val), y_val)[0]
+              for a in cfg.ridge_alphas}
+    result["alpha_val_pcc"] = {str(a): v for a, v in scores.items()}
+    return max(scores, key=lambda a: -np.inf if np.isnan(scores[a]) else scores[a])
+
+
 def train_all(cfg: TrainConfig, pre_dir: Path, out_dir: Path, options: dict[str, Any] | None = None,
               progress: bool = True) -> dict[str, Any]:
     """Cross-validate every method under every transform; write ``folds.json`` and per-item folders."""
@@ -381,7 +399,8 @@ def train_all(cfg: TrainConfig, pre_dir: Path, out_dir: Path, options: dict[str,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     encoder = manifest["encoder"]
-    base_key = {"config": to_dict(cfg), "encoder": canonical_encoder(encoder),
+    item_cfg = {k: v for k, v in to_dict(cfg).items() if k not in ("methods", "transforms", "final_method", "final_transform", "threads")}
+    base_key = {"config": item_cfg, "encoder": canonical_encoder(encoder),
                 "slides": {s.slide_id: [s.n_spots, str(s.h5.stat().st_mtime_ns)] for s in slides}}
     write_json_atomic(out_dir / "folds.json", {"cv": cfg.cv, "folds": folds, "encoder": encoder,
                                                "feature_dim": int(slides[0].features.shape[1]),
@@ -469,7 +488,7 @@ def load_trained(item_dir: Path, bank: ExemplarBank | None = None) -> TrainedMod
     if (item_dir / "ridge.npz").is_file():
         spec = TargetSpec.from_dict(json.loads((item_dir / "targets.json").read_text()))
         result = json.loads(result_path.read_text())
-        return TrainedModel("ridge", spec, result.get("encoder", ""), 0, False, None, RidgeBaseline.load(item_dir / "ridge.npz"), bank)
+        return TrainedModel(result["method"], spec, result.get("encoder", ""), 0, False, None, RidgeBaseline.load(item_dir / "ridge.npz"), bank)
     ckpt = torch.load(item_dir / "model.pt", map_location="cpu", weights_only=False)
     spec = TargetSpec.from_dict(ckpt["targets"])
     hp = ckpt["hparams"]

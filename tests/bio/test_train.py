@@ -91,3 +91,13 @@ def test_config_rejects_unknown_methods():
         TrainConfig(methods=["transformer"])
     with pytest.raises(ValueError, match="unknown"):
         TrainConfig(transforms=["log2"])
+
+
+def test_ridge_cv_picks_alpha_on_the_validation_slide(tmp_path):
+    pre = make_preprocess_dir(tmp_path / "pre", n_slides=3, n_spots=20, n_genes=12)
+    cfg = tiny_config(methods=["ridge_cv"], final_method=None, ridge_alphas=[0.01, 1e6])
+    train_all(cfg, pre, tmp_path / "train", progress=False)
+    res = json.loads((tmp_path / "train" / "egn" / "fold_0" / "ridge_cv" / "result.json").read_text())
+    scores = res["alpha_val_pcc"]
+    assert set(scores) == {"0.01", "1000000.0"}
+    assert res["alpha"] == float(max(scores, key=scores.get))
