@@ -14,7 +14,7 @@ from typing import Any
 from eca_core.pipeline import PipelineSpec, add_runtime_arguments, run_pipeline, runtime_options
 
 DEMO_DATA = dict(n_train=256, n_valid=96, n_test=192, audio_len=60, vision_len=120, key_frames=3, seed=0)
-DEMO_TRAIN = dict(epochs=12, batch_size=16, patience=4, progress_bar=False)
+DEMO_TRAIN = dict(epochs=16, batch_size=16, patience=4, progress_bar=False)
 
 
 def demo_spec(run_dir: Path, seeds: list[int], epochs: int, n_train: int, threads: int) -> PipelineSpec:

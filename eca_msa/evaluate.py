@@ -56,7 +56,8 @@ def aggregate(runs: list[dict[str, Any]], ddof: int = 1) -> dict[str, dict[str, 
         entry: dict[str, Any] = {"seeds": [r["seed"] for r in rs], "metrics": {}}
         keys = [k for k in rs[0]["test"] if k in HIGHER_IS_BETTER]
         for key in keys + ["best_epoch"]:
-            vals = np.array([r["best_epoch"] if key == "best_epoch" else r["test"][key] for r in rs], dtype=np.float64)
+            # best_epoch is reported 1-based (the first epoch is 1), as on the curves
+            vals = np.array([r["best_epoch"] + 1 if key == "best_epoch" else r["test"][key] for r in rs], dtype=np.float64)
             std = float(vals.std(ddof=ddof)) if len(vals) > ddof else float("nan")
             entry["metrics"][key] = {"mean": float(vals.mean()), "std": std, "values": vals.tolist()}
         out[setting] = entry
@@ -71,7 +72,7 @@ def markdown_table(agg: dict[str, dict[str, Any]], baseline: str | None = None) 
     """Settings side by side: test metrics as mean ± std over seeds, then differences to ``baseline``."""
     first = next(iter(agg.values()))["metrics"]
     order = [k for k in (MOSI_ORDER if "Non0_F1_score" in first else SIMS_ORDER) if k in first]
-    head = "| setting | seeds | " + " | ".join(SHORT[k] for k in order) + " | best epoch |"
+    head = "| setting | seeds | " + " | ".join(SHORT[k] for k in order) + " | selected epoch |"
     lines = [head, "|" + "---|" * (len(order) + 3)]
     for setting, e in agg.items():
         cells = [_fmt(e["metrics"][k]) for k in order] + [f"{e['metrics']['best_epoch']['mean']:.1f}"]

@@ -44,8 +44,8 @@ class SyntheticConfig:
     key_frames: int = 3  # informative frames per clip
     center_std: float = 1.0  # σ_c: spread of clip centres across clips
     frame_noise: float = 0.05  # σ_floor: spread of ordinary frames around their clip centre
-    key_contrast: float = 1.0  # std of a_i, the key frames' offset along u
-    key_gain: float = 2.0  # κ: weight of a_i in the label
+    key_contrast: float = 3.0  # std of a_i, the key frames' offset along u
+    key_gain: float = 2.0 / 3.0  # κ: weight of a_i in the label (κ·a_i has std 2)
     text_weight: float = 1.0
     video_weight: float = 1.0
     label_noise: float = 0.2
