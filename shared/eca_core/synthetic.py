@@ -213,8 +213,8 @@ class BenchmarkConfig:
 
     @classmethod
     def quick(cls) -> "BenchmarkConfig":
-        """~1 minute on 2 cores: softmax and full ECA, 3 seeds, 250 epochs, 1000 train sets."""
-        return cls(variants=["softmax", "eca"], train=TrainConfig(epochs=250), n_train=1000)
+        """~1 minute on 2 cores: softmax and full ECA, 3 seeds, 200 epochs, 1000 train sets."""
+        return cls(variants=["softmax", "eca"], train=TrainConfig(epochs=200), n_train=1000)
 
 
 def _mean_pool_pcc(data: SyntheticData) -> float:
@@ -353,7 +353,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     base = BenchmarkConfig()
     parser.add_argument("--out", type=Path, default=Path("runs/synthetic"), help="output folder")
     parser.add_argument("--quick", action="store_true",
-                        help="about a minute on 2 cores: softmax vs full ECA only, 3 seeds, 250 epochs, 1000 train sets")
+                        help="about a minute on 2 cores: softmax vs full ECA only, 3 seeds, 200 epochs, 1000 train sets")
     parser.add_argument("--levels", nargs="+", default=None, choices=list(LEVEL_CONTRAST), help="homogeneity levels")
     parser.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS), help="model variants")
     parser.add_argument("--seeds", type=int, default=None, help=f"number of seeds (default {len(base.seeds)})")
