@@ -278,10 +278,17 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg = EvaluateConfig(export_method=args.export_method or None, genes_to_plot=args.genes_to_plot)
-    result = evaluate_run(args.train, args.out, cfg, args.preprocess)
-    print((Path(args.out) / "report.md").read_text())
-    print(f"report: {result['report']}\nsummary: {result['summary']}")
-    for transform, paths in result["h5ad"].items():
-        print(f".h5ad ({transform}): {Path(paths[0]).parent if paths else '-'}")
+    """Run ``eca-bio evaluate``; input errors are printed as one line naming the file (exit code 2)."""
+    import sys
+
+    try:
+        cfg = EvaluateConfig(export_method=args.export_method or None, genes_to_plot=args.genes_to_plot)
+        result = evaluate_run(args.train, args.out, cfg, args.preprocess)
+        print((Path(args.out) / "report.md").read_text())
+        print(f"report: {result['report']}\nsummary: {result['summary']}")
+        for transform, paths in result["h5ad"].items():
+            print(f".h5ad ({transform}): {Path(paths[0]).parent if paths else '-'}")
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        print(f"eca-bio evaluate: error: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -135,9 +135,18 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg = PredictConfig(slides=[str(s) for s in args.slides], mpp=args.mpp, genes_to_plot=args.genes_to_plot,
-                        batch_size=args.batch_size, num_workers=args.num_workers or 0)
-    result = predict_slides(args.model, cfg, args.out, runtime_options(args))
-    for sid, r in result["slides"].items():
-        print(f"{sid}: {r['tiles']} tiles\n  {r['h5ad']}\n  {r['png']}")
+    """Run ``eca-bio predict``; input errors are printed as one line naming the file (exit code 2)."""
+    import sys
+
+    from eca_bio.slides import SlideError
+
+    try:
+        cfg = PredictConfig(slides=[str(s) for s in args.slides], mpp=args.mpp, genes_to_plot=args.genes_to_plot,
+                            batch_size=args.batch_size, num_workers=args.num_workers or 0)
+        result = predict_slides(args.model, cfg, args.out, runtime_options(args))
+        for sid, r in result["slides"].items():
+            print(f"{sid}: {r['tiles']} tiles\n  {r['h5ad']}\n  {r['png']}")
+    except (DataError, SlideError, ValueError, FileNotFoundError) as exc:
+        print(f"eca-bio predict: error: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -537,7 +537,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(args: argparse.Namespace) -> int:
-    summary = train_all(config_from_args(args), args.preprocess, args.out, runtime_options(args))
-    print(json.dumps(summary, indent=2))
-    print(f"models and predictions: {Path(args.out).resolve()}")
+    """Run ``eca-bio train``; input errors are printed as one line naming the file (exit code 2)."""
+    import sys
+
+    try:
+        summary = train_all(config_from_args(args), args.preprocess, args.out, runtime_options(args))
+        print(json.dumps(summary, indent=2))
+        print(f"models and predictions: {Path(args.out).resolve()}")
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        print(f"eca-bio train: error: {exc}", file=sys.stderr)
+        return 2
     return 0

@@ -101,3 +101,13 @@ def test_ridge_cv_picks_alpha_on_the_validation_slide(tmp_path):
     scores = res["alpha_val_pcc"]
     assert set(scores) == {"0.01", "1000000.0"}
     assert res["alpha"] == float(max(scores, key=scores.get))
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
+    from eca_bio.cli import main as cli_main
+
+    pre = make_preprocess_dir(tmp_path / "pre", n_slides=2, n_spots=10)
+    code = cli_main(["train", "--preprocess", str(pre), "--out", str(tmp_path / "train")])
+    assert code == 2
+    assert "eca-bio train: error: fold 0 (test ['S0']) has 1 training slide(s)" in capsys.readouterr().err
+    assert not (tmp_path / "train").exists()
