@@ -46,6 +46,7 @@ class PreprocessConfig:
     st_dir: str | None = None                 # legacy-ST / Visium section folder, or a folder of them
     st_format: Literal["auto", "legacy_st", "visium"] = "auto"
     sections: list[str] | None = None         # subset of section ids in st_dir (default: all)
+    images: dict[str, str] = field(default_factory=dict)  # section id -> full-res image (default: found in its folder)
     slides: list[str] = field(default_factory=list)  # WSIs without ST: tiled over detected tissue
     mpp: float | None = None                  # microns per pixel when the slide metadata has none
     patch_um: float = 112.0                   # patch side in microns (224 px at 0.5 um/px)
@@ -158,8 +159,15 @@ def _plan(cfg: PreprocessConfig, log) -> list[_Plan]:
 
     plans: list[_Plan] = []
     if cfg.st_dir is not None:
-        for section in find_sections(cfg.st_dir, cfg.st_format, cfg.sections):
-            adata = read_section(section)
+        sections = find_sections(cfg.st_dir, cfg.st_format, cfg.sections)
+        unknown = sorted(set(cfg.images) - {s.section_id for s in sections})
+        if unknown:
+            raise PreprocessError(f"images: no section(s) {unknown} in {cfg.st_dir}")
+        for section in sections:
+            image = cfg.images.get(section.section_id)
+            if image is not None and not Path(image).is_file():
+                raise PreprocessError(f"{image}: image of section {section.section_id} not found")
+            adata = read_section(section, image=image)
             st = adata.uns["st"]
             reader = open_slide(st["image"], mpp=st["array_mpp"])
             source = "slide metadata" if reader.metadata_mpp is not None else st["array_mpp_source"]
@@ -327,6 +335,7 @@ def _manifest(cfg: PreprocessConfig, out_dir: Path, plans: list[_Plan], encoder_
 def _stage_inputs(ctx: StageContext) -> list[Path]:
     cfg = config_from_params(ctx.params, f"{ctx.pipeline}:{ctx.stage}")
     paths = [Path(cfg.st_dir)] if cfg.st_dir else []
+    paths += [Path(p) for p in cfg.images.values()]
     paths += [Path(s) for s in cfg.slides]
     if cfg.encoder.weights:
         paths.append(Path(cfg.encoder.weights))
@@ -354,6 +363,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--st-dir", default=argparse.SUPPRESS, help="legacy-ST / Visium section folder, or a folder of them")
     parser.add_argument("--st-format", choices=["auto", "legacy_st", "visium"], default=argparse.SUPPRESS)
     parser.add_argument("--sections", nargs="+", default=argparse.SUPPRESS, help="section ids to use (default: all in --st-dir)")
+    parser.add_argument("--image", dest="images", action="append", default=argparse.SUPPRESS, metavar="SECTION=PATH",
+                        help="full-resolution image of an ST section (default: the image found in its folder); repeatable")
     parser.add_argument("--slides", nargs="+", default=argparse.SUPPRESS, help="whole-slide images without ST (tiled over tissue)")
     parser.add_argument("--mpp", type=float, default=argparse.SUPPRESS, help="microns per pixel for slides whose metadata has none")
     parser.add_argument("--patch-um", type=float, default=argparse.SUPPRESS, help="patch side in microns (default 112)")
@@ -371,7 +382,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_runtime_arguments(parser)
 
 
-_ARG_NAMES = ("config", "st_dir", "st_format", "sections", "slides", "mpp", "patch_um", "patch_px", "encoder",
+_ARG_NAMES = ("config", "images", "st_dir", "st_format", "sections", "slides", "mpp", "patch_um", "patch_px", "encoder",
               "pretrained", "weights", "encoder_kwargs", "token_grid", "no_tokens", "batch_size", "no_progress")
 
 
@@ -397,6 +408,11 @@ def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
               "mpp": args.mpp, "patch_um": args.patch_um, "patch_px": args.patch_px, "token_grid": args.token_grid,
               "batch_size": args.batch_size}
     params.update({k: v for k, v in simple.items() if v is not None})
+    if args.images:
+        pairs = [item.split("=", 1) for item in args.images]
+        if any(len(p) != 2 or not p[0] for p in pairs):
+            raise PreprocessError(f"--image: expected SECTION=PATH, got {args.images}")
+        params["images"] = {**params.get("images", {}), **dict(pairs)}
     if args.no_tokens:
         params["store_tokens"] = False
     if args.num_workers is not None:

@@ -145,6 +145,18 @@ def test_visium_folder_end_to_end(tmp_path):
         assert f.attrs["patch_size_px"] == 112
 
 
+def test_visium_image_given_explicitly(tmp_path):
+    folder = make_visium(tmp_path / "visium" / "V1")
+    moved = tmp_path / "elsewhere.tif"
+    (folder / "tissue_fullres.tif").rename(moved)
+    with pytest.raises(STError, match="no full-resolution image"):
+        run_preprocess(cfg_for(st_dir=str(folder)), tmp_path / "a", CPU, progress=False)
+    with pytest.raises(PreprocessError, match="V9"):
+        run_preprocess(cfg_for(st_dir=str(folder), images={"V9": str(moved)}), tmp_path / "b", CPU, progress=False)
+    manifest = run_preprocess(cfg_for(st_dir=str(folder), images={"V1": str(moved)}), tmp_path / "c", CPU, progress=False)
+    assert manifest["slides"][0]["image"] == str(moved.resolve())
+
+
 def _assert_nothing_written(out: Path) -> None:
     assert not out.exists() or not any(out.rglob("*")), sorted(map(str, out.rglob("*")))
 
