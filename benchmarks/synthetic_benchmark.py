@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = BenchmarkConfig(variants=list(VARIANTS), seeds=list(range(args.seeds)), train=TrainConfig(epochs=args.epochs))
-    results = run_benchmark(cfg)
+    results = run_benchmark(cfg, on_level=lambda partial: write_outputs(partial, args.out))
     write_outputs(results, args.out)
     print(format_markdown(results))
     checks = check_claims(results["summary"])

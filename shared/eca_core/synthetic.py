@@ -23,7 +23,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -225,8 +225,11 @@ def _mean_pool_pcc(data: SyntheticData) -> float:
     return float(rho[0])
 
 
-def run_benchmark(cfg: BenchmarkConfig, progress: bool = True) -> dict:
-    """Run every (level, variant, seed); return the results as a JSON-ready dict."""
+def run_benchmark(cfg: BenchmarkConfig, progress: bool = True, on_level: Callable[[dict], None] | None = None) -> dict:
+    """Run every (level, variant, seed); return the results as a JSON-ready dict.
+
+    ``on_level`` receives the results so far after each finished level (used to save partial work).
+    """
     from tqdm.auto import tqdm
 
     from eca_core.diagnostics import set_statistics
@@ -249,8 +252,14 @@ def run_benchmark(cfg: BenchmarkConfig, progress: bool = True) -> dict:
                 runs.append(train_variant(data, variant, cfg.train, seed, level))
                 bar.update()
         levels[level] = info
+        if on_level is not None:
+            on_level(_results(cfg, levels, runs, started))
     bar.close()
-    return {"config": to_dict(cfg), "levels": levels, "runs": [to_dict(r) for r in runs],
+    return _results(cfg, levels, runs, started)
+
+
+def _results(cfg: BenchmarkConfig, levels: dict[str, dict], runs: list[RunResult], started: float) -> dict:
+    return {"config": to_dict(cfg), "levels": dict(levels), "runs": [to_dict(r) for r in runs],
             "summary": summarise(runs, levels), "seconds": time.time() - started}
 
 
@@ -378,7 +387,7 @@ def main(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = config_from_args(args)
-    results = run_benchmark(cfg)
+    results = run_benchmark(cfg, on_level=lambda partial: write_outputs(partial, args.out))  # finished levels survive a crash
     paths = write_outputs(results, args.out)
     print(format_markdown(results))
     print("wrote " + ", ".join(str(p) for p in paths))

@@ -94,3 +94,13 @@ def test_command_writes_table_json_and_curves(tmp_path, capsys):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
     assert "ΔPCC" in capsys.readouterr().out
+
+
+def test_finished_levels_are_reported_as_they_complete():
+    from eca_core.synthetic import BenchmarkConfig, run_benchmark
+
+    seen = []
+    cfg = BenchmarkConfig(levels=["d=0.10", "d=0.42"], variants=["softmax"], seeds=[0], train=TrainConfig(epochs=3), n_train=60, n_val=20)
+    final = run_benchmark(cfg, progress=False, on_level=lambda partial: seen.append(list(partial["summary"])))
+    assert seen == [["d=0.10"], ["d=0.10", "d=0.42"]]
+    assert list(final["summary"]) == ["d=0.10", "d=0.42"]
