@@ -51,6 +51,12 @@ class ALMTConfig:
     video_attention: ECAConfig = field(default_factory=lambda: ECAConfig(mode="softmax"))
 
 
+def split_heads(x: Tensor, heads: int) -> Tensor:
+    """(B, L, heads·dh) → (B, heads, L, dh)."""
+    b, n, _ = x.shape
+    return x.view(b, n, heads, -1).transpose(1, 2)
+
+
 class FeedForward(nn.Module):
     """Linear → GELU → Linear (with dropout), ALMT's MLP."""
 
@@ -76,8 +82,7 @@ class Attention(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
         b, lq, _ = q.shape
-        split = lambda t: t.view(b, t.shape[1], self.heads, -1).transpose(1, 2)  # (B,h,L,dh)
-        q, k, v = split(self.to_q(q)), split(self.to_k(k)), split(self.to_v(v))
+        q, k, v = (split_heads(t, self.heads) for t in (self.to_q(q), self.to_k(k), self.to_v(v)))  # (B,h,L,dh)
         attn_mask = None if mask is None else mask[:, None, None, :].to(torch.bool)  # (B,1,1,N)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
         return self.to_out(out.transpose(1, 2).reshape(b, lq, -1))  # (B,Lq,D)
@@ -169,10 +174,9 @@ class HyperLayer(nn.Module):
         # all (B,T,D)
         h_t, h_a, h_v, hyper = self.norm_t(h_t), self.norm_a(h_a), self.norm_v(h_v), self.norm_h(hyper)
         b, n, _ = h_t.shape
-        split = lambda t: t.view(b, t.shape[1], self.heads, -1).transpose(1, 2)  # (B,h,T,dh)
-        q = split(self.to_q(h_t))
-        out_a = F.scaled_dot_product_attention(q, split(self.to_k_a(h_a)), split(self.to_v_a(h_a)))
-        out_v = F.scaled_dot_product_attention(q, split(self.to_k_v(h_v)), split(self.to_v_v(h_v)))
+        q = split_heads(self.to_q(h_t), self.heads)  # (B,h,T,dh)
+        out_a = F.scaled_dot_product_attention(q, split_heads(self.to_k_a(h_a), self.heads), split_heads(self.to_v_a(h_a), self.heads))
+        out_v = F.scaled_dot_product_attention(q, split_heads(self.to_k_v(h_v), self.heads), split_heads(self.to_v_v(h_v), self.heads))
         shift = self.to_out((out_a + out_v).transpose(1, 2).reshape(b, n, -1))  # (B,T,D)
         return hyper + shift
 

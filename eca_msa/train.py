@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
 
@@ -82,70 +83,65 @@ def setting_configs(cfg: TrainConfig, setting: str, shapes: dict[str, int]) -> t
     return model, loss
 
 
-def _lightning_module():
-    import lightning as L
+class ALMTRegressor(L.LightningModule):
+    """ALMT + the ECA objective; scores whole validation/test splits with MMSA's metrics."""
 
-    class ALMTRegressor(L.LightningModule):
-        """ALMT + the ECA objective; scores whole validation/test splits with MMSA's metrics."""
+    def __init__(self, model_cfg: dict, loss_cfg: dict, lr: float, weight_decay: float, dataset: str) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = ALMT(from_dict(ALMTConfig, model_cfg, "model"))
+        self.objective = ECAObjective(from_dict(LossConfig, loss_cfg, "loss"))
+        self.history: list[dict[str, float]] = []
+        self.test_metrics: dict[str, float] = {}
+        self.test_pred: np.ndarray | None = None
+        self._outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._train_loss = [0.0, 0]
 
-        def __init__(self, model_cfg: dict, loss_cfg: dict, lr: float, weight_decay: float, dataset: str) -> None:
-            super().__init__()
-            self.save_hyperparameters()
-            self.model = ALMT(from_dict(ALMTConfig, model_cfg, "model"))
-            self.objective = ECAObjective(from_dict(LossConfig, loss_cfg, "loss"))
-            self.history: list[dict[str, float]] = []
-            self.test_metrics: dict[str, float] = {}
-            self.test_pred: np.ndarray | None = None
-            self._outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
-            self._train_loss = [0.0, 0]
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model(batch)
 
-        def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-            return self.model(batch)
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        pred = self.model(batch)
+        total, parts = self.objective(pred, batch["label"], self.model)
+        self.log_dict({f"train/{k}": v.detach() for k, v in parts.items()}, on_step=False, on_epoch=True, batch_size=len(pred))
+        self._train_loss[0] += float(total.detach()) * len(pred)
+        self._train_loss[1] += len(pred)
+        return total
 
-        def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-            pred = self.model(batch)
-            total, parts = self.objective(pred, batch["label"], self.model)
-            self.log_dict({f"train/{k}": v.detach() for k, v in parts.items()}, on_step=False, on_epoch=True, batch_size=len(pred))
-            self._train_loss[0] += float(total.detach()) * len(pred)
-            self._train_loss[1] += len(pred)
-            return total
+    def _collect(self, batch: dict[str, torch.Tensor]) -> None:
+        self._outputs.append((self.model(batch).detach().float(), batch["label"].float()))
 
-        def _collect(self, batch: dict[str, torch.Tensor]) -> None:
-            self._outputs.append((self.model(batch).detach().float(), batch["label"].float()))
+    def _scores(self) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+        pred = torch.cat([p for p, _ in self._outputs])
+        truth = torch.cat([t for _, t in self._outputs])
+        self._outputs.clear()
+        pred, truth = self.all_gather(pred).reshape(-1), self.all_gather(truth).reshape(-1)
+        p, t = pred.cpu().numpy().astype(np.float64), truth.cpu().numpy().astype(np.float64)
+        metrics = regression_metrics(p, t, self.hparams.dataset)
+        metrics["loss_mse"] = float(np.mean((p - t) ** 2))
+        return metrics, p, t
 
-        def _scores(self) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-            pred = torch.cat([p for p, _ in self._outputs])
-            truth = torch.cat([t for _, t in self._outputs])
-            self._outputs.clear()
-            pred, truth = self.all_gather(pred).reshape(-1), self.all_gather(truth).reshape(-1)
-            p, t = pred.cpu().numpy().astype(np.float64), truth.cpu().numpy().astype(np.float64)
-            metrics = regression_metrics(p, t, self.hparams.dataset)
-            metrics["loss_mse"] = float(np.mean((p - t) ** 2))
-            return metrics, p, t
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._collect(batch)
 
-        def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-            self._collect(batch)
+    def on_validation_epoch_end(self) -> None:
+        metrics, _, _ = self._scores()
+        if self.trainer.sanity_checking:
+            return
+        logged = {f"val/{k}": (v if np.isfinite(v) else (-1.0 if HIGHER_IS_BETTER.get(k, False) else 1e9)) for k, v in metrics.items()}
+        self.log_dict(logged, sync_dist=False)
+        n = max(self._train_loss[1], 1)
+        self.history.append({"epoch": int(self.current_epoch), "train_loss": self._train_loss[0] / n, **metrics})
+        self._train_loss = [0.0, 0]
 
-        def on_validation_epoch_end(self) -> None:
-            metrics, _, _ = self._scores()
-            if self.trainer.sanity_checking:
-                return
-            logged = {f"val/{k}": (v if np.isfinite(v) else (-1.0 if HIGHER_IS_BETTER.get(k, False) else 1e9)) for k, v in metrics.items()}
-            self.log_dict(logged, sync_dist=False)
-            n = max(self._train_loss[1], 1)
-            self.history.append({"epoch": int(self.current_epoch), "train_loss": self._train_loss[0] / n, **metrics})
-            self._train_loss = [0.0, 0]
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._collect(batch)
 
-        def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-            self._collect(batch)
+    def on_test_epoch_end(self) -> None:
+        self.test_metrics, self.test_pred, _ = self._scores()
 
-        def on_test_epoch_end(self) -> None:
-            self.test_metrics, self.test_pred, _ = self._scores()
-
-        def configure_optimizers(self):
-            return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-
-    return ALMTRegressor
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
 
 def _run_key(cfg: TrainConfig, setting: str, seed: int, shapes: dict[str, int], data_source: str) -> str:
@@ -158,7 +154,6 @@ def _run_key(cfg: TrainConfig, setting: str, seed: int, shapes: dict[str, int], 
 
 def train_one(data, cfg: TrainConfig, setting: str, seed: int, out_dir: Path, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fit one (setting, seed), pick the epoch on validation, test that epoch; write and return metrics.json."""
-    import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     from eca_msa.data import MSADataModule
@@ -177,7 +172,7 @@ def train_one(data, cfg: TrainConfig, setting: str, seed: int, out_dir: Path, op
     out_dir.mkdir(parents=True, exist_ok=True)
     model_cfg, loss_cfg = setting_configs(cfg, setting, shapes)
     L.seed_everything(seed, workers=True, verbose=False)
-    module = _lightning_module()(to_dict(model_cfg), to_dict(loss_cfg), cfg.lr, cfg.weight_decay, cfg.dataset)
+    module = ALMTRegressor(to_dict(model_cfg), to_dict(loss_cfg), cfg.lr, cfg.weight_decay, cfg.dataset)
     workers = options.get("num_workers")
     dm = MSADataModule(data, cfg.batch_size, 0 if workers is None else int(workers), seed)
     monitor, mode = f"val/{cfg.select_metric}", "max" if HIGHER_IS_BETTER[cfg.select_metric] else "min"

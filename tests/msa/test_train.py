@@ -97,3 +97,19 @@ def test_bert_setting_needs_text_bert_ids(tiny_mmsa, tmp_path):
     cfg = TrainConfig(model=ALMTConfig(text_model="bert-base-uncased"), epochs=1)
     with pytest.raises(ValueError, match="no 'text_bert' ids"):
         train_one(from_mmsa_dict(raw, "nobert.pkl"), cfg, "almt", 0, tmp_path)
+
+
+def test_checkpoint_reproduces_reported_test_predictions(pipeline_run):
+    import torch
+
+    from eca_msa.data import MSADataset, load_cache
+    from eca_msa.train import ALMTRegressor
+
+    _, run_dir, _ = pipeline_run
+    folder = run_dir / "train" / "almt_eca" / "seed0"
+    module = ALMTRegressor.load_from_checkpoint(folder / "best.ckpt", map_location="cpu").eval()
+    test = MSADataset(load_cache(run_dir / "preprocess").splits["test"])
+    with torch.no_grad():
+        pred = module(test.tensors).numpy()
+    reported = json.loads((folder / "test_predictions.json").read_text())["pred"]
+    np.testing.assert_allclose(pred, reported, atol=1e-5)
