@@ -190,6 +190,19 @@ def per_gene_csv(folds: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def _spot_diameter(pre_dir: Path | None, entry: dict[str, Any]) -> float | None:
+    """Spot diameter in full-res pixels from the ST reader's scalefactors (else the patch size)."""
+    if pre_dir is not None and entry.get("h5ad"):
+        import anndata as ad
+
+        uns = ad.read_h5ad(Path(pre_dir) / entry["h5ad"], backed="r").uns
+        for lib in (uns.get("spatial") or {}).values():
+            value = lib.get("scalefactors", {}).get("spot_diameter_fullres")
+            if value:
+                return float(value)
+    return entry.get("patch_size_px")
+
+
 def export_predictions(train_dir: Path, pre_dir: Path | None, method: str, transform: str, collected: dict[str, Any],
                        out: Path, cfg: EvaluateConfig) -> list[str]:
     """One .h5ad + gene-map PNG per test slide of ``method`` under ``transform``."""
@@ -210,13 +223,14 @@ def export_predictions(train_dir: Path, pre_dir: Path | None, method: str, trans
             if cfg.export_images and entry.get("image") and Path(entry["image"]).exists():
                 images, scales = slide_images(entry["image"], entry.get("mpp"))
             rep = regression_report(z["pred"][rows], z["truth"][rows], genes)
+            diameter = _spot_diameter(pre_dir, entry)
             eca = {"method": method, "target_transform": transform, "target_note": TRANSFORM_NOTES.get(transform, ""),
                    "fold": fold["fold"], "train_slides": fold["train"],
                    "metrics": {m: rep[m] for m in METRICS} | {"n_constant": rep["n_constant"]},
                    "config": json.dumps(plan["config"]), "encoder": json.dumps(plan["encoder"])}
             adata = prediction_anndata(z["pred"][rows], genes, list(z["barcodes"][rows]), z["centres"][rows], sid,
                                        truth=z["truth"][rows], images=images, scalefactors=scales,
-                                       spot_diameter_px=entry.get("patch_size_px"), eca=eca)
+                                       spot_diameter_px=diameter, eca=eca)
             path = write_h5ad(adata, out / f"{sid}.h5ad")
             plot_gene_maps(adata, top_genes(adata, cfg.genes_to_plot), out / f"{sid}_genes.png",
                            title=f"{sid}: {method}, target {transform} (predicted | measured)")

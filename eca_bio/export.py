@@ -112,8 +112,8 @@ def plot_gene_maps(adata: ad.AnnData, genes: list[str], path: str | Path, image_
     has_truth = "truth" in adata.layers
     cols = 2 if has_truth else 1
     fig, axes = plt.subplots(len(genes), cols, figsize=(4.2 * cols, 3.8 * len(genes)), squeeze=False)
-    diam = float(lib["scalefactors"].get("spot_diameter_fullres", 1.0)) * scale
-    size = max(4.0, (diam * 72.0 / fig.dpi) ** 2 * 0.8)
+    diam = float(lib["scalefactors"].get("spot_diameter_fullres", 1.0)) * scale  # in image pixels
+    drawn = []
     for row, gene in enumerate(genes):
         j = list(adata.var_names).index(gene)
         panels = [("predicted", np.asarray(adata.X)[:, j])]
@@ -125,17 +125,24 @@ def plot_gene_maps(adata: ad.AnnData, genes: list[str], path: str | Path, image_
             ax = axes[row, col]
             if img is not None and len(img):
                 ax.imshow(img)
-            sc = ax.scatter(xy[:, 0], xy[:, 1], c=values, s=size, cmap="viridis", vmin=vmin, vmax=vmax,
-                            marker="s" if not has_truth else "o", alpha=0.85, linewidths=0)
+            else:
+                pad = diam
+                ax.set_xlim(xy[:, 0].min() - pad, xy[:, 0].max() + pad)
+                ax.set_ylim(xy[:, 1].max() + pad, xy[:, 1].min() - pad)
+                ax.set_aspect("equal")
+            sc = ax.scatter(xy[:, 0], xy[:, 1], c=values, cmap="viridis", vmin=vmin, vmax=vmax,
+                            marker="o" if has_truth else "s", alpha=0.85, linewidths=0)
+            drawn.append((ax, sc))
             ax.set_title(f"{gene} {name}", fontsize=9)
             ax.set_axis_off()
-            if img is None or not len(img):
-                ax.invert_yaxis()
-                ax.set_aspect("equal")
             fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    for ax, sc in drawn:  # marker size = spot diameter in data units, known only once the layout is fixed
+        x0, x1 = ax.get_xlim()
+        points_per_unit = ax.get_window_extent().width / abs(x1 - x0) * 72.0 / fig.dpi
+        sc.set_sizes([max(1.0, (diam * points_per_unit) ** 2)])
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
