@@ -255,7 +255,7 @@ STAGE = Stage("train", _run_stage, description="train ALMT settings × seeds, se
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("data", type=Path, help="MMSA pickle, or the tensor cache written by `eca-msa preprocess`")
     parser.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per setting and seed)")
-    parser.add_argument("--config", type=Path, default=None, help="YAML with TrainConfig fields (a `train:` section is used if present)")
+    parser.add_argument("--config", type=Path, default=None, help="YAML with TrainConfig fields: bare, under `train:`, or a pipeline YAML's `stages.train`")
     parser.add_argument("--settings", nargs="+", default=None, choices=list(SETTINGS), help="settings to train")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="random seeds")
     parser.add_argument("--epochs", type=int, default=None, help="maximum epochs")
@@ -271,7 +271,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         import yaml
 
         raw = yaml.safe_load(Path(args.config).read_text()) or {}
-        base = raw.get("train", raw)
+        base = dict(raw.get("stages", {}).get("train") or raw.get("train") or raw)  # a pipeline YAML, a `train:` section, or bare fields
     for name in ("settings", "seeds", "epochs", "batch_size", "select_metric"):
         value = getattr(args, name)
         if value is not None:
