@@ -9,9 +9,22 @@ Output folder (the contract with train/evaluate/predict)::
     slides/<slide_id>.h5ad      ST slides: raw counts, obs_names = barcodes in h5 row order, obsm['spatial']
     slides/<slide_id>.thumb.png thumbnail with the patches drawn
 
+Notes on the contract (brief/BIO_CONTRACT.md): implemented as written, plus extra keys a reader may ignore:
+manifest ``num_tokens``/``format_version``, per-slide ``mpp_source``, ``patch_size_px``, ``dimensions``, ``n_genes``
+and ``excluded`` (ST: lists of spot ids by reason: not_selected / no_counts / zero_counts / not_in_tissue /
+outside_image); h5 attrs ``mpp_source``, ``patch_px``, ``target_mpp``, ``patch_level``, ``token_grid`` (0 = none),
+``level0_width/height``, ``has_expression``, ``format_version``; ``coords.attrs`` patch_size/patch_level (CLAM).
+``barcodes`` are variable-length UTF-8 strings (h5py returns bytes; use ``.asstr()[()]`` or ``.decode()``).
+For spot patches the spot centre is ``coords + patch_size_px / 2`` (within half a pixel).
+
+Microns per pixel: slide metadata first; for ST sections without it, the array geometry (legacy ST: 200 um
+spot spacing over the fitted pixel spacing, ~0.688 um/px for her2st; Visium: 55 um spot diameter over
+``spot_diameter_fullres``); for WSIs without it, ``mpp`` (``--mpp``), else an error naming the file.
+
 Every input is read and checked before anything is written, so bad input fails with nothing on disk.
 Each slide's files are written atomically; a slide whose HDF5 exists with the same ``params_hash`` is
-skipped, so a re-run after a crash only embeds what is left.
+skipped, so a re-run after a crash only embeds what is left. ``manifest.json`` is removed when work starts
+and rewritten at the end, so it exists only when every slide is complete.
 """
 
 from __future__ import annotations
@@ -26,7 +39,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from eca_core.config import from_dict, load_yaml, to_dict
+from eca_core.config import from_dict, to_dict
 from eca_core.io import atomic_path, write_json_atomic
 from eca_core.pipeline import Stage, StageContext, add_runtime_arguments, runtime_options
 from eca_bio.encoders import EncoderConfig
@@ -105,6 +118,7 @@ def run_preprocess(cfg: PreprocessConfig, out_dir: str | Path, options: dict | N
         from eca_bio.tiling import draw_patches
 
         encoder, norm, encoder_info = build_encoder(cfg.encoder, cfg.patch_px, cfg.token_grid)
+        (out_dir / "manifest.json").unlink(missing_ok=True)  # a manifest exists only over complete outputs
         jobs = []
         for p in todo:
             if p.adata is not None:

@@ -255,6 +255,21 @@ def test_cli_and_pipeline_stage(tmp_path, capsys):
     assert any("up to date" in line for line in logs)
 
 
+def test_cli_with_the_pipeline_yaml_as_config(tmp_path, monkeypatch, her2st, capsys):
+    from eca_bio.cli import main
+
+    monkeypatch.setenv("HER2ST", str(her2st))
+    yaml_path = Path(__file__).resolve().parents[2] / "pipelines" / "bio_preprocess_her2st.yaml"
+    argv = ["preprocess", "--config", str(yaml_path), "--out", str(tmp_path / "o"), "--sections", "C2", "--patch-px", "32",
+            "--encoder", TINY_ENCODER["name"], "--encoder-kwargs", json.dumps(TINY_ENCODER["kwargs"]), "--token-grid", "2",
+            "--accelerator", "cpu", "--devices", "1", "--num-workers", "1", "--no-progress"]
+    assert main(argv) == 0
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["params"]["st_dir"] == str(her2st) and manifest["params"]["token_grid"] == 2
+    assert manifest["encoder"]["pretrained"] is False  # from the YAML
+    assert [(s["slide_id"], s["n_patches"]) for s in manifest["slides"]] == [("C2", HER2ST_SPOTS["C2"])]
+
+
 def test_pipeline_yaml_parses():
     from eca_core.pipeline import PipelineSpec
 
