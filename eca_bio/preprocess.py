@@ -46,6 +46,7 @@ from eca_bio.encoders import EncoderConfig
 from eca_bio.tissue import TissueConfig
 
 FORMAT_VERSION = 1
+_PROCESS_START = time.time()
 
 
 class PreprocessError(ValueError):
@@ -119,6 +120,7 @@ def run_preprocess(cfg: PreprocessConfig, out_dir: str | Path, options: dict | N
 
         encoder, norm, encoder_info = build_encoder(cfg.encoder, cfg.patch_px, cfg.token_grid)
         (out_dir / "manifest.json").unlink(missing_ok=True)  # a manifest exists only over complete outputs
+        _remove_stale_temp_files(slides_dir)
         jobs = []
         for p in todo:
             if p.adata is not None:
@@ -133,10 +135,11 @@ def run_preprocess(cfg: PreprocessConfig, out_dir: str | Path, options: dict | N
                 jobs.append(job)
         start = time.time()
         n = sum(len(j.coords) for j in jobs)
-        embed_slides(jobs, encoder, norm, encoder_info["feature_dim"], encoder_info["num_tokens"], cfg.patch_px,
-                     batch_size=cfg.batch_size,
-                     num_workers=cfg.num_workers if options.get("num_workers") is None else int(options["num_workers"]),
-                     store_tokens=cfg.store_tokens, options=options, progress=progress, precision=cfg.precision)
+        if jobs:
+            embed_slides(jobs, encoder, norm, encoder_info["feature_dim"], encoder_info["num_tokens"], cfg.patch_px,
+                         batch_size=cfg.batch_size,
+                         num_workers=cfg.num_workers if options.get("num_workers") is None else int(options["num_workers"]),
+                         store_tokens=cfg.store_tokens, options=options, progress=progress, precision=cfg.precision)
         if n:
             log(f"embedded {n} patches of {len(jobs)} slide(s) in {time.time() - start:.1f}s")
 
@@ -234,6 +237,14 @@ def _slide_hash(cfg: PreprocessConfig, p: _Plan) -> str:
     if p.adata is not None:
         h.update("\n".join(p.adata.obs_names).encode())
     return h.hexdigest()
+
+
+def _remove_stale_temp_files(slides_dir: Path) -> None:
+    """Temp files left by a run that was killed outright (SIGKILL, power loss); never ones of a live run."""
+    if slides_dir.is_dir():
+        for tmp in slides_dir.glob(".*.tmp-*"):
+            if tmp.is_file() and tmp.stat().st_mtime < _PROCESS_START:
+                tmp.unlink(missing_ok=True)
 
 
 def _is_current(path: Path, params_hash: str) -> bool:

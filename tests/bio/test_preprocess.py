@@ -121,6 +121,23 @@ def test_killed_midway_run_resumes_to_identical_files(tmp_path, monkeypatch, cmu
     assert json.loads((resumed / "manifest.json").read_text())["slides"] == ref_manifest["slides"]
 
 
+def test_leftovers_of_a_hard_kill_are_cleaned_and_blank_slides_give_empty_files(tmp_path):
+    blank = tmp_path / "blank.png"
+    from PIL import Image
+
+    Image.new("RGB", (400, 300), (242, 242, 242)).save(blank)
+    slides = tmp_path / "out" / "slides"
+    slides.mkdir(parents=True)
+    stale = slides / ".blank.h5.tmp-abc123.h5"
+    stale.write_bytes(b"half a file")
+    os.utime(stale, (1_000_000_000, 1_000_000_000))
+    manifest = run_preprocess(cfg_for(slides=[str(blank)], mpp=0.5), tmp_path / "out", CPU, progress=False)
+    assert not stale.exists()
+    assert manifest["slides"][0]["n_patches"] == 0
+    with h5py.File(slides / "blank.h5") as f:
+        assert f["coords"].shape == (0, 2) and f["features"].shape == (0, 64) and f["tokens"].shape == (0, 4, 64)
+
+
 def test_changed_parameters_recompute(tmp_path):
     params = _two_slide_inputs(tmp_path)
     out = tmp_path / "out"
