@@ -176,7 +176,7 @@ def train_one(data, cfg: TrainConfig, setting: str, seed: int, out_dir: Path, op
     workers = options.get("num_workers")
     dm = MSADataModule(data, cfg.batch_size, 0 if workers is None else int(workers), seed)
     monitor, mode = f"val/{cfg.select_metric}", "max" if HIGHER_IS_BETTER[cfg.select_metric] else "min"
-    ckpt = ModelCheckpoint(dirpath=out_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1, enable_version_counter=False)
+    ckpt = ModelCheckpoint(dirpath=out_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1, save_weights_only=True, enable_version_counter=False)
     trainer = L.Trainer(
         max_epochs=cfg.epochs,
         accelerator=options.get("accelerator", "auto"), devices=options.get("devices", "auto"),
