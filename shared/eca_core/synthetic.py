@@ -368,7 +368,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=None, help=f"number of seeds (default {len(base.seeds)})")
     parser.add_argument("--epochs", type=int, default=None, help=f"full-batch epochs (default {base.train.epochs})")
     parser.add_argument("--lr", type=float, default=None, help=f"Adam learning rate (default {base.train.lr})")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads; the model is tiny, so more threads mostly add synchronisation overhead")
 
 
 def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
