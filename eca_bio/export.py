@@ -125,11 +125,10 @@ def plot_gene_maps(adata: ad.AnnData, genes: list[str], path: str | Path, image_
             ax = axes[row, col]
             if img is not None and len(img):
                 ax.imshow(img)
-            else:
-                pad = diam
-                ax.set_xlim(xy[:, 0].min() - pad, xy[:, 0].max() + pad)
-                ax.set_ylim(xy[:, 1].max() + pad, xy[:, 1].min() - pad)
-                ax.set_aspect("equal")
+            pad = 1.5 * diam  # zoom to the spots: tissue is often a small part of the slide
+            ax.set_xlim(xy[:, 0].min() - pad, xy[:, 0].max() + pad)
+            ax.set_ylim(xy[:, 1].max() + pad, xy[:, 1].min() - pad)
+            ax.set_aspect("equal")
             sc = ax.scatter(xy[:, 0], xy[:, 1], c=values, cmap="viridis", vmin=vmin, vmax=vmax,
                             marker="o" if has_truth else "s", alpha=0.85, linewidths=0)
             drawn.append((ax, sc))
@@ -140,6 +139,7 @@ def plot_gene_maps(adata: ad.AnnData, genes: list[str], path: str | Path, image_
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     for ax, sc in drawn:  # marker size = spot diameter in data units, known only once the layout is fixed
+        ax.apply_aspect()
         x0, x1 = ax.get_xlim()
         points_per_unit = ax.get_window_extent().width / abs(x1 - x0) * 72.0 / fig.dpi
         sc.set_sizes([max(1.0, (diam * points_per_unit) ** 2)])
