@@ -137,5 +137,5 @@ def main(args: argparse.Namespace) -> int:
     for transform in sorted((out / "evaluate" / "h5ad").glob("*")):
         print(f".h5ad ({transform.name}): {transform.resolve()}/*.h5ad")
     for sid, r in (records.get("predict", {}).get("summary", {}).get("slides") or {}).items():
-        print(f"prediction:  {r['h5ad']}\n             {r['png']}")
+        print(f"prediction:  {Path(r['h5ad']).resolve()}\n             {Path(r['png']).resolve()}")
     return 0

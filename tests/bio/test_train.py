@@ -111,3 +111,20 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     assert code == 2
     assert "eca-bio train: error: fold 0 (test ['S0']) has 1 training slide(s)" in capsys.readouterr().err
     assert not (tmp_path / "train").exists()
+
+
+def test_training_exemplars_come_from_other_training_slides_only(tmp_path):
+    from eca_bio.exemplars import ExemplarIndex
+    from eca_bio.targets import fit_targets, load_preprocessed
+    from eca_bio.train import build_spots, make_bank
+
+    manifest, slides = load_preprocessed(make_preprocess_dir(tmp_path / "pre", n_slides=4, n_spots=15))
+    train, test = slides[:3], slides[3:]
+    spec = fit_targets(train, "egn", 10)
+    bank = make_bank(train, spec, manifest["encoder"])
+    assert set(bank.slide_ids) == {"S0", "S1", "S2"}
+    index = ExemplarIndex(bank, k=4)
+    spots = build_spots(train, spec, index, True)
+    assert not (bank.slide_ids[spots.exemplars] == spots.slide_ids[:, None]).any()
+    test_spots = build_spots(test, spec, index, True)
+    assert set(bank.slide_ids[test_spots.exemplars].ravel()) <= {"S0", "S1", "S2"}
