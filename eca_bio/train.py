@@ -77,7 +77,7 @@ class TrainConfig:
     refit: bool = True  # retrain on all training slides for the early-stopped number of epochs
     ridge_components: int = 256
     ridge_alpha: float | None = None  # None: HEST's 100 / (components · genes)
-    ridge_alphas: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0])  # ridge_cv grid
+    ridge_alphas: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6])  # ridge_cv grid
     final_method: str | None = "eca"  # trained on every ST slide for `eca-bio predict`; None to skip
     final_transform: str | None = None  # default: the first of `transforms`
     seed: int = 0
@@ -399,8 +399,7 @@ def train_all(cfg: TrainConfig, pre_dir: Path, out_dir: Path, options: dict[str,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     encoder = manifest["encoder"]
-    item_cfg = {k: v for k, v in to_dict(cfg).items() if k not in ("methods", "transforms", "final_method", "final_transform", "threads")}
-    base_key = {"config": item_cfg, "encoder": canonical_encoder(encoder),
+    base_key = {"encoder": canonical_encoder(encoder),
                 "slides": {s.slide_id: [s.n_spots, str(s.h5.stat().st_mtime_ns)] for s in slides}}
     write_json_atomic(out_dir / "folds.json", {"cv": cfg.cv, "folds": folds, "encoder": encoder,
                                                "feature_dim": int(slides[0].features.shape[1]),
@@ -412,7 +411,7 @@ def train_all(cfg: TrainConfig, pre_dir: Path, out_dir: Path, options: dict[str,
     for transform, fold, method in bar:
         bar.set_postfix_str(f"{transform} fold {fold['fold']} {method}")
         fold_dir = out_dir / transform / f"fold_{fold['fold']}"
-        key = _digest({**base_key, "fold": fold, "transform": transform, "method": method})
+        key = _digest({**base_key, "config": item_config(cfg, method), "fold": fold, "transform": transform, "method": method})
         item_dir = fold_dir / method
         if _is_done(item_dir, key):
             skipped += 1
@@ -442,13 +441,26 @@ def train_final(cfg: TrainConfig, slides: list[SlideData], manifest: dict[str, A
     """``final_method`` trained on every ST slide (early stopping on one of them), with its exemplar bank
     and the preprocess parameters (encoder, patch size) that new slides must be embedded with."""
     transform = cfg.final_transform or cfg.transforms[0]
-    key = _digest({**base_key, "final": cfg.final_method, "transform": transform})
+    key = _digest({**base_key, "config": item_config(cfg, cfg.final_method), "final": cfg.final_method, "transform": transform})
     if not _is_done(out, key):
         ids = sorted(s.slide_id for s in slides)
         spec = fit_targets(slides, transform, cfg.n_genes)
         train_method(cfg.final_method, cfg, slides, ids[-1], [], spec, manifest["encoder"], out, options, key)
     write_json_atomic(out / "preprocess.json", {"encoder": manifest["encoder"], "params": manifest.get("params", {})})
     return str(out)
+
+
+_RUN_FIELDS = ("methods", "transforms", "final_method", "final_transform", "threads")
+_RIDGE_FIELDS = ("n_genes", "cv", "n_folds", "ridge_components", "ridge_alpha", "ridge_alphas", "seed")
+
+
+def item_config(cfg: TrainConfig, method: str) -> dict[str, Any]:
+    """The config fields that determine one method's outputs (so adding a method or changing another's
+    settings retrains nothing else)."""
+    d = to_dict(cfg)
+    if method in ("ridge", "ridge_cv"):
+        return {k: d[k] for k in _RIDGE_FIELDS if method == "ridge_cv" or k != "ridge_alphas"}
+    return {k: v for k, v in d.items() if k not in _RUN_FIELDS and not k.startswith("ridge_")}
 
 
 def _is_done(item_dir: Path, key: str) -> bool:

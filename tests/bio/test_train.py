@@ -101,6 +101,13 @@ def test_ridge_cv_picks_alpha_on_the_validation_slide(tmp_path):
     scores = res["alpha_val_pcc"]
     assert set(scores) == {"0.01", "1000000.0"}
     assert res["alpha"] == float(max(scores, key=scores.get))
+    # another alpha grid retrains ridge_cv only; a new method adds its folds and leaves the others alone
+    again = train_all(tiny_config(methods=["ridge_cv", "ridge"], final_method=None, ridge_alphas=[1.0]), pre,
+                      tmp_path / "train", progress=False)
+    assert again["trained"] == 6 and again["skipped"] == 0
+    third = train_all(tiny_config(methods=["ridge_cv", "ridge"], final_method=None, ridge_alphas=[1.0], k=5), pre,
+                      tmp_path / "train", progress=False)
+    assert third["trained"] == 0 and third["skipped"] == 6  # k only matters to the exemplar models
 
 
 def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
