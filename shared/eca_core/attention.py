@@ -4,7 +4,8 @@ Both layers compute ``z = v̄ + λ·(Σ_j α_j v_j − v̄)`` with ``α = softma
 
 * softmax mode (or both switches off): τ = 1, λ = 1, i.e. plain softmax attention;
 * DATS: τ_i = τ_min + (1 − τ_min)·tanh(β·d_i / d_ref), d_i the in-sample dispersion of the
-  aggregated elements, d_ref a running mean of d over training batches (frozen in eval);
+  aggregated elements (a statistic: no gradient flows through it), d_ref a running mean of d over
+  training batches (frozen in eval);
 * SRA: λ_i = min(λ_max, 1 + softplus(MLP(x̄_i))), starting near 1.
 
 Masks are boolean ``(B, N)`` with **True = a real element** (padding is False). Each layer keeps
@@ -72,7 +73,10 @@ class ECAConfig:
 
 
 class AttentionAux(NamedTuple):
-    """Per-sample quantities of one forward: λ (B,), τ (B,), weights (B, H, L, N), dispersion d (B,)."""
+    """Per-sample quantities of one forward: λ (B,), τ (B,), weights (B, H, L, N), dispersion d (B,).
+
+    ``weights`` and ``dispersion`` are filled when ``return_aux``/``need_weights`` asked for them.
+    """
 
     lam: Tensor
     tau: Tensor
@@ -98,19 +102,34 @@ def check_set(x: Tensor, mask: Tensor | None, name: str = "x") -> Tensor:
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     """Mean over the element axis (dim 1) of ``x`` (B, N, ...) counting only ``mask`` (B, N)."""
     w = mask.to(x.dtype)
+    count = w.sum(1).clamp_min(1.0)
+    if x.dim() == 3:  # a batched matmul is cheaper than a full elementwise product, forward and backward
+        return torch.bmm(w.unsqueeze(1), x).squeeze(1) / count.unsqueeze(1)
     w = w.view(*w.shape, *([1] * (x.dim() - 2)))
-    return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
+    return (x * w).sum(1) / count.view(-1, *([1] * (x.dim() - 2)))
 
 
-def set_dispersion(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """In-sample mean x̄ (B, D), dispersion d (B,) and hull radius R (B,) of a masked set, in float32."""
+@torch.no_grad()
+def _dispersion_statistic(x: Tensor, xbar: Tensor, mask: Tensor) -> Tensor:
+    """d_i = sqrt(mean_j ‖x_ij‖² − ‖x̄_i‖²) without autograd: the cheap form used to set τ."""
+    sq = torch.linalg.vector_norm(x, dim=-1).square().masked_fill(~mask, 0.0)  # (B,N)
+    mean_sq = sq.sum(1) / mask.sum(1).clamp_min(1)
+    return torch.sqrt((mean_sq - xbar.square().sum(-1)).clamp_min(0.0) + _EPS)
+
+
+def set_dispersion(x: Tensor, mask: Tensor, with_radius: bool = True) -> tuple[Tensor, ...]:
+    """In-sample mean x̄ (B, D), dispersion d (B,) and, if asked, hull radius R (B,) of a masked set, in float32.
+
+    The numerically careful form (centred before squaring), for diagnostics.
+    """
     x = x.float()
     xbar = masked_mean(x, mask)
     sq = ((x - xbar[:, None, :]) ** 2).sum(-1)  # (B, N)
     sq = sq.masked_fill(~mask, 0.0)
     d = torch.sqrt((sq.sum(1) / mask.sum(1).clamp_min(1)) + _EPS)
-    r = torch.sqrt(sq.max(1).values + _EPS)
-    return xbar, d, r
+    if not with_radius:
+        return xbar, d
+    return xbar, d, torch.sqrt(sq.max(1).values + _EPS)
 
 
 class DispersionTemperature(nn.Module):
@@ -171,9 +190,15 @@ class _ECAAttention(nn.Module):
     def _aggregate(self, q: Tensor, k: Tensor, v: Tensor, elements: Tensor, mask: Tensor, need_weights: bool) -> tuple[Tensor, AttentionAux]:
         # q (B,H,L,dh)  k, v (B,H,N,dh)  elements (B,N,D)  mask (B,N) -> out (B,H,L,dh)
         b = q.shape[0]
-        xbar, d, _ = set_dispersion(elements, mask)
-        tau = self.temperature(d) if self.temperature is not None else torch.ones(b, device=q.device)
-        lam = self.residual_scale(xbar) if self.residual_scale is not None else torch.ones(b, device=q.device)
+        ones = torch.ones(b, device=q.device)
+        if self.temperature is not None or self.residual_scale is not None or need_weights:
+            x = elements.float()
+            xbar = masked_mean(x, mask)  # (B,D), differentiable: λ's MLP input
+            d = _dispersion_statistic(x, xbar, mask)  # (B,), a statistic: no gradient flows through τ's d
+        else:  # plain softmax forward: no set statistics are needed
+            xbar, d = None, ones.new_full((b,), float("nan"))
+        tau = self.temperature(d) if self.temperature is not None else ones
+        lam = self.residual_scale(xbar) if self.residual_scale is not None else ones
         if self.temperature is not None:
             q = q / tau.to(q.dtype).view(b, 1, 1, 1)
         attn_mask = mask[:, None, None, :]  # (B,1,1,N), True = attend
@@ -186,7 +211,8 @@ class _ECAAttention(nn.Module):
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
         if self.residual_scale is not None:
-            vbar = masked_mean(v.transpose(1, 2), mask).unsqueeze(2)  # (B,H,1,dh)
+            # the value projection is affine, so the mean of projected values is the projection of x̄
+            vbar = self._split(self.v_proj(xbar.to(v.dtype)).unsqueeze(1))  # (B,H,1,dh)
             out = vbar + lam.to(out.dtype).view(b, 1, 1, 1) * (out - vbar)
         self.last_lambda = lam if self.residual_scale is not None else None
         return out, AttentionAux(lam, tau, weights, d)

@@ -199,3 +199,15 @@ def test_variant_names():
     assert ECAConfig.variant("no_dats").use_sra and not ECAConfig.variant("no_dats").use_dats
     with pytest.raises(ValueError, match="unknown ECA variant"):
         ECAConfig.variant("bogus")
+
+
+def test_fast_dispersion_statistic_matches_careful_form():
+    from eca_core.attention import _dispersion_statistic, masked_mean
+
+    torch.manual_seed(0)
+    x = 3.0 + 0.05 * torch.randn(6, 11, 32)  # homogeneous sets far from the origin
+    mask = torch.ones(6, 11, dtype=torch.bool)
+    mask[2, 4:] = False
+    xbar, d_careful = set_dispersion(x, mask, with_radius=False)
+    torch.testing.assert_close(masked_mean(x, mask), xbar)
+    torch.testing.assert_close(_dispersion_statistic(x, xbar, mask), d_careful, rtol=2e-3, atol=1e-4)
