@@ -117,19 +117,20 @@ def _dispersion_statistic(x: Tensor, xbar: Tensor, mask: Tensor) -> Tensor:
     return torch.sqrt((mean_sq - xbar.square().sum(-1)).clamp_min(0.0) + _EPS)
 
 
-def set_dispersion(x: Tensor, mask: Tensor, with_radius: bool = True) -> tuple[Tensor, ...]:
-    """In-sample mean x̄ (B, D), dispersion d (B,) and, if asked, hull radius R (B,) of a masked set, in float32.
+def set_dispersion(x: Tensor, mask: Tensor, with_radius: bool = True, eps: float = _EPS) -> tuple[Tensor, ...]:
+    """In-sample mean x̄ (B, D), dispersion d (B,) and, if asked, hull radius R (B,) of a masked set.
 
-    The numerically careful form (centred before squaring), for diagnostics.
+    The numerically careful form (centred before squaring), in float32, or float64 for float64 input;
+    ``eps`` inside the square roots keeps gradients finite (diagnostics pass 0 for exact values).
     """
-    x = x.float()
+    x = x if x.dtype == torch.float64 else x.float()
     xbar = masked_mean(x, mask)
     sq = ((x - xbar[:, None, :]) ** 2).sum(-1)  # (B, N)
     sq = sq.masked_fill(~mask, 0.0)
-    d = torch.sqrt((sq.sum(1) / mask.sum(1).clamp_min(1)) + _EPS)
+    d = torch.sqrt((sq.sum(1) / mask.sum(1).clamp_min(1)) + eps)
     if not with_radius:
         return xbar, d
-    return xbar, d, torch.sqrt(sq.max(1).values + _EPS)
+    return xbar, d, torch.sqrt(sq.max(1).values + eps)
 
 
 class DispersionTemperature(nn.Module):

@@ -11,14 +11,14 @@ As a command: ``eca diagnose FILE`` on an ``.npz`` or ``.h5``/``.hdf5`` of sets.
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from eca_core.attention import check_set, masked_mean
+from eca_core.attention import check_set, set_dispersion
+from eca_core.metrics import pearson_per_column
 
 _BOUND_NOT_VALID = "not valid (r >= 1)"
 
@@ -59,11 +59,7 @@ def set_statistics(x: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor
     xt = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
     mt = None if mask is None else torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask)
     mt = check_set(xt, mt, "sets")
-    xt = xt.double()  # exact (no ε inside the square root, unlike the training-time set_dispersion)
-    xbar = masked_mean(xt, mt)
-    sq = ((xt - xbar[:, None, :]) ** 2).sum(-1).masked_fill(~mt, 0.0)  # (N, T)
-    d = torch.sqrt(sq.sum(1) / mt.sum(1))
-    r = torch.sqrt(sq.max(1).values)
+    xbar, d, r = set_dispersion(xt.double(), mt, eps=0.0)  # exact: float64, no ε inside the square root
     return xbar.numpy(), d.numpy(), r.numpy()
 
 
@@ -78,14 +74,6 @@ def ridge_fit(features: np.ndarray, y: np.ndarray, alpha: float = 1e-3) -> tuple
     w = np.linalg.solve(gram, Xc.T @ (Y2 - ym))
     b = ym - xm @ w
     return w, b
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two vectors; NaN when either is constant."""
-    a = np.asarray(a, dtype=np.float64) - np.mean(a)
-    b = np.asarray(b, dtype=np.float64) - np.mean(b)
-    den = math.sqrt(float((a * a).sum()) * float((b * b).sum()))
-    return float((a * b).sum() / den) if den > 1e-12 else float("nan")
 
 
 def mean_pool_baseline(x: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None, alpha: float = 1e-3,
@@ -105,7 +93,7 @@ def mean_pool_baseline(x: np.ndarray, y: np.ndarray, mask: np.ndarray | None = N
     ye2 = np.asarray(ye, dtype=np.float64)
     ye2 = ye2[:, None] if ye2.ndim == 1 else ye2
     pred = xe @ w + b
-    rho = np.array([pearson(pred[:, k], ye2[:, k]) for k in range(ye2.shape[1])])
+    rho = pearson_per_column(pred, ye2)
     return rho, w, b
 
 
