@@ -21,7 +21,9 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from eca_core.io import atomic_path, write_text_atomic
-from eca_core.pipeline import PipelineSpec, add_runtime_arguments, run_pipeline, runtime_options
+from eca_core.cli import add_runtime_arguments, runtime_options
+from eca_core.pipeline import PipelineSpec, run_pipeline, validate_pipeline
+from eca_core.resume import RunLock
 
 DEMO_MPP = 2.0  # µm per pixel of the synthetic images
 SPACING_UM = 200.0  # legacy ST array spacing
@@ -108,7 +110,7 @@ def default_pipeline() -> Path:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("runs/bio_demo"), help="run directory (data go to OUT/data)")
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/bio_demo"), help="run directory (data go to RUN_DIR/data)")
     parser.add_argument("--pipeline", type=Path, default=None, help="pipeline YAML (default: pipelines/bio_demo.yaml)")
     parser.add_argument("--slides", type=int, default=4, help="number of synthetic ST slides (>= 3 for LOSO)")
     parser.add_argument("--grid", type=int, default=9, help="spots per side of each synthetic ST array")
@@ -120,14 +122,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     start = time.time()
-    out = Path(args.out)
-    data = make_demo_data(out / "data", n_slides=args.slides, grid=args.grid, seed=args.seed)
-    print(f"synthetic data: {len(list(data['st_dir'].iterdir()))} ST slides in {data['st_dir'].resolve()}, "
-          f"new slide {data['new_slide'].resolve()}")
-    os.environ["DEMO_DATA"] = str((out / "data").resolve())
-    os.environ["RUN_DIR"] = str(out.resolve())
+    out = Path(args.run_dir)
     spec = PipelineSpec.from_yaml(args.pipeline or default_pipeline()).with_overrides(args.overrides)
-    records = run_pipeline(spec, out, options=runtime_options(args))
+    validate_pipeline(spec)  # a bad --set fails now, not after the data are painted
+    with RunLock(out):
+        records = _run(spec, out, args)
     report = out / "evaluate" / "report.md"
     print()
     print(report.read_text())
@@ -139,3 +138,13 @@ def main(args: argparse.Namespace) -> int:
     for sid, r in (records.get("predict", {}).get("summary", {}).get("slides") or {}).items():
         print(f"prediction:  {Path(r['h5ad']).resolve()}\n             {Path(r['png']).resolve()}")
     return 0
+
+
+def _run(spec: PipelineSpec, out: Path, args: argparse.Namespace) -> dict:
+    data = make_demo_data(out / "data", n_slides=args.slides, grid=args.grid, seed=args.seed)
+    print(f"synthetic data: {len(list(data['st_dir'].iterdir()))} ST slides in {data['st_dir'].resolve()}, "
+          f"new slide {data['new_slide'].resolve()}")
+    os.environ["DEMO_DATA"] = str((out / "data").resolve())
+    os.environ["RUN_DIR"] = str(out.resolve())
+    spec = PipelineSpec.from_yaml(spec.source).with_overrides(args.overrides)  # now with DEMO_DATA / RUN_DIR set
+    return run_pipeline(spec, out, options=runtime_options(args))

@@ -19,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from eca_core.errors import InputError
 
-class EncoderError(ValueError):
+
+class EncoderError(InputError):
     """The encoder cannot be built or does not accept the configured input."""
 
 

@@ -8,7 +8,6 @@ and mean over genes with a defined PCC (genes constant in the truth are counted,
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -18,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from eca_core.config import from_dict, to_dict
+from eca_core.cli import StageCommand
+from eca_core.config import check, to_dict
 from eca_core.io import atomic_dir, write_json_atomic, write_text_atomic
 from eca_core.metrics import regression_report
 from eca_core.pipeline import Stage, StageContext
@@ -42,6 +42,11 @@ class EvaluateConfig:
     export_method: str | None = "eca"  # write test predictions of this method as .h5ad per slide
     genes_to_plot: int = 4
     export_images: bool = True  # embed hires/lowres slide images in the .h5ad
+
+    def __post_init__(self) -> None:
+        check(self, mse_tolerance=">0", genes_to_plot=">=0")
+        if self.export_method == "":
+            self.export_method = None
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -276,36 +281,20 @@ def evaluate_run(train_dir: Path, out_dir: Path, cfg: EvaluateConfig | None = No
 
 
 def _stage_run(ctx: StageContext) -> dict[str, Any]:
-    cfg = from_dict(EvaluateConfig, ctx.params, "evaluate")
-    pre = ctx.run_dir / "preprocess"
-    result = evaluate_run(ctx.stage_dir("train"), ctx.out_dir, cfg, pre if pre.is_dir() else None)
-    print((ctx.out_dir / "report.md").read_text())
+    result = evaluate_run(ctx.stage_dir("train"), ctx.out_dir, ctx.config, ctx.maybe_stage_dir("preprocess"))
+    print((Path(ctx.out_dir) / "report.md").read_text())
     return result
 
 
-STAGE = Stage("evaluate", _stage_run, description="PCC@F/S/M, MSE, MAE per fold and overall; per-gene CSV; curves; .h5ad")
+def _report(result: dict[str, Any], args: Any) -> None:
+    print(f"report: {result['report']}\nsummary: {result['summary']}")
+    for transform, paths in result["h5ad"].items():
+        print(f".h5ad ({transform}): {Path(paths[0]).parent if paths else '-'}")
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--train", type=Path, required=True, help="output folder of `eca-bio train`")
-    parser.add_argument("--out", type=Path, required=True, help="report folder (replaced atomically)")
-    parser.add_argument("--preprocess", type=Path, default=None, help="preprocess folder (slide images for the .h5ad export)")
-    parser.add_argument("--export-method", default="eca", help="method whose test predictions are exported as .h5ad ('' for none)")
-    parser.add_argument("--genes-to-plot", type=int, default=4)
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run ``eca-bio evaluate``; input errors are printed as one line naming the file (exit code 2)."""
-    import sys
-
-    try:
-        cfg = EvaluateConfig(export_method=args.export_method or None, genes_to_plot=args.genes_to_plot)
-        result = evaluate_run(args.train, args.out, cfg, args.preprocess)
-        print((Path(args.out) / "report.md").read_text())
-        print(f"report: {result['report']}\nsummary: {result['summary']}")
-        for transform, paths in result["h5ad"].items():
-            print(f".h5ad ({transform}): {Path(paths[0]).parent if paths else '-'}")
-    except (DataError, ValueError, FileNotFoundError) as exc:
-        print(f"eca-bio evaluate: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+STAGE = Stage("evaluate", _stage_run, config=EvaluateConfig, needs=("train",), optional=("preprocess",),
+              description="PCC@F/S/M, MSE, MAE per fold and overall; per-gene CSV; curves; .h5ad")
+COMMAND = StageCommand("eca_bio.evaluate:STAGE", out_help="report folder (replaced atomically)",
+                       needs_help={"train": "output folder of `eca-bio train`",
+                                   "preprocess": "preprocess folder (slide images for the .h5ad export)"}, report=_report)
+configure_parser, main = COMMAND.configure_parser, COMMAND.main

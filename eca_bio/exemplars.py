@@ -18,10 +18,12 @@ from typing import Literal
 import numpy as np
 import torch
 
+from eca_core.errors import InputError
+
 Backend = Literal["auto", "exact", "faiss"]
 
 
-class BankMismatchError(ValueError):
+class BankMismatchError(InputError):
     """A model and an exemplar bank disagree (gene list, embedding size or encoder)."""
 
 

@@ -8,17 +8,17 @@ training bank, and the model's predictions are written as ``<slide>.h5ad`` (DESI
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from eca_core.config import from_dict
+from eca_core.cli import StageCommand
+from eca_core.config import check, from_dict
 from eca_core.io import write_json_atomic
-from eca_core.pipeline import Stage, StageContext, add_runtime_arguments, runtime_options
+from eca_core.pipeline import Stage, StageContext
 from eca_bio.exemplars import ExemplarIndex
 from eca_bio.targets import DataError, canonical_encoder, load_slide
 
@@ -28,11 +28,17 @@ class PredictConfig:
     """Parameters of the predict stage / command."""
 
     slides: list[str] = field(default_factory=list)  # WSIs (any OpenSlide format or plain image) to predict on
-    mpp: float | None = None  # microns per pixel for slides whose metadata has none
-    genes_to_plot: int = 4
-    batch_size: int = 16
+    mpp: float | None = None  # microns per pixel of the slides; wins over their metadata (with a warning)
+    allow_unusual_mpp: bool = False  # accept mpp outside 0.05-50 um/px and patches under 8 px
+    genes_to_plot: int = 4  # heatmaps of the most variable predicted genes
+    batch_size: int = 16  # embedding batch size
     num_workers: int = 0
-    export_images: bool = True
+    export_images: bool = True  # embed hires/lowres slide images in the .h5ad
+
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("batch_size", "num_workers")
+
+    def __post_init__(self) -> None:
+        check(self, mpp=">0", genes_to_plot=">=0", batch_size=">=1", num_workers=">=0")
 
 
 def find_model(path: Path) -> Path:
@@ -53,8 +59,8 @@ def preprocess_config_for(model_dir: Path, cfg: PredictConfig):
     params = dict(saved.get("params") or {})
     if not params:
         raise DataError(f"{model_dir}/preprocess.json has no preprocess parameters; cannot embed new slides consistently")
-    params.update(st_dir=None, sections=None, slides=[str(s) for s in cfg.slides], mpp=cfg.mpp,
-                  batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+    params.update(st_dir=None, sections=None, images={}, slides=[str(s) for s in cfg.slides], mpp=cfg.mpp,
+                  allow_unusual_mpp=cfg.allow_unusual_mpp, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
     return from_dict(PreprocessConfig, params, f"{model_dir}/preprocess.json")
 
 
@@ -111,42 +117,24 @@ def predict_slides(model: Path, cfg: PredictConfig, out_dir: Path, options: dict
 
 
 def _stage_run(ctx: StageContext) -> dict[str, Any]:
-    cfg = from_dict(PredictConfig, ctx.params, "predict")
-    if not cfg.slides:
+    if not ctx.config.slides:
         return {"slides": {}, "note": "no slides to predict"}
-    return predict_slides(ctx.stage_dir("train"), cfg, ctx.out_dir, ctx.options)
+    return predict_slides(ctx.stage_dir("train"), ctx.config, ctx.out_dir, ctx.options)
 
 
 def _stage_inputs(ctx: StageContext) -> list[Path]:
-    return [Path(s) for s in (ctx.params.get("slides") or [])]
+    return [Path(s) for s in ctx.config.slides]
 
 
-STAGE = Stage("predict", _stage_run, inputs=_stage_inputs, description="expression maps for new WSIs without sequencing")
+def _report(result: dict[str, Any], args: Any) -> None:
+    for sid, r in result.get("slides", {}).items():
+        print(f"{sid}: {r['tiles']} tiles\n  {r['h5ad']}\n  {r['png']}")
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=Path, required=True, help="pipeline run dir (with train/final) or a trained model folder")
-    parser.add_argument("--slides", nargs="+", required=True, help="whole-slide images (svs, ndpi, tiff, jpg, ...)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder for .h5ad and PNG files")
-    parser.add_argument("--mpp", type=float, default=None, help="microns per pixel if the slide metadata has none")
-    parser.add_argument("--genes-to-plot", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=16)
-    add_runtime_arguments(parser)
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run ``eca-bio predict``; input errors are printed as one line naming the file (exit code 2)."""
-    import sys
-
-    from eca_bio.slides import SlideError
-
-    try:
-        cfg = PredictConfig(slides=[str(s) for s in args.slides], mpp=args.mpp, genes_to_plot=args.genes_to_plot,
-                            batch_size=args.batch_size, num_workers=args.num_workers or 0)
-        result = predict_slides(args.model, cfg, args.out, runtime_options(args))
-        for sid, r in result["slides"].items():
-            print(f"{sid}: {r['tiles']} tiles\n  {r['h5ad']}\n  {r['png']}")
-    except (DataError, SlideError, ValueError, FileNotFoundError) as exc:
-        print(f"eca-bio predict: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+STAGE = Stage("predict", _stage_run, config=PredictConfig, inputs=_stage_inputs, needs=("train",),
+              description="expression maps for new WSIs without sequencing")
+COMMAND = StageCommand("eca_bio.predict:STAGE", out_help="output folder for .h5ad and PNG files",
+                       needs_flags={"train": "--model"},
+                       needs_help={"train": "pipeline run dir (with train/final), a train output folder, or a trained model folder"},
+                       report=_report)
+configure_parser, main = COMMAND.configure_parser, COMMAND.main

@@ -29,27 +29,29 @@ and rewritten at the end, so it exists only when every slide is complete.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from eca_core.config import from_dict, to_dict
+from eca_core.errors import ConfigError
+from eca_core.cli import StageCommand
+from eca_core.config import check, from_dict, to_dict
 from eca_core.io import atomic_path, write_json_atomic
-from eca_core.pipeline import Stage, StageContext, add_runtime_arguments, runtime_options
+from eca_core.pipeline import Stage, StageContext
+from eca_core.resume import RunLock, clean_temp_files, content_hash, item_is_current, write_item_marker
 from eca_bio.encoders import EncoderConfig
 from eca_bio.tissue import TissueConfig
 
 FORMAT_VERSION = 1
-_PROCESS_START = time.time()
+MIN_PATCH_PX = 8  # smaller level-0 patches mean the microns per pixel are wrong
 
 
-class PreprocessError(ValueError):
+class PreprocessError(ConfigError):
     """The preprocess configuration or its inputs cannot be used."""
 
 
@@ -62,7 +64,8 @@ class PreprocessConfig:
     sections: list[str] | None = None         # subset of section ids in st_dir (default: all)
     images: dict[str, str] = field(default_factory=dict)  # section id -> full-res image (default: found in its folder)
     slides: list[str] = field(default_factory=list)  # WSIs without ST: tiled over detected tissue
-    mpp: float | None = None                  # microns per pixel when the slide metadata has none
+    mpp: float | None = None                  # microns per pixel of the WSIs; wins over their metadata (with a warning)
+    allow_unusual_mpp: bool = False           # accept mpp outside 0.05-50 um/px and patches under 8 px
     patch_um: float = 112.0                   # patch side in microns (224 px at 0.5 um/px)
     patch_px: int = 224                       # encoder input side in pixels
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -75,6 +78,13 @@ class PreprocessConfig:
     grid_overlap: float = 0.0                 # WSI grid: fraction of overlap between neighbouring patches
     min_tissue: float = 0.25                  # WSI grid: minimum tissue fraction of a kept patch
     max_outside_fraction: float = 0.1         # ST: more spots outside the image than this is an error
+    progress: bool = True                     # progress bars and one log line per slide
+
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("batch_size", "num_workers", "progress")
+
+    def __post_init__(self) -> None:
+        check(self, patch_um=">0", patch_px=">=8", batch_size=">=1", num_workers=">=0", token_grid=">=1",
+              grid_overlap="[0,1)", min_tissue="[0,1]", max_outside_fraction="[0,1]", mpp=">0")
 
 
 @dataclass
@@ -96,19 +106,28 @@ def config_from_params(params: dict[str, Any] | None, where: str = "preprocess")
 
 
 def run_preprocess(cfg: PreprocessConfig, out_dir: str | Path, options: dict | None = None, progress: bool = True) -> dict:
-    """Tile, embed and store every slide of ``cfg`` under ``out_dir``; returns the manifest (also written)."""
+    """Tile, embed and store every slide of ``cfg`` under ``out_dir``; returns the manifest (also written).
+
+    Holds the lock on ``out_dir`` and first removes temp files an earlier, killed run left there.
+    """
+    with RunLock(out_dir):
+        clean_temp_files(out_dir)
+        return _run_preprocess(cfg, Path(out_dir), options, progress)
+
+
+def _run_preprocess(cfg: PreprocessConfig, out_dir: Path, options: dict | None, progress: bool) -> dict:
     from eca_bio.embed import SlideJob, embed_slides
 
-    out_dir = Path(out_dir)
     options = dict(options or {})
     _validate(cfg)
+    progress = progress and cfg.progress
     log = print if progress else (lambda *a, **k: None)
     plans = _plan(cfg, log)
 
     slides_dir = out_dir / "slides"
     todo: list[_Plan] = []
     for p in plans:
-        if _is_current(slides_dir / f"{p.slide_id}.h5", p.params_hash) and _extras_present(slides_dir, p):
+        if _slide_done(slides_dir, p):
             log(f"{p.slide_id}: up to date, skipped")
             continue
         todo.append(p)
@@ -120,7 +139,6 @@ def run_preprocess(cfg: PreprocessConfig, out_dir: str | Path, options: dict | N
 
         encoder, norm, encoder_info = build_encoder(cfg.encoder, cfg.patch_px, cfg.token_grid)
         (out_dir / "manifest.json").unlink(missing_ok=True)  # a manifest exists only over complete outputs
-        _remove_stale_temp_files(slides_dir)
         jobs = []
         for p in todo:
             if p.adata is not None:
@@ -143,7 +161,7 @@ def run_preprocess(cfg: PreprocessConfig, out_dir: str | Path, options: dict | N
         if n:
             log(f"embedded {n} patches of {len(jobs)} slide(s) in {time.time() - start:.1f}s")
 
-    missing = [p.slide_id for p in plans if not _is_current(slides_dir / f"{p.slide_id}.h5", p.params_hash)]
+    missing = [p.slide_id for p in plans if not _slide_done(slides_dir, p)]
     if missing:  # another rank still working on its slides: the last rank to finish writes the manifest
         return {"pending": missing}
     manifest = _manifest(cfg, out_dir, plans, encoder_info)
@@ -157,12 +175,6 @@ def run_preprocess(cfg: PreprocessConfig, out_dir: str | Path, options: dict | N
 def _validate(cfg: PreprocessConfig) -> None:
     if cfg.st_dir is None and not cfg.slides:
         raise PreprocessError("nothing to do: give st_dir (ST sections) and/or slides (WSIs)")
-    if cfg.patch_um <= 0 or cfg.patch_px <= 0 or cfg.batch_size <= 0:
-        raise PreprocessError(f"patch_um ({cfg.patch_um}), patch_px ({cfg.patch_px}), batch_size ({cfg.batch_size}) must be positive")
-    if cfg.token_grid is not None and cfg.token_grid <= 0:
-        raise PreprocessError(f"token_grid must be positive, got {cfg.token_grid}")
-    if not 0 <= cfg.grid_overlap < 1:
-        raise PreprocessError(f"grid_overlap must be in [0, 1), got {cfg.grid_overlap}")
     if cfg.encoder.weights is not None and not Path(cfg.encoder.weights).is_file():
         raise PreprocessError(f"{cfg.encoder.weights}: encoder weights file not found")
 
@@ -171,7 +183,7 @@ def _plan(cfg: PreprocessConfig, log) -> list[_Plan]:
     """Open and check every input; no file is written here."""
     from eca_bio.slides import open_slide, slide_id_from_path
     from eca_bio.st import exclude_outside_image, find_sections, read_section
-    from eca_bio.tiling import grid_patches, patch_size_px, spot_patches
+    from eca_bio.tiling import grid_patches, spot_patches
     from eca_bio.tissue import detect_tissue
 
     plans: list[_Plan] = []
@@ -186,11 +198,11 @@ def _plan(cfg: PreprocessConfig, log) -> list[_Plan]:
                 raise PreprocessError(f"{image}: image of section {section.section_id} not found")
             adata = read_section(section, image=image)
             st = adata.uns["st"]
-            reader = open_slide(st["image"], mpp=st["array_mpp"])
-            source = "slide metadata" if reader.metadata_mpp is not None else st["array_mpp_source"]
+            reader = open_slide(st["image"], fallback_mpp=st["array_mpp"], allow_unusual_mpp=cfg.allow_unusual_mpp)
+            source = reader.mpp_source if reader.mpp_source != "fallback" else st["array_mpp_source"]
             exclude_outside_image(adata, *reader.dimensions, max_outside_fraction=cfg.max_outside_fraction)
             thumb = reader.thumbnail(cfg.tissue.thumbnail_px)
-            size = patch_size_px(cfg.patch_um, reader.mpp)
+            size = _patch_px(cfg, reader)
             coords = spot_patches(adata.obsm["spatial"], size)
             excluded = {k: len(v) for k, v in st["excluded"].items() if len(v)}
             log(f"{section.section_id}: {adata.n_obs} spots x {adata.n_vars} genes"
@@ -198,11 +210,11 @@ def _plan(cfg: PreprocessConfig, log) -> list[_Plan]:
                 + f"; {reader.mpp:.4f} um/px ({source}); patch {size} px -> {cfg.patch_px} px")
             plans.append(_Plan(section.section_id, reader, coords, size, thumb, None, adata, source))
     for path in cfg.slides:
-        reader = open_slide(path, mpp=cfg.mpp)
-        source = "slide metadata" if reader.metadata_mpp is not None else "--mpp"
+        reader = open_slide(path, mpp=cfg.mpp, allow_unusual_mpp=cfg.allow_unusual_mpp)
+        source = reader.mpp_source
+        size = _patch_px(cfg, reader)
         thumb = reader.thumbnail(cfg.tissue.thumbnail_px)
         mask = detect_tissue(thumb, reader.mpp * reader.dimensions[0] / thumb.size[0], cfg.tissue)
-        size = patch_size_px(cfg.patch_um, reader.mpp)
         stride = max(1, int(round(size * (1 - cfg.grid_overlap))))
         coords = grid_patches(mask, reader.dimensions, size, stride, cfg.min_tissue)
         log(f"{reader.slide_id}: {len(coords)} tissue patches of {size} px ({reader.mpp:.4f} um/px, {source}) -> {cfg.patch_px} px")
@@ -214,6 +226,26 @@ def _plan(cfg: PreprocessConfig, log) -> list[_Plan]:
     for p in plans:
         p.params_hash = _slide_hash(cfg, p)
     return plans
+
+
+def _patch_px(cfg: PreprocessConfig, reader: Any) -> int:
+    """Level-0 patch side; under ``MIN_PATCH_PX`` the microns per pixel are almost surely wrong."""
+    from eca_bio.tiling import patch_size_px
+
+    size = patch_size_px(cfg.patch_um, reader.mpp)
+    if size < MIN_PATCH_PX and not cfg.allow_unusual_mpp:
+        raise PreprocessError(f"{reader.path}: a {cfg.patch_um:g} um patch is only {size} px at {reader.mpp:g} um/px "
+                              f"({reader.mpp_source}); check the microns per pixel, or set allow_unusual_mpp")
+    return size
+
+
+def _input_files(p: _Plan) -> list[Path]:
+    """The files a slide's outputs are made from: the image and, for ST sections, the counts and spot tables."""
+    files = [Path(p.reader.path)]
+    if p.adata is not None:
+        st = p.adata.uns["st"]
+        files += [Path(st[k]) for k in ("counts", "selection", "positions", "scalefactors") if st.get(k)]
+    return [f for f in files if f.is_file()]
 
 
 def _slide_hash(cfg: PreprocessConfig, p: _Plan) -> str:
@@ -228,7 +260,7 @@ def _slide_hash(cfg: PreprocessConfig, p: _Plan) -> str:
         "store_tokens": cfg.store_tokens,
         "precision": cfg.precision,
         "slide": str(p.reader.path),
-        "slide_size": p.reader.path.stat().st_size if p.reader.path.is_file() else None,
+        "content": {str(f): content_hash(f) for f in _input_files(p)},
         "mpp": p.reader.mpp,
         "size_px": p.size_px,
     }
@@ -239,15 +271,23 @@ def _slide_hash(cfg: PreprocessConfig, p: _Plan) -> str:
     return h.hexdigest()
 
 
-def _remove_stale_temp_files(slides_dir: Path) -> None:
-    """Temp files left by a run that was killed outright (SIGKILL, power loss); never ones of a live run."""
-    if slides_dir.is_dir():
-        for tmp in slides_dir.glob(".*.tmp-*"):
-            if tmp.is_file() and tmp.stat().st_mtime < _PROCESS_START:
-                tmp.unlink(missing_ok=True)
+def _slide_done(slides_dir: Path, p: _Plan) -> bool:
+    """A slide is done when its marker matches its key and its h5 / thumbnail (/ h5ad) are intact.
+
+    A complete h5 with the right ``params_hash`` but no marker (the run was killed after writing it)
+    gets its marker now, so finished slides are never embedded twice.
+    """
+    marker = slides_dir / f"{p.slide_id}.done.json"
+    if item_is_current(marker, p.params_hash):
+        return True
+    files = [f"{p.slide_id}.h5", f"{p.slide_id}.thumb.png"] + ([f"{p.slide_id}.h5ad"] if p.adata is not None else [])
+    if _h5_complete(slides_dir / files[0], p.params_hash) and all((slides_dir / f).is_file() for f in files):
+        write_item_marker(marker, p.params_hash, files)
+        return True
+    return False
 
 
-def _is_current(path: Path, params_hash: str) -> bool:
+def _h5_complete(path: Path, params_hash: str) -> bool:
     if not path.exists():
         return False
     import h5py
@@ -257,11 +297,6 @@ def _is_current(path: Path, params_hash: str) -> bool:
             return f.attrs.get("params_hash") == params_hash and "features" in f
     except OSError:
         return False
-
-
-def _extras_present(slides_dir: Path, p: _Plan) -> bool:
-    ok = (slides_dir / f"{p.slide_id}.thumb.png").exists()
-    return ok and (p.adata is None or (slides_dir / f"{p.slide_id}.h5ad").exists())
 
 
 # ----------------------------------------------------------------------------------------- writing
@@ -358,7 +393,7 @@ def _manifest(cfg: PreprocessConfig, out_dir: Path, plans: list[_Plan], encoder_
 
 
 def _stage_inputs(ctx: StageContext) -> list[Path]:
-    cfg = config_from_params(ctx.params, f"{ctx.pipeline}:{ctx.stage}")
+    cfg: PreprocessConfig = ctx.config
     paths = [Path(cfg.st_dir)] if cfg.st_dir else []
     paths += [Path(p) for p in cfg.images.values()]
     paths += [Path(s) for s in cfg.slides]
@@ -368,112 +403,20 @@ def _stage_inputs(ctx: StageContext) -> list[Path]:
 
 
 def _run_stage(ctx: StageContext) -> dict[str, Any]:
-    cfg = config_from_params(ctx.params, f"{ctx.pipeline}:{ctx.stage}")
-    manifest = run_preprocess(cfg, ctx.out_dir, ctx.options)
+    manifest = run_preprocess(ctx.config, ctx.out_dir, ctx.options)
     if "pending" in manifest:
         return {"pending": manifest["pending"]}
     return {"slides": len(manifest["slides"]), "patches": sum(s["n_patches"] for s in manifest["slides"]),
-            "feature_dim": manifest["feature_dim"]}
+            "feature_dim": manifest["feature_dim"], "manifest": str(Path(ctx.out_dir) / "manifest.json")}
 
 
-STAGE = Stage("preprocess", run=_run_stage, inputs=_stage_inputs,
+def _report(summary: dict[str, Any], args: Any) -> None:
+    if "slides" in summary:
+        print(f"{summary['slides']} slide(s), {summary['patches']} patches, feature_dim {summary['feature_dim']}: "
+              f"{Path(summary['manifest']).resolve()}")
+
+
+STAGE = Stage("preprocess", run=_run_stage, config=PreprocessConfig, inputs=_stage_inputs,
               description="tile slides (+ ST spots), embed patches with a frozen timm encoder, write per-slide HDF5")
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``eca-bio preprocess`` (each overrides the same key of --config)."""
-    parser.add_argument("--out", type=Path, required=True, help="output folder (manifest.json, slides/)")
-    parser.add_argument("--config", type=Path, default=argparse.SUPPRESS,
-                        help="YAML with PreprocessConfig keys (a pipeline YAML's stages.preprocess, or a flat mapping)")
-    parser.add_argument("--st-dir", default=argparse.SUPPRESS, help="legacy-ST / Visium section folder, or a folder of them")
-    parser.add_argument("--st-format", choices=["auto", "legacy_st", "visium"], default=argparse.SUPPRESS)
-    parser.add_argument("--sections", nargs="+", default=argparse.SUPPRESS, help="section ids to use (default: all in --st-dir)")
-    parser.add_argument("--image", dest="images", action="append", default=argparse.SUPPRESS, metavar="SECTION=PATH",
-                        help="full-resolution image of an ST section (default: the image found in its folder); repeatable")
-    parser.add_argument("--slides", nargs="+", default=argparse.SUPPRESS, help="whole-slide images without ST (tiled over tissue)")
-    parser.add_argument("--mpp", type=float, default=argparse.SUPPRESS, help="microns per pixel for slides whose metadata has none")
-    parser.add_argument("--patch-um", type=float, default=argparse.SUPPRESS, help="patch side in microns (default 112)")
-    parser.add_argument("--patch-px", type=int, default=argparse.SUPPRESS, help="encoder input side in pixels (default 224)")
-    parser.add_argument("--encoder", default=argparse.SUPPRESS, help="timm model name or hf-hub:org/repo (default vit_small_patch16_224)")
-    parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                        help="load the encoder's pretrained weights (default: yes)")
-    parser.add_argument("--weights", default=argparse.SUPPRESS, help="local .safetensors/.pth encoder weights")
-    parser.add_argument("--encoder-kwargs", default=argparse.SUPPRESS,
-                        help="timm.create_model kwargs as YAML/JSON, e.g. '{img_size: 64, depth: 2}'")
-    parser.add_argument("--token-grid", type=int, default=argparse.SUPPRESS, help="pool patch tokens to a k x k grid")
-    parser.add_argument("--no-tokens", action="store_true", default=argparse.SUPPRESS, help="do not store patch tokens")
-    parser.add_argument("--batch-size", type=int, default=argparse.SUPPRESS)
-    parser.add_argument("--no-progress", action="store_true", default=argparse.SUPPRESS, help="no progress bars / log lines")
-    add_runtime_arguments(parser)
-
-
-_ARG_NAMES = ("config", "images", "st_dir", "st_format", "sections", "slides", "mpp", "patch_um", "patch_px", "encoder",
-              "pretrained", "weights", "encoder_kwargs", "token_grid", "no_tokens", "batch_size", "no_progress")
-
-
-def config_from_args(args: argparse.Namespace) -> PreprocessConfig:
-    """PreprocessConfig from --config plus command-line overrides."""
-    import yaml
-
-    params: dict[str, Any] = {}
-    args = argparse.Namespace(**{**{k: None for k in _ARG_NAMES}, **vars(args)})
-    if args.config is not None:
-        if not args.config.is_file():
-            raise PreprocessError(f"{args.config}: no such config file")
-        data = yaml.safe_load(args.config.read_text()) or {}
-        if isinstance(data, dict) and "stages" in data:
-            data = (data.get("stages") or {}).get("preprocess") or {}
-            from eca_core.pipeline import expand_env
-
-            data = expand_env(data)
-        if not isinstance(data, dict):
-            raise PreprocessError(f"{args.config}: expected a mapping of preprocess parameters")
-        params.update(data)
-    simple = {"st_dir": args.st_dir, "st_format": args.st_format, "sections": args.sections, "slides": args.slides,
-              "mpp": args.mpp, "patch_um": args.patch_um, "patch_px": args.patch_px, "token_grid": args.token_grid,
-              "batch_size": args.batch_size}
-    params.update({k: v for k, v in simple.items() if v is not None})
-    if args.images:
-        pairs = [item.split("=", 1) for item in args.images]
-        if any(len(p) != 2 or not p[0] for p in pairs):
-            raise PreprocessError(f"--image: expected SECTION=PATH, got {args.images}")
-        params["images"] = {**params.get("images", {}), **dict(pairs)}
-    if args.no_tokens:
-        params["store_tokens"] = False
-    if args.num_workers is not None:
-        params["num_workers"] = args.num_workers
-    enc = dict(params.get("encoder") or {})
-    if args.encoder is not None:
-        enc["name"] = args.encoder
-    if args.pretrained is not None:
-        enc["pretrained"] = args.pretrained
-    if args.weights is not None:
-        enc["weights"] = args.weights
-    if args.encoder_kwargs is not None:
-        kw = yaml.safe_load(args.encoder_kwargs)
-        if not isinstance(kw, dict):
-            raise PreprocessError(f"--encoder-kwargs: expected a mapping, got {args.encoder_kwargs!r}")
-        enc["kwargs"] = kw
-    if enc:
-        params["encoder"] = enc
-    return config_from_params(params, str(args.config) if args.config else "eca-bio preprocess")
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run ``eca-bio preprocess``; input errors are printed as one line naming the file."""
-    import sys
-
-    from eca_bio.encoders import EncoderError
-    from eca_bio.slides import SlideError
-    from eca_bio.st import STError
-
-    try:
-        cfg = config_from_args(args)
-        manifest = run_preprocess(cfg, args.out, runtime_options(args), progress=not getattr(args, "no_progress", False))
-    except (PreprocessError, SlideError, STError, EncoderError, ValueError) as exc:
-        print(f"eca-bio preprocess: error: {exc}", file=sys.stderr)
-        return 2
-    if "slides" in manifest:
-        n = sum(s["n_patches"] for s in manifest["slides"])
-        print(f"{len(manifest['slides'])} slide(s), {n} patches, feature_dim {manifest['feature_dim']}: {Path(args.out).resolve() / 'manifest.json'}")
-    return 0
+COMMAND = StageCommand("eca_bio.preprocess:STAGE", out_help="output folder (manifest.json, slides/)", report=_report)
+configure_parser, main = COMMAND.configure_parser, COMMAND.main

@@ -1,7 +1,8 @@
 """One reader interface over whole-slide images (OpenSlide) and plain images (Pillow / tifffile).
 
 ``open_slide(path, mpp=None)`` returns a ``SlideReader`` with level-0 ``dimensions``, microns per
-pixel (from the slide's metadata, else the ``mpp`` given, else a ``SlideError``) and
+pixel (an explicit ``mpp`` first, then the slide's metadata, then a fallback such as an ST array's
+geometry, else a ``SlideError``; implausible values are refused) and
 ``read_region(x, y, w, h, target_mpp=None, size=None)`` which reads a level-0 box from the best
 pyramid level and resizes it. Readers are picklable: the file is (re)opened lazily in each process,
 so DataLoader workers each hold their own OpenSlide handle / decoded image.
@@ -9,6 +10,7 @@ so DataLoader workers each hold their own OpenSlide handle / decoded image.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections import OrderedDict
@@ -18,6 +20,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from eca_core.errors import InputError
+
 # Slides are legitimately huge; Pillow's decompression-bomb guard would refuse full-resolution H&E JPEGs.
 Image.MAX_IMAGE_PIXELS = None
 
@@ -26,9 +30,11 @@ TIFF_SUFFIXES = {".tif", ".tiff", ".btf"}
 BACKGROUND = (255, 255, 255)
 _DECODED_CACHE_SIZE = 1  # decoded plain images kept per process (each her2st JPEG is ~270 MB decoded)
 _decoded: "OrderedDict[str, Image.Image]" = OrderedDict()
+MPP_RANGE = (0.05, 50.0)  # plausible microns per pixel of an H&E image (40x scanners ~0.25, thumbnails ~10)
+log = logging.getLogger(__name__)
 
 
-class SlideError(RuntimeError):
+class SlideError(InputError):
     """A slide cannot be opened, decoded, or has no usable microns-per-pixel."""
 
 
@@ -37,30 +43,48 @@ class SlideReader:
 
     kind = "base"
 
-    def __init__(self, path: str | os.PathLike, mpp: float | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, mpp: float | None = None, fallback_mpp: float | None = None,
+                 allow_unusual_mpp: bool = False) -> None:
         self.path = Path(path).resolve()
         self.slide_id = slide_id_from_path(self.path)
         self._given_mpp = mpp
         self._handle: Any = None
+        self.allow_unusual_mpp = allow_unusual_mpp
         self.dimensions, self.metadata_mpp = self._probe()
-        self.mpp = self._resolve_mpp(mpp)
+        self.mpp, self.mpp_source = self._resolve_mpp(mpp, fallback_mpp)
 
-    def _resolve_mpp(self, mpp: float | None) -> float:
-        value = self.metadata_mpp if self.metadata_mpp is not None else mpp
-        if value is None:
+    def _resolve_mpp(self, mpp: float | None, fallback: float | None) -> tuple[float, str]:
+        """Explicit ``mpp`` wins (with a warning when the metadata says otherwise), then metadata, then ``fallback``."""
+        if mpp is not None:
+            value, source = mpp, "--mpp"
+            if self.metadata_mpp is not None and not math.isclose(float(mpp), self.metadata_mpp, rel_tol=1e-3):
+                log.warning("warning: %s: using the given mpp %.4g um/px; the slide's metadata says %.4g um/px",
+                            self.path, float(mpp), self.metadata_mpp)
+        elif self.metadata_mpp is not None:
+            value, source = self.metadata_mpp, "slide metadata"
+        elif fallback is not None:
+            value, source = fallback, "fallback"
+        else:
             raise SlideError(
                 f"{self.path}: the slide's metadata has no microns-per-pixel; pass --mpp (preprocess param 'mpp')"
             )
-        value = float(value)
+        return self._checked_mpp(value, source), source
+
+    def _checked_mpp(self, value: Any, source: str) -> float:
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise SlideError(f"{self.path}: invalid microns-per-pixel {value!r} ({source})") from None
         if not math.isfinite(value) or value <= 0:
-            raise SlideError(f"{self.path}: invalid microns-per-pixel {value!r}")
+            raise SlideError(f"{self.path}: invalid microns-per-pixel {value!r} ({source})")
+        if not self.allow_unusual_mpp and not MPP_RANGE[0] <= value <= MPP_RANGE[1]:
+            raise SlideError(f"{self.path}: {value:g} um/px ({source}) is outside the plausible range "
+                             f"{MPP_RANGE[0]:g}-{MPP_RANGE[1]:g} um/px for H&E slides; set allow_unusual_mpp to use it anyway")
         return value
 
-    def set_mpp(self, mpp: float) -> None:
+    def set_mpp(self, mpp: float, source: str = "set") -> None:
         """Override the resolution (e.g. one derived from a spatial-transcriptomics array)."""
-        if not math.isfinite(mpp) or mpp <= 0:
-            raise SlideError(f"{self.path}: invalid microns-per-pixel {mpp!r}")
-        self.mpp = float(mpp)
+        self.mpp, self.mpp_source = self._checked_mpp(mpp, source), source
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -262,11 +286,15 @@ class ImageReader(SlideReader):
         _decoded.pop(str(self.path), None)
 
 
-def open_slide(path: str | os.PathLike, mpp: float | None = None) -> SlideReader:
+def open_slide(path: str | os.PathLike, mpp: float | None = None, fallback_mpp: float | None = None,
+               allow_unusual_mpp: bool = False) -> SlideReader:
     """Open ``path`` with OpenSlide when it is a format OpenSlide knows, else as a plain image.
 
-    ``mpp`` is used only when the file's metadata carries no microns-per-pixel.
+    Microns per pixel: an explicit ``mpp`` wins (a warning shows both when the metadata differs), then
+    the file's metadata, then ``fallback_mpp`` (e.g. from an ST array); values outside
+    ``MPP_RANGE`` are refused unless ``allow_unusual_mpp``.
     """
+    kw = {"fallback_mpp": fallback_mpp, "allow_unusual_mpp": allow_unusual_mpp}
     path = Path(path)
     if not path.exists():
         raise SlideError(f"{path}: no such file")
@@ -280,10 +308,10 @@ def open_slide(path: str | os.PathLike, mpp: float | None = None) -> SlideReader
         except Exception:
             fmt = None
         if fmt is not None:
-            return OpenSlideReader(path, mpp)
+            return OpenSlideReader(path, mpp, **kw)
         if path.suffix.lower() not in TIFF_SUFFIXES:
             raise SlideError(f"{path}: neither OpenSlide nor Pillow/tifffile can read this file type")
-    return ImageReader(path, mpp)
+    return ImageReader(path, mpp, **kw)
 
 
 def slide_id_from_path(path: str | os.PathLike) -> str:

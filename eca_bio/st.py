@@ -19,13 +19,15 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from eca_core.errors import InputError
+
 ST_SPOT_SPACING_UM = 200.0  # legacy ST array: spot centre-to-centre distance (Stahl et al. 2016)
 VISIUM_SPOT_DIAMETER_UM = 55.0  # 10x Visium spot diameter; scalefactors give it in full-res pixels
 IMAGE_SUFFIXES = (".tif", ".tiff", ".btf", ".svs", ".ndpi", ".jpg", ".jpeg", ".png")
 STFormat = Literal["auto", "legacy_st", "visium"]
 
 
-class STError(ValueError):
+class STError(InputError):
     """A spatial-transcriptomics folder or file is malformed or inconsistent."""
 
 
@@ -127,6 +129,12 @@ def read_legacy_st(folder: str | os.PathLike, section_id: str | None = None, ima
     missing = [c for c in need if c not in sel.columns]
     if missing:
         raise STError(f"{sel_path}: missing column(s) {missing}; expected x y new_x new_y pixel_x pixel_y selected")
+    for col in ("pixel_x", "pixel_y"):
+        sel[col] = pd.to_numeric(sel[col], errors="coerce")
+    bad_xy = sel[["x", "y"]].apply(pd.to_numeric, errors="coerce").isna().any(axis=1)
+    if bad_xy.any():
+        raise STError(f"{sel_path}: {int(bad_xy.sum())} row(s) have no integer array position x/y, "
+                      f"first at line {int(np.flatnonzero(bad_xy.to_numpy())[0]) + 2}")
     sel["spot"] = sel["x"].astype(int).astype(str) + "x" + sel["y"].astype(int).astype(str)
     if sel["spot"].duplicated().any():
         raise STError(f"{sel_path}: duplicated spot(s) {sel['spot'][sel['spot'].duplicated()].tolist()[:5]}")
@@ -162,12 +170,26 @@ def read_legacy_st(folder: str | os.PathLike, section_id: str | None = None, ima
     obs["selected"] = obs["selected"].astype(int)
     adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=counts.columns.astype(str)))
     adata.obsm["spatial"] = obs[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
-    mpp, spacing_px = legacy_st_mpp(sel.loc[selected])
+    validate_positions(sel.loc[selected, ["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64), list(selected), str(sel_path))
+    mpp, spacing_px = legacy_st_mpp(_inside_image(sel.loc[selected], image_path))
     excluded = {"not_selected": list(not_selected), "no_counts": list(no_counts)}
     _finish(adata, section_id, image_path, mpp, f"array spacing {ST_SPOT_SPACING_UM:g} um / {spacing_px:.2f} px", excluded,
             {"spot_diameter_fullres": 100.0 / mpp, "tissue_hires_scalef": 1.0, "tissue_lowres_scalef": 1.0},
             {"counts": str(counts_path.resolve()), "selection": str(sel_path.resolve())})
     return adata
+
+
+def _inside_image(selection: pd.DataFrame, image_path: Path) -> pd.DataFrame:
+    """The spots whose pixel centre lies inside the image (off-image spots would skew the grid fit)."""
+    from eca_bio.slides import SlideError, open_slide
+
+    try:
+        width, height = open_slide(image_path, fallback_mpp=1.0, allow_unusual_mpp=True).dimensions
+    except SlideError:
+        return selection  # the image itself is checked (and refused, with its reason) when it is opened for tiling
+    x, y = selection["pixel_x"].to_numpy(float), selection["pixel_y"].to_numpy(float)
+    inside = (x >= 0) & (x < width) & (y >= 0) & (y < height)
+    return selection[inside] if inside.sum() >= 3 else selection
 
 
 def legacy_st_mpp(selection: pd.DataFrame) -> tuple[float, float]:
@@ -329,9 +351,40 @@ def exclude_outside_image(adata: ad.AnnData, width: int, height: int, max_outsid
 
 
 
+def validate_counts(X, obs_names, var_names, path: str) -> None:
+    """Counts must be finite and non-negative: name the file, the first bad spot and gene, and how many are bad."""
+    data = X.data if sp.issparse(X) else np.asarray(X)
+    bad = ~np.isfinite(data) | (np.nan_to_num(data, nan=0.0) < 0)
+    if not bad.any():
+        return
+    dense_bad = (X.copy() if sp.issparse(X) else None)
+    if dense_bad is not None:
+        dense_bad.data = bad.astype(np.int8)
+        rows, cols = dense_bad.nonzero()
+        r, c = rows[0], cols[0]
+        value = X[r, c]
+    else:
+        r, c = map(int, np.argwhere(bad)[0])
+        value = data[r, c]
+    kind = "NaN" if np.isnan(value) else "infinite" if np.isinf(value) else "negative"
+    raise STError(f"{path}: {int(bad.sum())} count(s) are NaN, infinite or negative; first: spot {obs_names[r]!r}, "
+                  f"gene {var_names[c]!r} = {value} ({kind})")
+
+
+def validate_positions(xy: np.ndarray, obs_names, path: str) -> None:
+    """Spot pixel coordinates must be finite numbers: name the file and the first bad spot."""
+    bad = ~np.isfinite(np.asarray(xy, dtype=np.float64)).all(axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise STError(f"{path}: {int(bad.sum())} spot(s) have missing or non-numeric pixel coordinates; "
+                      f"first: spot {obs_names[i]!r} = {np.asarray(xy)[i].tolist()}")
+
+
 def _finish(adata: ad.AnnData, library_id: str, image_path: Path, mpp: float, mpp_source: str,
             excluded: dict[str, list[str]], scalefactors: dict, files: dict[str, str]) -> None:
     adata.obs_names = adata.obs_names.astype(str)
+    validate_counts(adata.X, adata.obs_names, adata.var_names, files["counts"])
+    validate_positions(adata.obsm["spatial"], adata.obs_names, files.get("selection") or files.get("positions") or files["counts"])
     zero = np.asarray(adata.X.sum(axis=1)).ravel() == 0
     excluded = {k: [str(v) for v in vals] for k, vals in excluded.items()}
     excluded["zero_counts"] = list(adata.obs_names[zero])

@@ -20,11 +20,13 @@ import h5py
 import numpy as np
 import scipy.sparse as sp
 
+from eca_core.errors import InputError
+
 TRANSFORMS = ("egn", "libsize")
 Transform = Literal["egn", "libsize"]
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """An input file is missing, inconsistent or malformed; the message names the file."""
 
 
@@ -85,7 +87,7 @@ def load_slide(pre_dir: Path, entry: dict[str, Any], encoder: Any, with_tokens: 
     h5_path = pre_dir / entry["h5"]
     if not h5_path.is_file():
         raise DataError(f"slide {sid}: embeddings missing: {h5_path} does not exist (re-run preprocess)")
-    with h5py.File(h5_path, "r") as f:
+    with _open_h5(h5_path) as f:
         for key in ("coords", "features"):
             if key not in f:
                 raise DataError(f"{h5_path}: no '{key}' dataset")
@@ -116,10 +118,21 @@ def load_slide(pre_dir: Path, entry: dict[str, Any], encoder: Any, with_tokens: 
                      thumb, float(entry.get("mpp", attrs.get("mpp", 0.0))), size, counts, attrs)
 
 
+def _open_h5(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise DataError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {' '.join(str(exc).split())[:200]}; "
+                        f"re-run preprocess") from exc
+
+
 def _load_counts(path: Path, barcodes: list[str] | None, h5_path: Path, centres: np.ndarray) -> tuple[ad.AnnData, np.ndarray]:
     if not path.is_file():
         raise DataError(f"{path}: expression file listed in the manifest does not exist")
-    adata = ad.read_h5ad(path)
+    try:
+        adata = ad.read_h5ad(path)
+    except (OSError, KeyError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable .h5ad file (truncated or corrupt?): {' '.join(str(exc).split())[:200]}") from exc
     if barcodes is None:
         if adata.n_obs != centres.shape[0]:
             raise DataError(f"{path}: {adata.n_obs} spots but {h5_path} has {centres.shape[0]} rows and no barcodes")

@@ -10,16 +10,14 @@ ST slides (``<out>/final/``) for ``eca-bio predict``.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import json
 import logging
 import math
-import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 import numpy as np
@@ -27,11 +25,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from eca_core.config import from_dict, to_dict
+from eca_core.cli import StageCommand
+from eca_core.config import check, from_dict, to_dict
 from eca_core.io import atomic_dir, write_json_atomic
 from eca_core.losses import ECAObjective, LossConfig
 from eca_core.metrics import pearson_per_column
-from eca_core.pipeline import Stage, StageContext, add_runtime_arguments, runtime_options
+from eca_core.pipeline import Stage, StageContext
+from eca_core.resume import RunLock, clean_temp_files, content_hash, item_is_current, write_item_marker
+from eca_core.trainer import call_trainer, make_trainer, quiet_lightning
 from eca_bio.exemplars import ExemplarBank, ExemplarIndex
 from eca_bio.model import ExpressionModel, ModelConfig, RidgeBaseline
 from eca_bio.targets import TRANSFORMS, DataError, SlideData, TargetSpec, canonical_encoder, fit_targets, load_preprocessed, make_targets
@@ -81,9 +82,14 @@ class TrainConfig:
     final_method: str | None = "eca"  # trained on every ST slide for `eca-bio predict`; None to skip
     final_transform: str | None = None  # default: the first of `transforms`
     seed: int = 0
-    threads: int | None = None
+    threads: int | None = None  # torch CPU threads (default: torch's)
+
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("threads",)
 
     def __post_init__(self) -> None:
+        check(self, n_genes=">=1", n_folds=">=2", k=">=1", epochs=">=1", patience=">=0", min_epochs=">=1",
+              batch_size=">=2", lr=">0", weight_decay=">=0", ridge_components=">=1", ridge_alpha=">0",
+              ridge_alphas=">0", threads=">=1")
         bad = [m for m in self.methods if m not in METHODS]
         if bad or not self.methods:
             raise ValueError(f"train.methods: unknown {bad}; choose from {list(METHODS)}")
@@ -242,15 +248,9 @@ class ExpressionTask(L.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
 
 
-def _trainer(options: dict[str, Any], max_epochs: int, callbacks: list, validate: bool, min_epochs: int = 1) -> L.Trainer:
-    return L.Trainer(
-        accelerator=options.get("accelerator") or "auto", devices=options.get("devices") or "auto",
-        num_nodes=options.get("num_nodes") or 1, strategy=options.get("strategy") or "auto",
-        max_epochs=max_epochs, min_epochs=min(min_epochs, max_epochs), callbacks=callbacks, logger=False,
-        enable_checkpointing=any(isinstance(c, L.pytorch.callbacks.ModelCheckpoint) for c in callbacks),
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        limit_val_batches=1.0 if validate else 0, deterministic=False,
-    )
+def _trainer(options: dict[str, Any], max_epochs: int, callbacks: list, validate: bool, min_epochs: int = 1):
+    return make_trainer(options, max_epochs=max_epochs, min_epochs=min(min_epochs, max_epochs), callbacks=callbacks,
+                        limit_val_batches=1.0 if validate else 0, deterministic=False)
 
 
 def _loader(ds: Dataset, batch_size: int, shuffle: bool, options: dict[str, Any], seed: int) -> DataLoader:
@@ -277,17 +277,17 @@ def fit_neural(method: str, cfg: TrainConfig, fit: SpotSet, val: SpotSet | None,
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=work, filename="best", monitor="val_pcc", mode="max", save_top_k=1)
     stop = L.pytorch.callbacks.EarlyStopping(monitor="val_pcc", mode="max", patience=cfg.patience)
     trainer = _trainer(options, cfg.epochs, [ckpt, stop], validate=True, min_epochs=cfg.min_epochs)
-    trainer.fit(task, _loader(SpotDataset(fit, bank), cfg.batch_size, True, options, cfg.seed),
-                _loader(SpotDataset(val, bank), cfg.batch_size, False, options, cfg.seed))
+    call_trainer(trainer.fit, task, _loader(SpotDataset(fit, bank), cfg.batch_size, True, options, cfg.seed),
+                 _loader(SpotDataset(val, bank), cfg.batch_size, False, options, cfg.seed))
     history = task.history
     vals = [h.get("val_pcc", float("nan")) for h in history]
     best_epoch = int(np.nanargmax(vals)) + 1 if np.isfinite(vals).any() else len(history)
     if not cfg.refit:
-        best = ExpressionTask.load_from_checkpoint(ckpt.best_model_path, map_location="cpu")
+        best = ExpressionTask.load_from_checkpoint(ckpt.best_model_path, map_location="cpu", weights_only=True)
         return best, history, best_epoch
     final = new_task()
-    _trainer(options, best_epoch, [], validate=False).fit(
-        final, _loader(SpotDataset(everything, bank), cfg.batch_size, True, options, cfg.seed))
+    call_trainer(_trainer(options, best_epoch, [], validate=False).fit,
+                 final, _loader(SpotDataset(everything, bank), cfg.batch_size, True, options, cfg.seed))
     return final, history, best_epoch
 
 
@@ -306,14 +306,6 @@ def predict_spots(task: ExpressionTask, spots: SpotSet, bank: ExemplarBank, batc
 
 
 # ---------------------------------------------------------------------------------------- the CV run
-
-def quiet_lightning() -> None:
-    """Silence Lightning's per-fit banners and known-harmless warnings (dozens of small fits per run)."""
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    for msg in (".*LeafSpec.*", ".*no `val_dataloader`.*", ".*does not have many workers.*", ".*litlogger.*",
-                ".*smaller than the logging interval.*"):
-        warnings.filterwarnings("ignore", message=msg)
 
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -368,6 +360,7 @@ def train_method(method: str, cfg: TrainConfig, train_sl: list[SlideData], val_i
             write_json_atomic(tmp / "targets.json", spec.to_dict())
         result["encoder"] = canonical_encoder(encoder)
         write_json_atomic(tmp / "result.json", result)
+        write_item_marker(tmp / "done.json", key, [p for p in tmp.rglob("*") if p.is_file()])
     return result
 
 
@@ -388,7 +381,16 @@ def select_ridge_alpha(cfg: TrainConfig, train_sl: list[SlideData], val_id: str 
 
 def train_all(cfg: TrainConfig, pre_dir: Path, out_dir: Path, options: dict[str, Any] | None = None,
               progress: bool = True) -> dict[str, Any]:
-    """Cross-validate every method under every transform; write ``folds.json`` and per-item folders."""
+    """Cross-validate every method under every transform; write ``folds.json`` and per-item folders.
+
+    Holds the lock on ``out_dir`` and first removes what a killed run left (``.tmp-*`` item folders).
+    """
+    with RunLock(out_dir):
+        clean_temp_files(out_dir)
+        return _train_all(cfg, Path(pre_dir), Path(out_dir), options, progress)
+
+
+def _train_all(cfg: TrainConfig, pre_dir: Path, out_dir: Path, options: dict[str, Any] | None, progress: bool) -> dict[str, Any]:
     options = dict(options or {})
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -399,8 +401,7 @@ def train_all(cfg: TrainConfig, pre_dir: Path, out_dir: Path, options: dict[str,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     encoder = manifest["encoder"]
-    base_key = {"encoder": canonical_encoder(encoder),
-                "slides": {s.slide_id: [s.n_spots, str(s.h5.stat().st_mtime_ns)] for s in slides}}
+    base_key = {"encoder": canonical_encoder(encoder), "slides": {s.slide_id: _slide_key(s) for s in slides}}
     write_json_atomic(out_dir / "folds.json", {"cv": cfg.cv, "folds": folds, "encoder": encoder,
                                                "feature_dim": int(slides[0].features.shape[1]),
                                                "config": to_dict(cfg), "labels": METHOD_LABELS})
@@ -464,13 +465,14 @@ def item_config(cfg: TrainConfig, method: str) -> dict[str, Any]:
 
 
 def _is_done(item_dir: Path, key: str) -> bool:
-    path = item_dir / "result.json"
-    if not path.is_file():
-        return False
-    try:
-        return json.loads(path.read_text()).get("key") == key
-    except json.JSONDecodeError:
-        return False
+    """An item is done when its marker holds ``key`` and every file it recorded is present and unchanged."""
+    return item_is_current(item_dir / "done.json", key)
+
+
+def _slide_key(s: SlideData) -> dict[str, Any]:
+    """Content key of a preprocessed slide: its embeddings and (ST) counts."""
+    files = [s.h5] + ([s.h5.with_suffix(".h5ad")] if s.h5.with_suffix(".h5ad").is_file() else [])
+    return {"n_spots": s.n_spots, "content": [content_hash(f) for f in files]}
 
 
 # ---------------------------------------------------------------------------------------- loading trained models
@@ -501,7 +503,11 @@ def load_trained(item_dir: Path, bank: ExemplarBank | None = None) -> TrainedMod
         spec = TargetSpec.from_dict(json.loads((item_dir / "targets.json").read_text()))
         result = json.loads(result_path.read_text())
         return TrainedModel(result["method"], spec, result.get("encoder", ""), 0, False, None, RidgeBaseline.load(item_dir / "ridge.npz"), bank)
-    ckpt = torch.load(item_dir / "model.pt", map_location="cpu", weights_only=False)
+    try:
+        ckpt = torch.load(item_dir / "model.pt", map_location="cpu", weights_only=True)  # never runs code from the file
+    except Exception as exc:  # noqa: BLE001 - pickle errors of every kind: refuse the file, name it
+        raise DataError(f"{item_dir / 'model.pt'}: not a model written by eca-bio train, refused without running it "
+                        f"({' '.join(str(exc).split())[:200]})") from exc
     spec = TargetSpec.from_dict(ckpt["targets"])
     hp = ckpt["hparams"]
     task = ExpressionTask(hp["in_dim"], hp["n_genes"], hp["model"], hp["loss"], hp["lr"], hp["weight_decay"])
@@ -516,47 +522,16 @@ def load_trained(item_dir: Path, bank: ExemplarBank | None = None) -> TrainedMod
 # ---------------------------------------------------------------------------------------- stage / CLI
 
 def _stage_run(ctx: StageContext) -> dict[str, Any]:
-    cfg = from_dict(TrainConfig, ctx.params, "train")
-    return train_all(cfg, ctx.stage_dir("preprocess"), ctx.out_dir, ctx.options)
+    return train_all(ctx.config, ctx.stage_dir("preprocess"), ctx.out_dir, ctx.options)
 
 
-STAGE = Stage("train", _stage_run, description="slide-level CV of ridge, mean-pool, softmax and ECA expression models")
+def _report(summary: dict[str, Any], args: Any) -> None:
+    print(json.dumps(summary, indent=2))
+    print(f"models and predictions: {Path(args.out).resolve()}")
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preprocess", type=Path, required=True, help="output folder of `eca-bio preprocess` (has manifest.json)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder for models, histories and predictions")
-    parser.add_argument("--config", type=Path, default=None, help="YAML with TrainConfig fields (or a pipeline YAML: its stages.train)")
-    parser.add_argument("--methods", nargs="+", default=None, choices=list(METHODS), help="methods to train")
-    parser.add_argument("--transforms", nargs="+", default=None, choices=list(TRANSFORMS), help="target transforms")
-    parser.add_argument("--cv", choices=["loso", "kfold"], default=None, help="leave-one-slide-out or k-fold by slide")
-    parser.add_argument("--epochs", type=int, default=None, help="maximum epochs (early stopping on validation PCC)")
-    add_runtime_arguments(parser)
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    cfg = TrainConfig()
-    if args.config is not None:
-        import yaml
-
-        data = yaml.safe_load(Path(args.config).read_text()) or {}
-        if "stages" in data:
-            data = (data["stages"] or {}).get("train") or {}
-        cfg = from_dict(TrainConfig, data, str(args.config))
-    overrides = {k: v for k, v in (("methods", args.methods), ("transforms", args.transforms), ("cv", args.cv),
-                                   ("epochs", args.epochs)) if v is not None}
-    return replace(cfg, **overrides) if overrides else cfg
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run ``eca-bio train``; input errors are printed as one line naming the file (exit code 2)."""
-    import sys
-
-    try:
-        summary = train_all(config_from_args(args), args.preprocess, args.out, runtime_options(args))
-        print(json.dumps(summary, indent=2))
-        print(f"models and predictions: {Path(args.out).resolve()}")
-    except (DataError, ValueError, FileNotFoundError) as exc:
-        print(f"eca-bio train: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+STAGE = Stage("train", _stage_run, config=TrainConfig, needs=("preprocess",),
+              description="slide-level CV of ridge, mean-pool, softmax and ECA expression models")
+COMMAND = StageCommand("eca_bio.train:STAGE", out_help="output folder for models, histories and predictions",
+                       needs_help={"preprocess": "output folder of `eca-bio preprocess` (has manifest.json)"}, report=_report)
+configure_parser, main = COMMAND.configure_parser, COMMAND.main

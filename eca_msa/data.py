@@ -9,7 +9,6 @@ zero in the released files); ``audio == -inf`` is set to 0 as MMSA does.
 
 from __future__ import annotations
 
-import pickle
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from eca_core.errors import InputError, UnsafeFileError
 from eca_core.io import atomic_path
+from eca_core.safe_pickle import load_restricted
 
 SPLITS = ("train", "valid", "test")
 REQUIRED_KEYS = ("text", "audio", "vision", "regression_labels")
@@ -28,7 +29,7 @@ CACHE_NAME = "mmsa_cache.pt"
 CACHE_VERSION = 1
 
 
-class MMSAFormatError(ValueError):
+class MMSAFormatError(InputError):
     """The file is not a valid MMSA feature pickle; the message names the file, split, key and problem."""
 
 
@@ -56,6 +57,7 @@ class MSAData:
 
     splits: dict[str, MSASplit]
     source: str = ""
+    content_key: str = ""  # content hash of the file the data came from (keys the training runs)
 
     def shapes(self) -> dict[str, int]:
         """Sequence lengths and feature sizes per modality (what the model is built for)."""
@@ -201,15 +203,20 @@ def from_mmsa_dict(obj: Any, where: str = "MMSA data") -> MSAData:
 
 
 def load_mmsa(path: str | Path) -> MSAData:
-    """Read and validate an MMSA feature pickle (``unaligned_50.pkl``, ``aligned_50.pkl``, MOSEI, CH-SIMS)."""
+    """Read and validate an MMSA feature pickle (``unaligned_50.pkl``, ``aligned_50.pkl``, MOSEI, CH-SIMS).
+
+    The pickle is read by an allow-list unpickler (:mod:`eca_core.safe_pickle`): a file that names
+    any other global (a crafted ``__reduce__``) is refused before anything in it runs.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such MMSA pickle (MOSI: the MMSA release's unaligned_50.pkl)")
+        raise MMSAFormatError(f"{path}: no such MMSA pickle (MOSI: the MMSA release's unaligned_50.pkl)")
     try:
-        with open(path, "rb") as fh:
-            obj = pickle.load(fh)
-    except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as exc:
-        raise MMSAFormatError(f"{path}: not a readable pickle ({exc})") from exc
+        obj = load_restricted(path)  # dicts, lists, strings, numbers and numpy arrays only: never runs code
+    except UnsafeFileError:
+        raise
+    except InputError as exc:
+        raise MMSAFormatError(str(exc)) from exc
     return from_mmsa_dict(obj, str(path))
 
 
@@ -235,8 +242,12 @@ def load_cache(path: str | Path) -> MSAData:
     if path.is_dir():
         path = path / CACHE_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such tensor cache (run `eca-msa preprocess` first)")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+        raise MMSAFormatError(f"{path}: no such tensor cache (run `eca-msa preprocess` first)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)  # tensors, lists, strings: never runs code
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure: refuse the file, name it
+        raise MMSAFormatError(f"{path}: not an eca-msa tensor cache, refused without running it "
+                              f"({' '.join(str(exc).split())[:200]})") from exc
     if not isinstance(payload, dict) or payload.get("version") != CACHE_VERSION:
         raise MMSAFormatError(f"{path}: not an eca-msa tensor cache of version {CACHE_VERSION}")
     splits = {}
@@ -247,7 +258,9 @@ def load_cache(path: str | Path) -> MSAData:
             d["vision"].numpy(), d["vision_mask"].numpy(), d["labels"].numpy(), list(d["ids"]),
             None if tb is None else tb.numpy(),
         )
-    return MSAData(splits, payload["source"])
+    from eca_core.resume import content_hash
+
+    return MSAData(splits, payload["source"], content_hash(path))
 
 
 def load_any(path: str | Path) -> MSAData:

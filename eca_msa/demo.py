@@ -11,7 +11,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from eca_core.pipeline import PipelineSpec, add_runtime_arguments, run_pipeline, runtime_options
+from eca_core.cli import add_runtime_arguments, runtime_options
+from eca_core.pipeline import PipelineSpec, run_pipeline
 
 DEMO_DATA = dict(n_train=256, n_valid=96, n_test=192, audio_len=60, vision_len=120, key_frames=3, seed=0)
 DEMO_TRAIN = dict(epochs=16, batch_size=16, patience=4, progress_bar=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from eca_core.config import from_dict
+from eca_core.cli import StageCommand
+from eca_core.config import check
 from eca_core.io import atomic_path, write_json_atomic, write_text_atomic
 from eca_core.pipeline import Stage, StageContext
 from eca_msa.metrics import HIGHER_IS_BETTER, MOSI_KEYS, SIMS_KEYS
@@ -27,8 +27,11 @@ SIMS_ORDER = ["F1_score", "Corr", "MAE", "Mult_acc_2", "Mult_acc_3", "Mult_acc_5
 class EvaluateConfig:
     """``std_ddof``: 1 gives the sample standard deviation over seeds."""
 
-    std_ddof: int = 1
+    std_ddof: int = 1  # 1: sample standard deviation over seeds
     baseline: str = "almt_pcc"  # the report adds each setting's difference of means to this one
+
+    def __post_init__(self) -> None:
+        check(self, std_ddof="[0,1]")
 
 
 def load_runs(train_dir: str | Path) -> list[dict[str, Any]]:
@@ -160,25 +163,17 @@ def evaluate(train_dir: str | Path, out_dir: str | Path, cfg: EvaluateConfig | N
 
 
 def _run_stage(ctx: StageContext) -> dict[str, Any]:
-    cfg = from_dict(EvaluateConfig, ctx.params, f"stage '{ctx.stage}'")
-    report = evaluate(ctx.stage_dir("train"), ctx.out_dir, cfg)
+    report = evaluate(ctx.stage_dir("train"), ctx.out_dir, ctx.config)
     print(report["table_markdown"])
-    return {"report": str(ctx.out_dir / "report.md"),
+    return {"report": str(ctx.out_dir / "report.md"), "curves": str(ctx.out_dir / "curves.png"),
             "corr_mean": {s: e["metrics"]["Corr"]["mean"] for s, e in report["settings"].items()}}
 
 
-STAGE = Stage("evaluate", _run_stage, description="mean ± std report and validation curves")
+def _report(summary: dict[str, Any], args: Any) -> None:
+    print(f"report: {summary['report']}  curves: {summary['curves']}")
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("train_dir", type=Path, help="folder written by `eca-msa train` (holds results.json)")
-    parser.add_argument("--out", type=Path, default=None, help="report folder (default: the training folder)")
-    parser.add_argument("--ddof", type=int, default=1, help="degrees of freedom of the std over seeds")
-
-
-def main(args: argparse.Namespace) -> int:
-    out = args.out or args.train_dir
-    report = evaluate(args.train_dir, out, EvaluateConfig(std_ddof=args.ddof))
-    print(report["table_markdown"])
-    print(f"report: {Path(out) / 'report.md'}  curves: {Path(out) / 'curves.png'}")
-    return 0
+STAGE = Stage("evaluate", _run_stage, config=EvaluateConfig, needs=("train",), description="mean ± std report and validation curves")
+COMMAND = StageCommand("eca_msa.evaluate:STAGE", out_help="report folder",
+                       needs_help={"train": "folder written by `eca-msa train` (holds results.json)"}, report=_report)
+configure_parser, main = COMMAND.configure_parser, COMMAND.main

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eca_core.config import from_dict
+from eca_core.cli import StageCommand
 from eca_core.io import write_json_atomic
 from eca_core.pipeline import Stage, StageContext
 from eca_msa.data import CACHE_NAME, load_mmsa, save_cache
@@ -15,9 +14,9 @@ from eca_msa.data import CACHE_NAME, load_mmsa, save_cache
 
 @dataclass
 class PreprocessConfig:
-    """``pkl``: the MMSA pickle; empty means the pickle written by an earlier ``generate`` stage."""
+    """The MMSA pickle to validate and cache."""
 
-    pkl: str = ""
+    pkl: str = ""  # MMSA feature pickle (e.g. MOSI unaligned_50.pkl); empty: the pickle of an earlier generate stage
 
 
 def preprocess(pkl: str | Path, out_dir: str | Path) -> dict[str, Any]:
@@ -31,36 +30,33 @@ def preprocess(pkl: str | Path, out_dir: str | Path) -> dict[str, Any]:
 
 
 def _pickle_path(ctx: StageContext) -> Path:
-    cfg = from_dict(PreprocessConfig, ctx.params, f"stage '{ctx.stage}'")
-    if cfg.pkl:
-        return Path(cfg.pkl)
+    if ctx.config.pkl:
+        return Path(ctx.config.pkl)
     from eca_msa.synthetic import PICKLE_NAME
 
     return ctx.stage_dir("generate") / PICKLE_NAME
 
 
 def _run_stage(ctx: StageContext) -> dict[str, Any]:
-    summary = preprocess(_pickle_path(ctx), ctx.out_dir)
-    return {k: summary[k] for k in ("source", "text_len", "audio_len", "vision_len")} | {s: summary[s]["n"] for s in ("train", "valid", "test")}
+    pkl = _pickle_path(ctx)
+    summary = preprocess(pkl, ctx.out_dir)
+    sizes = {s: summary[s]["n"] for s in ("train", "valid", "test")}
+    return {k: summary[k] for k in ("source", "text_len", "text_dim", "audio_len", "audio_dim", "vision_len", "vision_dim")} | sizes \
+        | {"cache": str(ctx.out_dir / CACHE_NAME)}
 
 
 def _inputs(ctx: StageContext) -> list[Path]:
-    cfg = from_dict(PreprocessConfig, ctx.params, f"stage '{ctx.stage}'")
-    return [Path(cfg.pkl)] if cfg.pkl else []
+    return [Path(ctx.config.pkl)] if ctx.config.pkl else []
 
 
-STAGE = Stage("preprocess", _run_stage, inputs=_inputs, description="validate an MMSA pickle and cache its tensors")
+def _report(s: dict[str, Any], args: Any) -> None:
+    print(f"{s['source']}: valid MMSA data (train {s['train']}, valid {s['valid']}, test {s['test']}); "
+          f"text {s['text_len']}×{s['text_dim']}, audio {s['audio_len']}×{s['audio_dim']}, vision {s['vision_len']}×{s['vision_dim']}")
+    print(f"cache: {s['cache']}")
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("pkl", type=Path, help="MMSA feature pickle (e.g. MOSI unaligned_50.pkl)")
-    parser.add_argument("--out", type=Path, required=True, help="folder for mmsa_cache.pt and summary.json")
-
-
-def main(args: argparse.Namespace) -> int:
-    summary = preprocess(args.pkl, args.out)
-    sizes = ", ".join(f"{s} {summary[s]['n']}" for s in ("train", "valid", "test"))
-    print(f"{args.pkl}: valid MMSA data ({sizes}); text {summary['text_len']}×{summary['text_dim']}, "
-          f"audio {summary['audio_len']}×{summary['audio_dim']}, vision {summary['vision_len']}×{summary['vision_dim']}")
-    print(f"cache: {Path(args.out) / CACHE_NAME}")
-    return 0
+STAGE = Stage("preprocess", _run_stage, config=PreprocessConfig, inputs=_inputs, optional=("generate",),
+              description="validate an MMSA pickle (loaded without running code) and cache its tensors")
+COMMAND = StageCommand("eca_msa.preprocess:STAGE", out_help=f"folder for {CACHE_NAME} and summary.json", positional="pkl",
+                       report=_report)
+configure_parser, main = COMMAND.configure_parser, COMMAND.main

@@ -11,7 +11,6 @@ Padding past the lengths is non-zero for some clips and audio holds -inf values,
 
 from __future__ import annotations
 
-import argparse
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from eca_core.config import from_dict, to_dict
+from eca_core.cli import StageCommand
+from eca_core.config import check, to_dict
 from eca_core.io import atomic_path
 from eca_core.pipeline import Stage, StageContext
 
@@ -54,9 +54,9 @@ class SyntheticConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("n_train", "n_valid", "n_test"):
-            if getattr(self, name) < 2:
-                raise ValueError(f"SyntheticConfig.{name} must be >= 2, got {getattr(self, name)}")
+        check(self, n_train=">=2", n_valid=">=2", n_test=">=2", text_len=">=2", text_dim=">=1", audio_len=">=2",
+              audio_dim=">=1", vision_len=">=8", vision_dim=">=2", center_std=">=0", frame_noise=">=0",
+              label_noise=">=0", label_std=">0", dirty_padding="[0,1]")
         if not 1 <= self.key_frames < self.vision_len // 4:
             raise ValueError(f"SyntheticConfig.key_frames must be in [1, vision_len/4), got {self.key_frames}")
 
@@ -150,25 +150,15 @@ PICKLE_NAME = "synthetic_mosi.pkl"
 
 
 def _run_stage(ctx: StageContext) -> dict[str, Any]:
-    cfg = from_dict(SyntheticConfig, ctx.params, f"stage '{ctx.stage}'")
-    path = write_mmsa_pickle(ctx.out_dir / PICKLE_NAME, cfg, progress=True)
-    return {"pickle": str(path), "config": to_dict(cfg)}
+    path = write_mmsa_pickle(ctx.out_dir / PICKLE_NAME, ctx.config, progress=True)
+    return {"pickle": str(path), "config": to_dict(ctx.config)}
 
 
-STAGE = Stage("generate", _run_stage, description="write a MOSI-shaped synthetic MMSA pickle")
-
-
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", type=Path, help="output .pkl path")
-    parser.add_argument("--n-train", type=int, default=SyntheticConfig.n_train)
-    parser.add_argument("--n-valid", type=int, default=SyntheticConfig.n_valid)
-    parser.add_argument("--n-test", type=int, default=SyntheticConfig.n_test)
-    parser.add_argument("--key-frames", type=int, default=SyntheticConfig.key_frames)
-    parser.add_argument("--seed", type=int, default=SyntheticConfig.seed)
-
-
-def main(args: argparse.Namespace) -> int:
-    cfg = SyntheticConfig(n_train=args.n_train, n_valid=args.n_valid, n_test=args.n_test, key_frames=args.key_frames, seed=args.seed)
-    path = write_mmsa_pickle(args.out, cfg, progress=True)
+def _report(summary: dict[str, Any], args: Any) -> None:
+    path = Path(summary["pickle"])
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
-    return 0
+
+
+STAGE = Stage("generate", _run_stage, config=SyntheticConfig, description="write a MOSI-shaped synthetic MMSA pickle")
+COMMAND = StageCommand("eca_msa.synthetic:STAGE", out_help=f"output folder (gets {PICKLE_NAME})", report=_report)
+configure_parser, main = COMMAND.configure_parser, COMMAND.main

@@ -14,7 +14,6 @@ run with the same configuration is not repeated, so a crash loses at most the ru
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -22,17 +21,20 @@ import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import numpy as np
 import torch
 
 from eca_core.attention import ECAConfig
-from eca_core.config import from_dict, load_yaml, to_dict
+from eca_core.cli import StageCommand
+from eca_core.config import check, from_dict, to_dict
 from eca_core.io import write_json_atomic
 from eca_core.losses import ECAObjective, LossConfig
-from eca_core.pipeline import Stage, StageContext, add_runtime_arguments, runtime_options
+from eca_core.pipeline import Stage, StageContext
+from eca_core.resume import item_is_current, write_item_marker
+from eca_core.trainer import call_trainer, make_trainer
 from eca_msa.almt import ALMT, ALMTConfig
 from eca_msa.metrics import HIGHER_IS_BETTER, regression_metrics
 
@@ -60,10 +62,16 @@ class TrainConfig:
     patience: int = 20  # early stopping on select_metric
     dataset: str = "mosi"  # metric rules: mosi | mosei | sims
     model: ALMTConfig = field(default_factory=ALMTConfig)  # lengths/feature sizes are taken from the data
-    progress_bar: bool = True
+    progress_bar: bool = True  # a progress bar per run
     threads: int = 0  # torch CPU threads (0: leave as is)
 
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("progress_bar", "threads")
+
     def __post_init__(self) -> None:
+        check(self, epochs=">=1", batch_size=">=2", lr=">0", weight_decay=">=0", pcc_weight=">=0", sra_weight=">=0",
+              patience=">=0", threads=">=0")
+        if self.dataset not in ("mosi", "mosei", "sims"):
+            raise ValueError(f"dataset {self.dataset!r} is not one of ['mosi', 'mosei', 'sims']")
         unknown = [s for s in self.settings if s not in SETTINGS]
         if unknown or not self.settings:
             raise ValueError(f"TrainConfig.settings: unknown {unknown}; choose from {list(SETTINGS)}")
@@ -163,12 +171,11 @@ def train_one(data, cfg: TrainConfig, setting: str, seed: int, out_dir: Path, op
     shapes = data.shapes()
     if cfg.model.text_model and any(s.text_bert is None for s in data.splits.values()):
         raise ValueError(f"{data.source}: model.text_model={cfg.model.text_model!r} fine-tunes BERT but the data has no 'text_bert' ids")
-    key = _run_key(cfg, setting, seed, shapes, data.source)
+    key = _run_key(cfg, setting, seed, shapes, data.content_key or data.source)
     done_path = out_dir / "metrics.json"
-    if done_path.exists():
-        done = json.loads(done_path.read_text())
-        if done.get("key") == key:
-            return done
+    if item_is_current(out_dir / "done.json", key):
+        return json.loads(done_path.read_text())
+    (out_dir / "done.json").unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_cfg, loss_cfg = setting_configs(cfg, setting, shapes)
     L.seed_everything(seed, workers=True, verbose=False)
@@ -177,26 +184,20 @@ def train_one(data, cfg: TrainConfig, setting: str, seed: int, out_dir: Path, op
     dm = MSADataModule(data, cfg.batch_size, 0 if workers is None else int(workers), seed)
     monitor, mode = f"val/{cfg.select_metric}", "max" if HIGHER_IS_BETTER[cfg.select_metric] else "min"
     ckpt = ModelCheckpoint(dirpath=out_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1, save_weights_only=True, enable_version_counter=False)
-    trainer = L.Trainer(
-        max_epochs=cfg.epochs,
-        accelerator=options.get("accelerator", "auto"), devices=options.get("devices", "auto"),
-        num_nodes=options.get("num_nodes", 1), strategy=options.get("strategy", "auto"),
-        callbacks=[ckpt, EarlyStopping(monitor=monitor, mode=mode, patience=cfg.patience)],
-        logger=False, enable_model_summary=False, enable_progress_bar=cfg.progress_bar,
-        num_sanity_val_steps=0, default_root_dir=out_dir,
-    )
+    trainer = make_trainer(options, max_epochs=cfg.epochs, enable_progress_bar=cfg.progress_bar, default_root_dir=out_dir,
+                           callbacks=[ckpt, EarlyStopping(monitor=monitor, mode=mode, patience=cfg.patience)])
     start = time.time()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*sync_dist.*")
-        trainer.fit(module, datamodule=dm)
+        call_trainer(trainer.fit, module, datamodule=dm)
         fit_s = time.time() - start
-        trainer.test(module, datamodule=dm, ckpt_path=ckpt.best_model_path, verbose=False)
+        call_trainer(trainer.test, module, datamodule=dm, ckpt_path=ckpt.best_model_path, verbose=False, weights_only=True)
     history = module.history
     higher = HIGHER_IS_BETTER[cfg.select_metric]
     scores = [h[cfg.select_metric] if np.isfinite(h[cfg.select_metric]) else (-np.inf if higher else np.inf) for h in history]
     best = int(np.argmax(scores) if higher else np.argmin(scores))
-    ckpt_epoch = int(torch.load(ckpt.best_model_path, map_location="cpu", weights_only=False)["epoch"])
+    ckpt_epoch = int(torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["epoch"])
     if ckpt_epoch != history[best]["epoch"]:
         raise RuntimeError(f"{out_dir}: checkpoint holds epoch {ckpt_epoch} but validation picks epoch {history[best]['epoch']}")
     result = {
@@ -214,6 +215,7 @@ def train_one(data, cfg: TrainConfig, setting: str, seed: int, out_dir: Path, op
     write_json_atomic(out_dir / "test_predictions.json", {"pred": module.test_pred.tolist(), "truth": data.splits["test"].labels.tolist(),
                                                            "id": data.splits["test"].ids})
     write_json_atomic(done_path, result)
+    write_item_marker(out_dir / "done.json", key, [done_path, out_dir / "test_predictions.json", Path(ckpt.best_model_path)])
     return result
 
 
@@ -243,47 +245,17 @@ def train_all(data, cfg: TrainConfig, out_dir: Path, options: dict[str, Any] | N
 def _run_stage(ctx: StageContext) -> dict[str, Any]:
     from eca_msa.data import load_cache
 
-    cfg = from_dict(TrainConfig, ctx.params, f"stage '{ctx.stage}'")
     data = load_cache(ctx.stage_dir("preprocess"))
-    summary = train_all(data, cfg, ctx.out_dir, ctx.options)
+    summary = train_all(data, ctx.config, ctx.out_dir, ctx.options)
     return {"runs": len(summary["runs"]), "results": str(ctx.out_dir / "results.json")}
 
 
-STAGE = Stage("train", _run_stage, description="train ALMT settings × seeds, select epochs on validation, test")
+def _report(summary: dict[str, Any], args: Any) -> None:
+    print(f"results: {summary['results']}")
 
 
-def configure_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", type=Path, help="MMSA pickle, or the tensor cache written by `eca-msa preprocess`")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per setting and seed)")
-    parser.add_argument("--config", type=Path, default=None, help="YAML with TrainConfig fields: bare, under `train:`, or a pipeline YAML's `stages.train`")
-    parser.add_argument("--settings", nargs="+", default=None, choices=list(SETTINGS), help="settings to train")
-    parser.add_argument("--seeds", nargs="+", type=int, default=None, help="random seeds")
-    parser.add_argument("--epochs", type=int, default=None, help="maximum epochs")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--select-metric", default=None, help="validation metric that picks the epoch (default MAE)")
-    add_runtime_arguments(parser)
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """TrainConfig from an optional YAML plus command-line overrides."""
-    base: dict[str, Any] = {}
-    if args.config is not None:
-        import yaml
-
-        raw = yaml.safe_load(Path(args.config).read_text()) or {}
-        base = dict(raw.get("stages", {}).get("train") or raw.get("train") or raw)  # a pipeline YAML, a `train:` section, or bare fields
-    for name in ("settings", "seeds", "epochs", "batch_size", "select_metric"):
-        value = getattr(args, name)
-        if value is not None:
-            base[name] = value
-    return from_dict(TrainConfig, base, str(args.config or "command line"))
-
-
-def main(args: argparse.Namespace) -> int:
-    from eca_msa.data import load_any
-
-    cfg = config_from_args(args)
-    data = load_any(args.data)
-    train_all(data, cfg, args.out, runtime_options(args))
-    print(f"results: {Path(args.out) / 'results.json'}")
-    return 0
+STAGE = Stage("train", _run_stage, config=TrainConfig, needs=("preprocess",),
+              description="train ALMT settings × seeds, select epochs on validation, test")
+COMMAND = StageCommand("eca_msa.train:STAGE", out_help="output folder (one sub-folder per setting and seed)",
+                       needs_help={"preprocess": "folder written by `eca-msa preprocess` (holds mmsa_cache.pt)"}, report=_report)
+configure_parser, main = COMMAND.configure_parser, COMMAND.main

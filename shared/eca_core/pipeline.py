@@ -1,20 +1,24 @@
-"""Staged-pipeline runner: YAML-defined stages, a run directory, hashed ``<stage>.done.json`` markers.
+"""The stage contract and the staged-pipeline runner.
 
-A pipeline YAML names the module that registers its stages and the parameters of each stage::
+A stage is a typed config dataclass plus a run function (:class:`Stage`). A pipeline YAML names the
+module that registers its stages and the parameters of each::
 
     name: bio_demo
-    stages_module: eca_bio.stages      # exposes STAGES: dict[str, Stage]
+    stages_module: eca_bio.stages      # exposes STAGES: dict[str, Stage | "module:ATTR"]
     run_dir: runs/bio_demo
     stages:
-      preprocess: {data_dir: "${HER2ST:-../shared/data/her2st}", patch_um: 112}
+      preprocess: {st_dir: "${HER2ST:-../shared/data/her2st}", patch_um: 112}
       train: {epochs: 5}
       evaluate: {}
 
-Stages run in the order listed. Each stage writes into ``run_dir/<stage>/`` (atomically, per item)
-and, when it finishes, ``run_dir/<stage>.done.json`` records the hash of its parameters, its
-external input files and the hashes of all earlier stages. A stage whose hash is unchanged is
-skipped; ``from_stage`` forces a re-run from that stage on. Runtime options (accelerator, devices,
-workers, ...) are passed through ``StageContext.options`` and are not part of the hash.
+Before any stage runs, every stage's parameters are parsed into its dataclass, so a typo under
+``evaluate:`` fails in the first second, not after hours of preprocessing. The run directory is
+locked (:class:`~eca_core.resume.RunLock`). Each stage writes into ``run_dir/<stage>/`` and, when it
+finishes, ``run_dir/<stage>.done.json`` records its key (parameters, the content hashes of its
+external inputs, the output digests of the stages it reads) and its outputs (path, size, hash).
+A stage is skipped only when its key is unchanged *and* its outputs are intact; otherwise its
+stale temp files are removed and it runs again. Runtime options (accelerator, devices, workers)
+never enter the key.
 """
 
 from __future__ import annotations
@@ -30,54 +34,85 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import yaml
-
+from eca_core.config import from_dict, parse_yaml, read_yaml, set_dotted, to_dict
+from eca_core.errors import ConfigError
 from eca_core.io import write_json_atomic
+from eca_core.resume import RunLock, check_outputs, clean_temp_files, content_hash, record_outputs
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_LARGE_FILE = 64 * 1024 * 1024
-_EDGE_BYTES = 1024 * 1024
+MARKER_VERSION = 2
 
 
-class PipelineError(RuntimeError):
-    """A pipeline definition or a stage failed in a way the user must fix."""
+class PipelineError(ConfigError):
+    """A pipeline definition or a stage's place in it is invalid."""
 
 
 @dataclass
 class StageContext:
-    """What a stage sees: its parameters, its output folder and read access to earlier stages."""
+    """What a stage sees: its typed config, its output folder, the folders of the stages it reads."""
 
     pipeline: str
     stage: str
-    run_dir: Path
-    params: dict[str, Any]
-    options: dict[str, Any] = field(default_factory=dict)
+    out_dir: Path
+    config: Any = None                                   # the stage's config dataclass (or the raw params)
+    options: dict[str, Any] = field(default_factory=dict)  # runtime options: never part of the key
+    upstream: dict[str, Path] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    run_dir: Path | None = None
 
-    @property
-    def out_dir(self) -> Path:
-        """This stage's own output folder (created on demand)."""
-        path = self.run_dir / self.stage
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+
+    def maybe_stage_dir(self, name: str) -> Path | None:
+        """Output folder of an earlier stage if there is one, else None."""
+        try:
+            return self.stage_dir(name)
+        except PipelineError:
+            return None
 
     def stage_dir(self, name: str) -> Path:
-        """Output folder of an earlier stage; an error if that stage has not completed."""
-        if not (self.run_dir / f"{name}.done.json").exists():
-            raise PipelineError(f"stage '{self.stage}' needs stage '{name}' to have run in {self.run_dir}")
-        return self.run_dir / name
+        """Output folder of an earlier stage this stage reads; an error if it is not available."""
+        path = self.upstream.get(name)
+        if path is None and self.run_dir is not None and (self.run_dir / f"{name}.done.json").exists():
+            path = self.run_dir / name
+        if path is None or not Path(path).is_dir():
+            raise PipelineError(f"stage '{self.stage}' needs the output of stage '{name}'"
+                                + (f" in {self.run_dir}" if self.run_dir else f" (give --{name.replace('_', '-')} DIR)"))
+        return Path(path)
 
 
 @dataclass
 class Stage:
-    """A named unit of work. ``run`` may return a JSON-able summary stored in the done marker.
+    """A named unit of work: ``run(ctx)`` with ``ctx.config`` an instance of ``config``.
 
-    ``inputs`` lists external files/folders (outside the run dir) whose content is part of the hash.
+    ``inputs(ctx)`` lists external files/folders whose *content* is part of the stage key; ``needs``
+    names the earlier stages whose outputs it reads (``optional``: read when present). ``run`` may
+    return a JSON-able summary.
     """
 
     name: str
     run: Callable[[StageContext], Mapping[str, Any] | None]
+    config: type | None = None
     inputs: Callable[[StageContext], list[Path]] | None = None
+    needs: tuple[str, ...] = ()
     description: str = ""
+    optional: tuple[str, ...] = ()  # earlier stages it reads when they are there (e.g. images for an export)
+
+    def parse(self, params: Mapping[str, Any] | None, where: str) -> Any:
+        """The stage's typed config from YAML params (ConfigError naming ``where`` and the key)."""
+        if self.config is None:
+            return dict(params or {})
+        return from_dict(self.config, params or {}, where)
+
+    def key_params(self, cfg: Any) -> Any:
+        """The parameters that enter the stage key: all config fields except the config's ``RUNTIME_FIELDS``."""
+        if self.config is None:
+            return cfg
+        d = to_dict(cfg)
+        for name in getattr(self.config, "RUNTIME_FIELDS", ()):
+            d.pop(name, None)
+        return d
 
 
 @dataclass
@@ -95,11 +130,7 @@ class PipelineSpec:
         path = Path(path)
         if not path.is_file():
             raise PipelineError(f"{path}: no such pipeline file")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise PipelineError(f"{path}: not valid YAML: {exc}") from exc
-        return cls.from_dict(data, source=path)
+        return cls.from_dict(read_yaml(path), source=path)
 
     @classmethod
     def from_dict(cls, data: Any, source: Path | None = None) -> "PipelineSpec":
@@ -118,9 +149,9 @@ class PipelineSpec:
         parsed = {}
         for name, params in stages.items():
             if params is not None and not isinstance(params, dict):
-                raise PipelineError(f"{where}: parameters of stage '{name}' must be a mapping")
-            parsed[str(name)] = expand_env(dict(params or {}))
-        run_dir = Path(expand_env(data.get("run_dir", f"runs/{data['name']}")))
+                raise PipelineError(f"{where}: parameters of stage '{name}' must be a mapping, got {params!r}")
+            parsed[str(name)] = expand_env(dict(params or {}), f"{where}: stages.{name}")
+        run_dir = Path(expand_env(data.get("run_dir", f"runs/{data['name']}"), f"{where}: run_dir"))
         return cls(str(data["name"]), str(data["stages_module"]), run_dir, parsed, source)
 
     def with_overrides(self, overrides: list[str]) -> "PipelineSpec":
@@ -128,20 +159,16 @@ class PipelineSpec:
         spec = copy.deepcopy(self)
         for item in overrides:
             if "=" not in item or "." not in item.split("=", 1)[0]:
-                raise PipelineError(f"override {item!r}: expected STAGE.KEY=VALUE")
+                raise PipelineError(f"--set {item!r}: expected STAGE.KEY=VALUE")
             lhs, value = item.split("=", 1)
             stage, key = lhs.split(".", 1)
             if stage not in spec.stages:
-                raise PipelineError(f"override {item!r}: no stage '{stage}' in {list(spec.stages)}")
-            target = spec.stages[stage]
-            *parents, leaf = key.split(".")
-            for p in parents:
-                target = target.setdefault(p, {})
-            target[leaf] = yaml.safe_load(value)
+                raise PipelineError(f"--set {item!r}: no stage '{stage}' in {list(spec.stages)}")
+            set_dotted(spec.stages[stage], key, parse_yaml(value, f"--set {item!r}"))
         return spec
 
 
-def expand_env(value: Any) -> Any:
+def expand_env(value: Any, where: str = "pipeline") -> Any:
     """Expand ``${VAR}`` and ``${VAR:-default}`` in strings, recursively through lists and dicts."""
     if isinstance(value, str):
         def repl(m: re.Match) -> str:
@@ -150,45 +177,17 @@ def expand_env(value: Any) -> Any:
                 return os.environ[var]
             if default is not None:
                 return default
-            raise PipelineError(f"environment variable {var} is not set and has no default in {value!r}")
+            raise PipelineError(f"{where}: environment variable {var} is not set and {value!r} gives no default")
         return _ENV_PATTERN.sub(repl, value)
     if isinstance(value, list):
-        return [expand_env(v) for v in value]
+        return [expand_env(v, where) for v in value]
     if isinstance(value, dict):
-        return {k: expand_env(v) for k, v in value.items()}
+        return {k: expand_env(v, f"{where}.{k}") for k, v in value.items()}
     return value
 
 
-def fingerprint(path: Path) -> str:
-    """Content fingerprint of a file or folder (large files: size + first and last MiB)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    if path.is_dir():
-        for child in sorted(p for p in path.rglob("*") if p.is_file()):
-            h.update(str(child.relative_to(path)).encode())
-            h.update(fingerprint(child).encode())
-        return h.hexdigest()
-    if not path.exists():
-        raise PipelineError(f"input {path} does not exist")
-    size = path.stat().st_size
-    h.update(str(size).encode())
-    with open(path, "rb") as fh:
-        if size <= _LARGE_FILE:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        else:
-            h.update(fh.read(_EDGE_BYTES))
-            fh.seek(size - _EDGE_BYTES)
-            h.update(fh.read(_EDGE_BYTES))
-    return h.hexdigest()
-
-
 def load_stages(module: str) -> dict[str, Stage]:
-    """Import ``module`` and return its ``STAGES`` registry.
-
-    Registry values are ``Stage`` objects or ``"package.module:ATTR"`` strings resolved here, so a
-    domain package lists its stages without importing every stage's dependencies up front.
-    """
+    """Import ``module`` and return its ``STAGES`` registry (``Stage`` objects or lazy ``"module:ATTR"`` strings)."""
     try:
         mod = importlib.import_module(module)
     except ImportError as exc:
@@ -196,39 +195,50 @@ def load_stages(module: str) -> dict[str, Stage]:
     stages = getattr(mod, "STAGES", None)
     if not isinstance(stages, dict):
         raise PipelineError(f"module '{module}' has no STAGES dict")
-    return {name: _resolve_stage(name, ref) for name, ref in stages.items()}
+    return {name: resolve_stage(ref, name) for name, ref in stages.items()}
 
 
-def _resolve_stage(name: str, ref: Stage | str) -> Stage:
+def resolve_stage(ref: Stage | str, name: str = "") -> Stage:
+    """A ``Stage`` object from itself or from a ``"package.module:ATTR"`` reference."""
     if isinstance(ref, Stage):
         return ref
     mod_name, _, attr = str(ref).partition(":")
-    stage = getattr(importlib.import_module(mod_name), attr, None)
+    stage = getattr(importlib.import_module(mod_name), attr or "STAGE", None)
     if not isinstance(stage, Stage):
         raise PipelineError(f"stage '{name}': {ref} is not a Stage")
     return stage
 
 
-def stage_hash(ctx: StageContext, stage: Stage, upstream: list[str]) -> tuple[str, dict[str, str]]:
-    """Hash of a stage's parameters, its external inputs and the hashes of the stages before it."""
-    inputs = {str(p): fingerprint(Path(p)) for p in (stage.inputs(ctx) if stage.inputs else [])}
-    payload = json.dumps(
-        {"stage": ctx.stage, "params": ctx.params, "inputs": inputs, "upstream": upstream},
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest(), inputs
-
-
 def read_done(run_dir: Path, stage: str) -> dict[str, Any] | None:
-    """The done marker of ``stage`` in ``run_dir``, or None."""
+    """The done marker of ``stage`` in ``run_dir``, or None (also for an unreadable marker)."""
     path = Path(run_dir) / f"{stage}.done.json"
-    if not path.exists():
-        return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
         return None
+    return record if isinstance(record, dict) and record.get("version") == MARKER_VERSION else None
+
+
+def digest(obj: Any) -> str:
+    """SHA-256 of a JSON-able object (sorted keys)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def validate_pipeline(spec: PipelineSpec, registry: Mapping[str, Stage] | None = None) -> dict[str, Any]:
+    """Parse every stage's parameters into its config and check the stage order; nothing runs."""
+    registry = registry or load_stages(spec.stages_module)
+    configs = {}
+    names = list(spec.stages)
+    where = str(spec.source or spec.name)
+    for i, name in enumerate(names):
+        if name not in registry:
+            raise PipelineError(f"{where}: unknown stage '{name}'; {spec.stages_module} has {sorted(registry)}")
+        stage = registry[name]
+        configs[name] = stage.parse(spec.stages[name], f"{where}: stages.{name}")
+        later = [n for n in stage.needs if n in names[i:]]
+        if later:
+            raise PipelineError(f"{where}: stage '{name}' reads {later}, which must come before it")
+    return configs
 
 
 def run_pipeline(
@@ -239,58 +249,83 @@ def run_pipeline(
     options: Mapping[str, Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, dict[str, Any]]:
-    """Run the stages of ``spec`` in order, skipping those whose hash is unchanged.
+    """Validate all stages, lock the run directory, then run the stages in order, skipping those up to date.
 
     Returns the done records of all stages that ran or were skipped.
     """
     registry = load_stages(spec.stages_module)
+    configs = validate_pipeline(spec, registry)
     names = list(spec.stages)
-    for name in names:
-        if name not in registry:
-            raise PipelineError(f"pipeline '{spec.name}': unknown stage '{name}'; {spec.stages_module} has {sorted(registry)}")
     for flag, value in (("--from", from_stage), ("--until", until)):
         if value is not None and value not in names:
             raise PipelineError(f"{flag} {value}: no such stage in {names}")
     run_dir = Path(run_dir or spec.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     forced = names.index(from_stage) if from_stage else len(names)
     last = names.index(until) if until else len(names) - 1
-    upstream: list[str] = []
     records: dict[str, dict[str, Any]] = {}
-    for i, name in enumerate(names[: last + 1]):
-        stage = registry[name]
-        ctx = StageContext(spec.name, name, run_dir, spec.stages[name], dict(options or {}))
-        digest, inputs = stage_hash(ctx, stage, upstream)
-        done = read_done(run_dir, name)
-        if i < forced and done is not None and done.get("hash") == digest:
-            log(f"[{spec.name}] {name}: up to date, skipped")
-            records[name] = done
-            upstream.append(digest)
-            continue
-        (run_dir / f"{name}.done.json").unlink(missing_ok=True)
-        log(f"[{spec.name}] {name}: running")
-        start = time.time()
-        summary = stage.run(ctx)
-        record = {
-            "stage": name,
-            "pipeline": spec.name,
-            "hash": digest,
-            "params": ctx.params,
-            "inputs": inputs,
-            "upstream": upstream,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start)),
-            "duration_s": round(time.time() - start, 3),
-            "summary": dict(summary or {}),
-        }
-        write_json_atomic(run_dir / f"{name}.done.json", record)
-        log(f"[{spec.name}] {name}: done in {record['duration_s']:.1f}s")
-        records[name] = record
-        upstream.append(digest)
+    with RunLock(run_dir):
+        for i, name in enumerate(names[: last + 1]):
+            stage = registry[name]
+            upstream = {n: run_dir / n for n in names[:i]}
+            ctx = StageContext(spec.name, name, run_dir / name, configs[name], dict(options or {}), upstream,
+                               spec.stages[name], run_dir)
+            records[name] = run_stage(stage, ctx, run_dir / f"{name}.done.json",
+                                      {n: records[n]["outputs_digest"] for n in names[:i]}, force=i >= forced, log=log,
+                                      label=f"[{spec.name}] {name}")
     return records
 
 
-def add_run_arguments(parser: Any) -> None:
-    """Arguments shared by every ``run`` command (``eca run``, ``eca-bio run``, ``eca-msa run``)."""
+def run_stage(stage: Stage, ctx: StageContext, marker: Path, upstream: Mapping[str, str], force: bool = False,
+              log: Callable[[str], None] = print, label: str | None = None) -> dict[str, Any]:
+    """Run one stage unless its done ``marker`` matches its key and its outputs are intact; write the marker."""
+    label = label or ctx.stage
+    inputs = {str(p): content_hash(Path(p)) for p in (stage.inputs(ctx) if stage.inputs else [])}
+    key = digest({"stage": stage.name, "params": stage.key_params(ctx.config), "inputs": inputs, "upstream": dict(upstream)})
+    done = read_done(marker.parent, marker.name[: -len(".done.json")])
+    if done is not None and not force:
+        if done.get("hash") == key:
+            problems = check_outputs(ctx.out_dir, done.get("outputs"))
+            if not problems:
+                log(f"{label}: up to date, skipped")
+                return done
+            log(f"{label}: outputs changed since it finished ({'; '.join(problems[:3])}); running again")
+        else:
+            log(f"{label}: parameters or inputs changed; running again")
+    marker.unlink(missing_ok=True)
+    removed = clean_temp_files(ctx.out_dir)
+    if removed:
+        log(f"{label}: removed {len(removed)} temp file(s) left by an interrupted run")
+    log(f"{label}: running")
+    start = time.time()
+    summary = stage.run(ctx)
+    outputs = record_outputs(ctx.out_dir)
+    record = {
+        "version": MARKER_VERSION,
+        "stage": stage.name,
+        "pipeline": ctx.pipeline,
+        "hash": key,
+        "params": stage.key_params(ctx.config),
+        "inputs": inputs,
+        "upstream": dict(upstream),
+        "outputs": outputs,
+        "outputs_digest": digest(outputs),
+        "options": {k: v for k, v in ctx.options.items() if v is not None},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start)),
+        "duration_s": round(time.time() - start, 3),
+        "summary": dict(summary or {}),
+    }
+    write_json_atomic(marker, record)
+    log(f"{label}: done in {record['duration_s']:.1f}s")
+    return record
+
+
+# ----------------------------------------------------------------------------------------- the `run` command
+
+
+def configure_parser(parser: Any) -> None:
+    """Arguments of every ``run`` command (``eca run``, ``eca-bio run``, ``eca-msa run``)."""
+    from eca_core.cli import add_runtime_arguments
+
     parser.add_argument("pipeline", type=Path, help="pipeline YAML (see pipelines/)")
     parser.add_argument("--run-dir", type=Path, default=None, help="run directory (default: the YAML's run_dir)")
     parser.add_argument("--from", dest="from_stage", default=None, help="force a re-run from this stage on")
@@ -300,39 +335,17 @@ def add_run_arguments(parser: Any) -> None:
     add_runtime_arguments(parser)
 
 
-def add_runtime_arguments(parser: Any) -> None:
-    """Lightning scaling options; they never change a stage's hash."""
-    parser.add_argument("--accelerator", default="auto", help="Lightning accelerator: cpu, gpu, auto, ...")
-    parser.add_argument("--devices", default="auto", help="Lightning devices: auto, N, or a list")
-    parser.add_argument("--num-nodes", type=int, default=1, help="Lightning num_nodes (multi-node jobs)")
-    parser.add_argument("--strategy", default="auto", help="Lightning strategy: auto, ddp, ...")
-    parser.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: per stage)")
+def run_from_args(args: Any) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """Run the pipeline named on the command line; returns the run directory and the done records."""
+    from eca_core.cli import runtime_options
 
-
-def runtime_options(args: Any) -> dict[str, Any]:
-    """Collect the runtime options parsed by ``add_runtime_arguments``."""
-    return {
-        "accelerator": args.accelerator,
-        "devices": args.devices,
-        "num_nodes": args.num_nodes,
-        "strategy": args.strategy,
-        "num_workers": args.num_workers,
-    }
-
-
-def run_from_args(args: Any) -> dict[str, dict[str, Any]]:
-    """Entry point for the ``run`` sub-commands."""
     spec = PipelineSpec.from_yaml(args.pipeline).with_overrides(args.overrides)
-    return run_pipeline(spec, args.run_dir, args.from_stage, args.until, runtime_options(args))
-
-
-configure_parser = add_run_arguments
+    run_dir = Path(args.run_dir or spec.run_dir)
+    return run_dir, run_pipeline(spec, run_dir, args.from_stage, args.until, runtime_options(args))
 
 
 def main(args: Any) -> int:
     """``run`` sub-command: run the pipeline and print where its outputs are."""
-    records = run_from_args(args)
-    last = next(reversed(records.values()), None)
-    if last is not None:
-        print(f"run directory: {Path(args.run_dir or PipelineSpec.from_yaml(args.pipeline).run_dir).resolve()}")
+    run_dir, _ = run_from_args(args)
+    print(f"run directory: {run_dir.resolve()}")
     return 0

@@ -24,7 +24,7 @@ def test_demo_data_is_legacy_st_with_image_dependent_counts(tmp_path):
 
 def test_demo_runs_the_pipeline_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    code = cli_main(["demo", "--out", str(out), "--slides", "3", "--grid", "6",
+    code = cli_main(["demo", "--run-dir", str(out), "--slides", "3", "--grid", "6",
                      "--set", "train.methods=[ridge, eca]", "--set", "train.transforms=[egn]",
                      "--set", "train.epochs=2", "--set", "train.n_genes=20", "--num-workers", "0"])
     assert code == 0

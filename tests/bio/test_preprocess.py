@@ -251,7 +251,7 @@ def test_cli_and_pipeline_stage(tmp_path, capsys):
     params = _two_slide_inputs(tmp_path)
     kwargs = json.dumps(TINY_ENCODER["kwargs"])
     argv = ["preprocess", "--out", str(tmp_path / "cli"), "--st-dir", params["st_dir"], "--patch-px", "32",
-            "--encoder", TINY_ENCODER["name"], "--no-pretrained", "--encoder-kwargs", kwargs, "--token-grid", "1",
+            "--encoder.name", TINY_ENCODER["name"], "--no-encoder.pretrained", "--encoder.kwargs", kwargs, "--token-grid", "1",
             "--accelerator", "cpu", "--devices", "1", "--num-workers", "0", "--no-progress"]
     assert main(argv) == 0
     assert "2 slide(s), 41 patches, feature_dim 64" in capsys.readouterr().out
@@ -265,7 +265,8 @@ def test_cli_and_pipeline_stage(tmp_path, capsys):
                                    "stages": {"preprocess": {**params, "patch_px": 32, "num_workers": 0,
                                                              "encoder": TINY_ENCODER}}})
     records = run_pipeline(spec, options=CPU, log=lambda *_: None)
-    assert records["preprocess"]["summary"] == {"slides": 2, "patches": 41, "feature_dim": 64}
+    assert {k: records["preprocess"]["summary"][k] for k in ("slides", "patches", "feature_dim")} == \
+        {"slides": 2, "patches": 41, "feature_dim": 64}
     assert (tmp_path / "run" / "preprocess" / "manifest.json").exists()
     logs = []
     run_pipeline(spec, options=CPU, log=logs.append)
@@ -278,7 +279,7 @@ def test_cli_with_the_pipeline_yaml_as_config(tmp_path, monkeypatch, her2st, cap
     monkeypatch.setenv("HER2ST", str(her2st))
     yaml_path = Path(__file__).resolve().parents[2] / "pipelines" / "bio_preprocess_her2st.yaml"
     argv = ["preprocess", "--config", str(yaml_path), "--out", str(tmp_path / "o"), "--sections", "C2", "--patch-px", "32",
-            "--encoder", TINY_ENCODER["name"], "--encoder-kwargs", json.dumps(TINY_ENCODER["kwargs"]), "--token-grid", "2",
+            "--encoder.name", TINY_ENCODER["name"], "--encoder.kwargs", json.dumps(TINY_ENCODER["kwargs"]), "--token-grid", "2",
             "--accelerator", "cpu", "--devices", "1", "--num-workers", "1", "--no-progress"]
     assert main(argv) == 0
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())

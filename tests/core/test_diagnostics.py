@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import h5py
 import numpy as np
@@ -133,17 +134,21 @@ def test_cli_targets_from_separate_file(tmp_path, capsys):
     assert "rho_0" in capsys.readouterr().out
 
 
-def test_cli_errors_name_file_and_key(tmp_path):
+def test_cli_errors_name_file_and_key(tmp_path, capsys):
+    """Each bad input: exit code 2 and one stderr line naming the file and the problem, no traceback."""
     np.savez(tmp_path / "a.npz", x=np.zeros((4, 3, 2)), mask=np.ones((4, 2), bool))
-    with pytest.raises(KeyError, match=r"a\.npz.*'feats'.*\['mask', 'x'\]"):
-        eca_main(["diagnose", str(tmp_path / "a.npz"), "--x", "feats"])
-    with pytest.raises(ValueError, match=r"a\.npz: mask 'mask' shape \(4, 2\) does not match"):
-        eca_main(["diagnose", str(tmp_path / "a.npz")])
     np.savez(tmp_path / "b.npz", x=np.zeros((4, 3)))
-    with pytest.raises(ValueError, match=r"b\.npz: sets 'x' must have shape \(sets, elements, dim\), got \(4, 3\)"):
-        eca_main(["diagnose", str(tmp_path / "b.npz")])
     np.savez(tmp_path / "c.npz", x=np.zeros((4, 3, 2)), y=np.zeros(5))
-    with pytest.raises(ValueError, match=r"c\.npz: targets 'y' shape \(5,\) does not match 4 sets"):
-        eca_main(["diagnose", str(tmp_path / "c.npz")])
-    with pytest.raises(FileNotFoundError, match="missing.h5"):
-        eca_main(["diagnose", str(tmp_path / "missing.h5")])
+    cases = [
+        (["a.npz", "--x", "feats"], r"a\.npz: no sets key 'feats'; keys in the file: \['mask', 'x'\]"),
+        (["a.npz"], r"a\.npz: mask 'mask' shape \(4, 2\) does not match"),
+        (["b.npz"], r"b\.npz: sets 'x' must have shape \(sets, elements, dim\), got \(4, 3\)"),
+        (["c.npz"], r"c\.npz: targets 'y' shape \(5,\) does not match 4 sets"),
+        (["missing.h5"], r"missing\.h5: no such file"),
+    ]
+    for args, pattern in cases:
+        capsys.readouterr()
+        assert eca_main(["diagnose", str(tmp_path / args[0]), *args[1:]]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, err
+        assert re.search(r"^eca diagnose: error: .*" + pattern, err), err

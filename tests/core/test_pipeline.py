@@ -119,7 +119,7 @@ def test_bad_pipeline_definitions(tmp_path):
     spec = PipelineSpec.from_dict({"name": "t", "stages_module": module, "stages": {"nope": {}}})
     with pytest.raises(PipelineError, match="unknown stage 'nope'"):
         run_pipeline(spec, run_dir=tmp_path / "r", log=lambda s: None)
-    with pytest.raises(PipelineError, match="override"):
+    with pytest.raises(PipelineError, match="expected STAGE.KEY=VALUE"):
         _spec(tmp_path, module).with_overrides(["nodot=1"])
 
 

@@ -71,7 +71,7 @@ def test_not_a_pickle_and_missing_file(tmp_path):
     path.write_bytes(b"not a pickle")
     with pytest.raises(MMSAFormatError, match="junk.pkl: not a readable pickle"):
         load_mmsa(path)
-    with pytest.raises(FileNotFoundError, match="nope.pkl"):
+    with pytest.raises(MMSAFormatError, match="nope.pkl: no such MMSA pickle"):
         load_mmsa(tmp_path / "nope.pkl")
 
 
@@ -105,7 +105,7 @@ def test_cache_round_trip_and_datamodule(tmp_path, tiny_pickle):
         np.testing.assert_array_equal(a.vision_mask, b.vision_mask)
         np.testing.assert_array_equal(a.labels, b.labels)
         assert a.ids == b.ids
-    with pytest.raises(FileNotFoundError, match="eca-msa preprocess"):
+    with pytest.raises(MMSAFormatError, match="eca-msa preprocess"):
         load_cache(tmp_path / "empty")
     dm = MSADataModule(back, batch_size=8)
     batch = next(iter(dm.train_dataloader()))

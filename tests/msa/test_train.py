@@ -84,8 +84,11 @@ def test_cli_help_and_preprocess_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli_main(["train", "--help"])
     assert exc.value.code == 0
-    with pytest.raises(FileNotFoundError, match="no such MMSA pickle"):
-        cli_main(["preprocess", str(tmp_path / "missing.pkl"), "--out", str(tmp_path / "o")])
+    capsys.readouterr()
+    assert cli_main(["preprocess", str(tmp_path / "missing.pkl"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("eca-msa preprocess: error: ") and "missing.pkl: no such MMSA pickle" in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
 
 
 def test_bert_setting_needs_text_bert_ids(tiny_mmsa, tmp_path):
