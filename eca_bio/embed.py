@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from eca_core.trainer import call_trainer, make_trainer
 from eca_bio.encoders import FrozenEncoder, Normalisation
 from eca_bio.slides import SlideReader
 
@@ -237,24 +238,12 @@ def embed_slides(jobs: Sequence[SlideJob], encoder: FrozenEncoder, norm: Normali
     dm = SlideDataModule(jobs, patch_px, batch_size, num_workers)
     module = EmbedModule(encoder, norm, store_tokens)
     writer = SlideH5Writer(dm, feature_dim, num_tokens, store_tokens, progress)
-    trainer = L.Trainer(
-        accelerator=options.get("accelerator") or "auto",
-        devices=options.get("devices") or "auto",
-        num_nodes=int(options.get("num_nodes") or 1),
-        strategy=options.get("strategy") or "auto",
-        precision=precision,
-        callbacks=[writer],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-    )
+    trainer = make_trainer(options, precision=precision, callbacks=[writer], use_distributed_sampler=False)
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*custom batch sampler.*")  # batches are per slide by design
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-            trainer.predict(module, datamodule=dm, return_predictions=False)
+            call_trainer(trainer.predict, module, datamodule=dm, return_predictions=False)
     finally:
         writer.discard()
     return writer.finished

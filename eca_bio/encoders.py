@@ -10,9 +10,10 @@ CNNs: the final feature map's positions), optionally average-pooled to a k x k g
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -72,6 +73,40 @@ class FrozenEncoder(nn.Module):
         return pooled, grid.flatten(2).transpose(1, 2)            # (B, T, D)
 
 
+_OFFLINE = ("encoder '{name}': pretrained weights are not in the local cache and the model hub cannot be reached "
+            "(no network); set encoder.pretrained=false for a random-init encoder, or encoder.weights=PATH for a local file")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub endpoint answers a TCP connect within ``timeout`` seconds."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def _offline_if_unreachable(use_hub: bool) -> Iterator[bool]:
+    """Hub unreachable: load in offline mode, so cached weights still load and missing ones fail at once (no retries)."""
+    from huggingface_hub import constants
+
+    if not use_hub or constants.HF_HUB_OFFLINE or hub_reachable():
+        yield bool(use_hub and constants.HF_HUB_OFFLINE)
+        return
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield True
+    finally:
+        constants.HF_HUB_OFFLINE = False
+
+
 def create_model(cfg: EncoderConfig) -> nn.Module:
     """``timm.create_model`` with the config's weights source; errors name the model / file."""
     import timm
@@ -81,16 +116,22 @@ def create_model(cfg: EncoderConfig) -> nn.Module:
     use_hub = cfg.pretrained and cfg.weights is None
     if not use_hub:
         torch.manual_seed(cfg.seed)
+    offline = False
     try:
-        model = timm.create_model(cfg.name, pretrained=use_hub, **kwargs)
+        with _offline_if_unreachable(use_hub) as offline:
+            model = timm.create_model(cfg.name, pretrained=use_hub, **kwargs)
     except RuntimeError as exc:
         if "Unknown model" in str(exc) or "Unknown" in str(exc):
             raise EncoderError(f"encoder '{cfg.name}': not a timm model name ({exc})") from exc
         raise EncoderError(f"encoder '{cfg.name}': cannot be created: {exc}") from exc
     except (OSError, ValueError, ImportError) as exc:
+        if offline:
+            raise EncoderError(_OFFLINE.format(name=cfg.name)) from exc
         hint = " (no network? set encoder.pretrained=false for a random-init encoder or encoder.weights=PATH)" if use_hub else ""
         raise EncoderError(f"encoder '{cfg.name}': cannot load pretrained weights: {exc}{hint}") from exc
     except Exception as exc:  # huggingface_hub errors (offline, gated repo) do not share a base class
+        if offline:
+            raise EncoderError(_OFFLINE.format(name=cfg.name)) from exc
         hint = " (set encoder.pretrained=false for a random-init encoder or encoder.weights=PATH)" if use_hub else ""
         raise EncoderError(f"encoder '{cfg.name}': {type(exc).__name__}: {exc}{hint}") from exc
     if cfg.weights is not None:

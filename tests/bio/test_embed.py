@@ -60,8 +60,11 @@ def test_rows_equal_a_direct_forward(tmp_path, workers):
         pooled, tokens = encoder(norm(patches))
         with h5py.File(job.out_path) as f:
             assert f["features"].dtype == np.float16 and f["tokens"].shape == (len(job.coords), 4, 64)
-            np.testing.assert_array_equal(f["features"][()], pooled.half().numpy())
-            np.testing.assert_array_equal(f["tokens"][()], tokens.half().numpy())
+            # batch size 5 vs one forward: equal up to float rounding and the fp16 storage (any CPU / GPU)
+            for stored, direct in ((f["features"][()], pooled), (f["tokens"][()], tokens)):
+                direct = direct.float().numpy()
+                scale = float(np.abs(direct).max())
+                np.testing.assert_allclose(stored.astype(np.float32), direct, rtol=1e-2, atol=1e-3 * scale)
             np.testing.assert_array_equal(f["coords"][()], job.coords)
             assert [b.decode() for b in f["barcodes"][()]] == list(job.barcodes)
             assert f.attrs["slide_id"] == job.slide_id and f.attrs["feature_dim"] == 64

@@ -111,3 +111,37 @@ def test_cache_round_trip_and_datamodule(tmp_path, tiny_pickle):
     batch = next(iter(dm.train_dataloader()))
     assert batch["vision"].shape == (8, 40, 20) and batch["vision_mask"].dtype == torch.bool
     assert batch["text_bert"].shape == (8, 3, 12) and batch["label"].shape == (8,)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_malicious_files_never_run(tmp_path, tiny_mmsa, tiny_pickle, capsys):
+    """A crafted MMSA pickle and a crafted tensor cache are refused; their payload never runs."""
+    from eca_msa.cli import main as cli_main
+
+    marker = tmp_path / "pwned"
+    evil = copy.deepcopy(tiny_mmsa)
+    evil["train"]["id"] = _Payload(marker)
+    with open(tmp_path / "evil.pkl", "wb") as fh:
+        pickle.dump(evil, fh)
+    capsys.readouterr()
+    assert cli_main(["preprocess", str(tmp_path / "evil.pkl"), "--out", str(tmp_path / "pre")]) == 2
+    err = capsys.readouterr().err
+    assert "evil.pkl: refused to load: the pickle references" in err and "system" in err and err.count("\n") == 1
+    assert not marker.exists() and not (tmp_path / "pre").exists()
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    torch.save({"version": 1, "source": "x", "splits": _Payload(marker)}, cache / "mmsa_cache.pt")
+    assert cli_main(["train", "--preprocess", str(cache), "--out", str(tmp_path / "train"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "mmsa_cache.pt: not an eca-msa tensor cache, refused without running it" in err and err.count("\n") == 1
+    assert not marker.exists() and not (tmp_path / "train").exists()
