@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -175,7 +176,8 @@ def train_one(data, cfg: TrainConfig, setting: str, seed: int, out_dir: Path, op
     done_path = out_dir / "metrics.json"
     if item_is_current(out_dir / "done.json", key):
         return json.loads(done_path.read_text())
-    (out_dir / "done.json").unlink(missing_ok=True)
+    if out_dir.exists():  # an unfinished or outdated run: start it afresh
+        shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_cfg, loss_cfg = setting_configs(cfg, setting, shapes)
     L.seed_everything(seed, workers=True, verbose=False)

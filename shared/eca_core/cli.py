@@ -137,7 +137,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, exclude: Se
         else:
             choices = list(typing.get_args(tp)) if typing.get_origin(tp) is typing.Literal else None
             g.add_argument(_flag(name), dest=f"cfg:{name}", default=argparse.SUPPRESS, choices=choices,
-                           metavar=None if choices else kind.upper(), help=help_text)
+                           metavar=None if choices else _metavar(tp, kind), help=help_text)
 
 
 def _kind(tp: Any) -> str:
@@ -153,6 +153,14 @@ def _kind(tp: Any) -> str:
     if tp in (str, Path) or (typing.get_origin(tp) is typing.Literal and all(isinstance(a, str) for a in typing.get_args(tp))):
         return "text"
     return "value"
+
+
+def _metavar(tp: Any, kind: str) -> str:
+    names = {int: "INT", float: "FLOAT", str: "STR", Path: "PATH"}
+    for t in (tp, *typing.get_args(tp)):
+        if t in names:
+            return names[t]
+    return "YAML" if kind == "yaml" else "VALUE"
 
 
 def _list_inner(tp: Any) -> Any:
@@ -228,7 +236,7 @@ class StageCommand:
         parser.add_argument("--out", type=Path, required=True, help=self.out_help)
         for need in (*stage.needs, *stage.optional):
             parser.add_argument(self.needs_flags.get(need, _flag(need)), dest=f"need:{need}", type=Path,
-                                required=need in stage.needs, default=None,
+                                required=need in stage.needs, default=None, metavar="DIR",
                                 help=self.needs_help.get(need, f"output folder of the {need} stage"))
         # num_workers is the runtime flag's (it overrides the config's value and never enters the key)
         add_config_arguments(parser, stage.config, exclude=(*self.exclude, "num_workers"), positional=self.positional)

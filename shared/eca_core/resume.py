@@ -241,7 +241,14 @@ def write_item_marker(marker: str | os.PathLike, key: str, files: Iterable[str |
     from eca_core.io import write_json_atomic
 
     marker = Path(marker)
-    rels = [str(Path(f).relative_to(marker.parent)) if Path(f).is_absolute() else str(f) for f in files]
+
+    def rel(f: str | os.PathLike) -> str:
+        p = Path(f)
+        if not p.is_absolute() and (marker.parent / p).exists():
+            return str(p)  # already relative to the marker's folder
+        return str(p.resolve().relative_to(marker.parent.resolve()))
+
+    rels = [rel(f) for f in files]
     write_json_atomic(marker, {"key": key, "outputs": record_outputs(marker.parent, rels), **(extra or {})})
 
 

@@ -104,3 +104,14 @@ def test_lock_on_an_output_path_that_is_a_file(tmp_path):
     with pytest.raises(ValueError, match="out: output path exists and is not a directory"):
         with RunLock(tmp_path / "out"):
             pass
+
+
+def test_item_marker_with_paths_relative_to_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    item = "run/train/fold_0"
+    os.makedirs(item)
+    with open(f"{item}/model.pt", "wb") as fh:
+        fh.write(b"w")
+    write_item_marker(f"{item}/done.json", "k", [f"{item}/model.pt"])  # as Path.rglob yields them under a relative run dir
+    assert json.loads((tmp_path / item / "done.json").read_text())["outputs"].keys() == {"model.pt"}
+    assert item_is_current(f"{item}/done.json", "k")
