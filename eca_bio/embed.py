@@ -3,8 +3,12 @@ encoder embeds them, and a ``BasePredictionWriter`` streams each slide's rows in
 
 A slide's file is written under a temporary name and renamed when its last row is in, so a file at the
 final path is always complete. Batches never span two slides, so a slide's features do not depend on
-which other slides were in the run (a resumed run writes identical files). Under multi-device strategies
-each rank embeds whole slides (slide i goes to rank i mod world_size).
+which other slides were in the run (a resumed run writes identical files).
+
+With several ranks (:mod:`eca_core.distributed`) the tiles are sharded, not the slides: batch k of a
+slide goes to rank k mod world size, so one large WSI keeps every device busy. Each rank writes its
+rows of a slide to a part file (``.<slide>.h5.tmp-part<r>.h5``); rank 0 then assembles the slide's
+HDF5 once, atomically, in the row order of a single-process run (the batches are the same ones).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from eca_core import distributed
 from eca_core.trainer import call_trainer, make_trainer
 from eca_bio.encoders import FrozenEncoder, Normalisation
 from eca_bio.slides import SlideReader
@@ -72,9 +77,11 @@ class SlideBatchSampler(Sampler[list[int]]):
     slides are done takes batches from the fullest queue.
     """
 
-    def __init__(self, offsets: np.ndarray, batch_size: int, num_workers: int = 0) -> None:
-        per_slide = [[list(range(s, min(s + batch_size, int(e)))) for s in range(int(s0), int(e), batch_size)]
-                     for s0, e in zip(offsets[:-1], offsets[1:])]
+    def __init__(self, offsets: np.ndarray, batch_size: int, num_workers: int = 0, rank: int = 0, world: int = 1) -> None:
+        per_slide = [[list(range(s, min(s + batch_size, int(e)))) for s in range(int(s0), int(e), batch_size)][rank::world]
+                     for s0, e in zip(offsets[:-1], offsets[1:])]  # with several ranks: this rank's batches of each slide
+        self.rows = [np.asarray([i - int(s0) for b in slide for i in b], dtype=np.int64)
+                     for slide, s0 in zip(per_slide, offsets[:-1])]  # per slide: the rows this rank embeds
         workers = max(1, int(num_workers))
         if workers == 1:
             self.batches = [b for slide in per_slide for b in slide]
@@ -124,7 +131,7 @@ class EmbedModule(L.LightningModule):
 
 
 class SlideDataModule(L.LightningDataModule):
-    """Builds the predict DataLoader after the strategy is set up, so each rank gets its own slides."""
+    """The predict DataLoader over this rank's batches of every slide (all of them with one rank)."""
 
     def __init__(self, jobs: Sequence[SlideJob], patch_px: int, batch_size: int, num_workers: int) -> None:
         super().__init__()
@@ -132,14 +139,12 @@ class SlideDataModule(L.LightningDataModule):
         self.patch_px = patch_px
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.rank_jobs: list[SlideJob] = self.jobs
+        offsets = PatchDataset(self.jobs, self.patch_px).offsets
+        self.sampler = SlideBatchSampler(offsets, batch_size, num_workers, distributed.rank(), distributed.world_size())
 
     def predict_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        self.rank_jobs = [j for i, j in enumerate(self.jobs) if i % world == rank]
-        ds = PatchDataset(self.rank_jobs, self.patch_px)
-        return DataLoader(ds, batch_sampler=SlideBatchSampler(ds.offsets, self.batch_size, self.num_workers), num_workers=self.num_workers,
+        ds = PatchDataset(self.jobs, self.patch_px)
+        return DataLoader(ds, batch_sampler=self.sampler, num_workers=self.num_workers,
                           persistent_workers=False, pin_memory=False,
                           prefetch_factor=4 if self.num_workers > 0 else None)
 
@@ -157,25 +162,24 @@ class SlideH5Writer(BasePredictionWriter):
         self.progress = progress
         self.open: dict[int, tuple[h5py.File, Path, Any, int]] = {}
         self.finished: list[str] = []
+        self.part = distributed.world_size() > 1
 
     def _start(self, job_idx: int) -> tuple[h5py.File, Path, Any, int]:
-        job = self.dm.rank_jobs[job_idx]
+        job = self.dm.jobs[job_idx]
         job.out_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{job.out_path.name}.tmp-", suffix=".h5", dir=job.out_path.parent)
-        os.close(fd)
-        n, d = len(job.coords), self.feature_dim
-        f = h5py.File(tmp, "w", track_order=False)
-        coords = f.create_dataset("coords", data=np.asarray(job.coords, dtype=np.int64))
-        coords.attrs["patch_size"] = int(job.size_px)   # CLAM convention: level-0 px at patch_level 0
-        coords.attrs["patch_level"] = 0
-        f.create_dataset("features", shape=(n, d), dtype=np.float16, chunks=(min(max(n, 1), 256), d))
-        if self.store_tokens:
-            t = self.num_tokens
-            f.create_dataset("tokens", shape=(n, t, d), dtype=np.float16, chunks=(min(max(n, 1), 16), t, d))
-        if job.barcodes is not None:
-            f.create_dataset("barcodes", data=np.array([str(b) for b in job.barcodes], dtype=object),
-                             dtype=h5py.string_dtype("utf-8"))
-        bar = tqdm(total=n, desc=f"embed {job.slide_id}", unit="patch", disable=not self.progress, leave=True)
+        if self.part:  # this rank's rows only, assembled by rank 0 afterwards
+            tmp = part_path(job, distributed.rank())
+            f = h5py.File(tmp, "w", track_order=False)
+            rows = self.dm.sampler.rows[job_idx]
+            f.create_dataset("rows", data=rows)
+            _create_arrays(f, len(rows), self.feature_dim, self.num_tokens if self.store_tokens else 0)
+        else:
+            fd, name = tempfile.mkstemp(prefix=f".{job.out_path.name}.tmp-", suffix=".h5", dir=job.out_path.parent)
+            os.close(fd)
+            tmp = Path(name)
+            f = h5py.File(tmp, "w", track_order=False)
+            _create_slide_file(f, job, self.feature_dim, self.num_tokens if self.store_tokens else 0)
+        bar = tqdm(total=len(job.coords), desc=f"embed {job.slide_id}", unit="patch", disable=not self.progress, leave=True)
         self.open[job_idx] = (f, Path(tmp), bar, 0)
         return self.open[job_idx]
 
@@ -185,6 +189,8 @@ class SlideH5Writer(BasePredictionWriter):
             sel = prediction["job"] == job_idx
             rows = prediction["rows"][sel]
             f, tmp, bar, done = self.open.get(job_idx) or self._start(job_idx)
+            if self.part:  # global rows -> positions in this rank's part
+                rows = np.searchsorted(self.dm.sampler.rows[job_idx], rows)
             lo, hi = int(rows.min()), int(rows.max()) + 1
             if hi - lo == len(rows) and np.all(np.diff(rows) == 1):
                 f["features"][lo:hi] = prediction["features"][sel]
@@ -196,28 +202,35 @@ class SlideH5Writer(BasePredictionWriter):
                     if self.store_tokens:
                         f["tokens"][r] = prediction["tokens"][sel][k]
             done += len(rows)
-            bar.update(len(rows))
+            bar.update(len(rows) * (distributed.world_size() if self.part else 1))
             self.open[job_idx] = (f, tmp, bar, done)
-            job = self.dm.rank_jobs[job_idx]
-            if done == len(job.coords):
+            expected = len(self.dm.sampler.rows[job_idx]) if self.part else len(self.dm.jobs[job_idx].coords)
+            if done == expected:
                 self._finish(job_idx)
 
     def _finish(self, job_idx: int) -> None:
         f, tmp, bar, _ = self.open.pop(job_idx)
-        job = self.dm.rank_jobs[job_idx]
-        for key, value in job.attrs.items():
-            f.attrs[key] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
-        f.attrs["feature_dim"] = self.feature_dim
+        job = self.dm.jobs[job_idx]
+        if self.part:
+            f.close()
+            bar.close()
+            self.finished.append(job.slide_id)
+            return
+        _finish_slide_file(f, job, self.feature_dim)
         f.close()
         bar.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the final file normal permissions
-        os.replace(tmp, job.out_path)
+        _publish(tmp, job.out_path)
         self.finished.append(job.slide_id)
 
+    def write_empty_parts(self) -> None:
+        """Parts for the slides of which this rank got no batch (fewer batches than ranks), so rank 0 finds all."""
+        for job_idx, rows in enumerate(self.dm.sampler.rows):
+            if len(rows) == 0 and self.part:
+                self._start(job_idx)
+                self._finish(job_idx)
+
     def discard(self) -> None:
-        """Remove the temp files of slides not finished (crash, Ctrl-C)."""
+        """Remove the temp files of slides not finished on this rank (crash, Ctrl-C)."""
         for f, tmp, bar, _ in self.open.values():
             try:
                 f.close()
@@ -233,17 +246,99 @@ class SlideH5Writer(BasePredictionWriter):
 def embed_slides(jobs: Sequence[SlideJob], encoder: FrozenEncoder, norm: Normalisation, feature_dim: int, num_tokens: int,
                  patch_px: int, batch_size: int = 32, num_workers: int = 2, store_tokens: bool = True,
                  options: dict[str, Any] | None = None, progress: bool = True, precision: str = "32-true") -> list[str]:
-    """Embed every job's patches and write one HDF5 per slide; returns the slide ids this rank finished."""
-    options = dict(options or {})
+    """Embed every job's patches and write one HDF5 per slide; returns the slide ids written.
+
+    With several ranks every rank must call this with the same jobs; each embeds its share of every
+    slide's tiles on its own device, and rank 0 assembles the files.
+    """
+    options = distributed.device_options(options)
     dm = SlideDataModule(jobs, patch_px, batch_size, num_workers)
     module = EmbedModule(encoder, norm, store_tokens)
-    writer = SlideH5Writer(dm, feature_dim, num_tokens, store_tokens, progress)
+    writer = SlideH5Writer(dm, feature_dim, num_tokens, store_tokens, progress and distributed.is_main())
     trainer = make_trainer(options, precision=precision, callbacks=[writer], use_distributed_sampler=False)
+    error: BaseException | None = None
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*custom batch sampler.*")  # batches are per slide by design
             warnings.filterwarnings("ignore", message=".*LeafSpec.*")
             call_trainer(trainer.predict, module, datamodule=dm, return_predictions=False)
+        writer.write_empty_parts()
+    except Exception as exc:  # noqa: BLE001 - the other ranks must hear about it
+        error = exc
     finally:
         writer.discard()
-    return writer.finished
+    if not writer.part:
+        if error is not None:
+            raise error
+        return writer.finished
+    distributed.raise_if_any_failed(error)
+    done: list[str] = []
+    if distributed.is_main():
+        for job in jobs:
+            assemble_parts(job, distributed.world_size(), feature_dim, num_tokens if store_tokens else 0)
+            done.append(job.slide_id)
+    distributed.barrier()
+    return distributed.broadcast(done)
+
+
+def part_path(job: SlideJob, rank: int) -> Path:
+    """Where rank ``rank`` writes its rows of ``job`` (a temp name: removed by the next run if left behind)."""
+    return job.out_path.with_name(f".{job.out_path.name}.tmp-part{rank}.h5")
+
+
+def assemble_parts(job: SlideJob, world: int, feature_dim: int, num_tokens: int, chunk: int = 4096) -> None:
+    """Rank 0: merge every rank's part of ``job`` into its HDF5, rows in single-process order, atomically."""
+    fd, name = tempfile.mkstemp(prefix=f".{job.out_path.name}.tmp-", suffix=".h5", dir=job.out_path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        with h5py.File(tmp, "w", track_order=False) as f:
+            _create_slide_file(f, job, feature_dim, num_tokens)
+            filled = 0
+            for r in range(world):
+                with h5py.File(part_path(job, r), "r") as part:
+                    rows = part["rows"][()]
+                    for lo in range(0, len(rows), chunk):
+                        idx = rows[lo:lo + chunk]
+                        order = np.argsort(idx)  # h5py writes need increasing indices
+                        f["features"][idx[order]] = part["features"][lo:lo + chunk][order]
+                        if num_tokens:
+                            f["tokens"][idx[order]] = part["tokens"][lo:lo + chunk][order]
+                    filled += len(rows)
+            if filled != len(job.coords):
+                raise RuntimeError(f"{job.slide_id}: parts hold {filled} rows, the slide has {len(job.coords)}")
+            _finish_slide_file(f, job, feature_dim)
+        _publish(tmp, job.out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    for r in range(world):
+        part_path(job, r).unlink(missing_ok=True)
+
+
+def _create_arrays(f: h5py.File, n: int, d: int, t: int) -> None:
+    f.create_dataset("features", shape=(n, d), dtype=np.float16, chunks=(min(max(n, 1), 256), d))
+    if t:
+        f.create_dataset("tokens", shape=(n, t, d), dtype=np.float16, chunks=(min(max(n, 1), 16), t, d))
+
+
+def _create_slide_file(f: h5py.File, job: SlideJob, feature_dim: int, num_tokens: int) -> None:
+    coords = f.create_dataset("coords", data=np.asarray(job.coords, dtype=np.int64))
+    coords.attrs["patch_size"] = int(job.size_px)   # CLAM convention: level-0 px at patch_level 0
+    coords.attrs["patch_level"] = 0
+    _create_arrays(f, len(job.coords), feature_dim, num_tokens)
+    if job.barcodes is not None:
+        f.create_dataset("barcodes", data=np.array([str(b) for b in job.barcodes], dtype=object),
+                         dtype=h5py.string_dtype("utf-8"))
+
+
+def _finish_slide_file(f: h5py.File, job: SlideJob, feature_dim: int) -> None:
+    for key, value in job.attrs.items():
+        f.attrs[key] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+    f.attrs["feature_dim"] = feature_dim
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the final file normal permissions
+    os.replace(tmp, final)

@@ -292,7 +292,7 @@ def _report(result: dict[str, Any], args: Any) -> None:
         print(f".h5ad ({transform}): {Path(paths[0]).parent if paths else '-'}")
 
 
-STAGE = Stage("evaluate", _stage_run, config=EvaluateConfig, needs=("train",), optional=("preprocess",),
+STAGE = Stage("evaluate", _stage_run, config=EvaluateConfig, needs=("train",), optional=("preprocess",), main_only=True,
               description="PCC@F/S/M, MSE, MAE per fold and overall; per-gene CSV; curves; .h5ad")
 COMMAND = StageCommand("eca_bio.evaluate:STAGE", out_help="report folder (replaced atomically)",
                        needs_help={"train": "output folder of `eca-bio train`",

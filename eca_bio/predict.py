@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from eca_core import distributed
 from eca_core.cli import StageCommand
 from eca_core.config import check, from_dict
 from eca_core.io import write_json_atomic
@@ -67,9 +68,8 @@ def preprocess_config_for(model_dir: Path, cfg: PredictConfig):
 def predict_slides(model: Path, cfg: PredictConfig, out_dir: Path, options: dict[str, Any] | None = None,
                    progress: bool = True) -> dict[str, Any]:
     """Tile + embed ``cfg.slides``, predict every tile and write .h5ad + heatmap PNG per slide into ``out_dir``."""
-    from eca_bio.export import plot_gene_maps, prediction_anndata, slide_images, top_genes, write_h5ad
     from eca_bio.preprocess import run_preprocess
-    from eca_bio.train import SpotSet, load_trained, predict_spots
+    from eca_bio.train import load_trained
 
     if not cfg.slides:
         raise DataError("predict: no slides given")
@@ -80,7 +80,15 @@ def predict_slides(model: Path, cfg: PredictConfig, out_dir: Path, options: dict
     trained = load_trained(model_dir)
     pcfg = preprocess_config_for(model_dir, cfg)
     out_dir = Path(out_dir)
-    manifest = run_preprocess(pcfg, out_dir / "preprocess", options, progress=progress)
+    manifest = run_preprocess(pcfg, out_dir / "preprocess", options, progress=progress)  # tiles sharded over ranks
+    return distributed.on_main(_predict_embedded, model_dir, trained, cfg, manifest, out_dir, progress)  # light: rank 0
+
+
+def _predict_embedded(model_dir: Path, trained: Any, cfg: PredictConfig, manifest: dict[str, Any], out_dir: Path,
+                      progress: bool) -> dict[str, Any]:
+    from eca_bio.export import plot_gene_maps, prediction_anndata, slide_images, top_genes, write_h5ad
+    from eca_bio.train import SpotSet, predict_spots
+
     encoder = json.loads(trained.encoder) if trained.encoder else manifest["encoder"]
     if canonical_encoder(manifest["encoder"]) != canonical_encoder(encoder):
         raise DataError(f"new slides were embedded with {manifest['encoder']}, the model expects {encoder}")

@@ -39,6 +39,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from eca_core.errors import ConfigError
+from eca_core import distributed
 from eca_core.cli import StageCommand
 from eca_core.config import check, from_dict, to_dict
 from eca_core.io import atomic_path, write_json_atomic
@@ -111,8 +112,10 @@ def run_preprocess(cfg: PreprocessConfig, out_dir: str | Path, options: dict | N
     Holds the lock on ``out_dir`` and first removes temp files an earlier, killed run left there.
     """
     with RunLock(out_dir):
-        clean_temp_files(out_dir)
-        return _run_preprocess(cfg, Path(out_dir), options, progress)
+        if distributed.is_main():
+            clean_temp_files(out_dir)
+        distributed.barrier()
+        return _run_preprocess(cfg, Path(out_dir), options, progress and distributed.is_main())
 
 
 def _run_preprocess(cfg: PreprocessConfig, out_dir: Path, options: dict | None, progress: bool) -> dict:
@@ -125,12 +128,12 @@ def _run_preprocess(cfg: PreprocessConfig, out_dir: Path, options: dict | None, 
     plans = _plan(cfg, log)
 
     slides_dir = out_dir / "slides"
-    todo: list[_Plan] = []
+    main = distributed.is_main()
+    todo_ids = distributed.broadcast([p.slide_id for p in plans if not _slide_done(slides_dir, p)] if main else None)
+    todo = [p for p in plans if p.slide_id in todo_ids]
     for p in plans:
-        if _slide_done(slides_dir, p):
+        if p.slide_id not in todo_ids:
             log(f"{p.slide_id}: up to date, skipped")
-            continue
-        todo.append(p)
 
     encoder_info: dict[str, int] | None = None
     if todo:
@@ -138,18 +141,20 @@ def _run_preprocess(cfg: PreprocessConfig, out_dir: Path, options: dict | None, 
         from eca_bio.tiling import draw_patches
 
         encoder, norm, encoder_info = build_encoder(cfg.encoder, cfg.patch_px, cfg.token_grid)
-        (out_dir / "manifest.json").unlink(missing_ok=True)  # a manifest exists only over complete outputs
+        if main:
+            (out_dir / "manifest.json").unlink(missing_ok=True)  # a manifest exists only over complete outputs
         jobs = []
         for p in todo:
-            if p.adata is not None:
-                _write_h5ad(p, slides_dir / f"{p.slide_id}.h5ad")
-            draw_patches(p.thumbnail, p.reader.dimensions, p.coords, p.size_px, slides_dir / f"{p.slide_id}.thumb.png", p.mask)
             attrs = _h5_attrs(cfg, p)
             job = SlideJob(p.slide_id, p.reader, p.coords, p.size_px, slides_dir / f"{p.slide_id}.h5", attrs,
                            list(p.adata.obs_names) if p.adata is not None else None)
-            if len(p.coords) == 0:
-                _write_empty_h5(job, encoder_info, cfg.store_tokens)
-            else:
+            if main:
+                if p.adata is not None:
+                    _write_h5ad(p, slides_dir / f"{p.slide_id}.h5ad")
+                draw_patches(p.thumbnail, p.reader.dimensions, p.coords, p.size_px, slides_dir / f"{p.slide_id}.thumb.png", p.mask)
+                if len(p.coords) == 0:
+                    _write_empty_h5(job, encoder_info, cfg.store_tokens)
+            if len(p.coords):
                 jobs.append(job)
         start = time.time()
         n = sum(len(j.coords) for j in jobs)
@@ -161,12 +166,15 @@ def _run_preprocess(cfg: PreprocessConfig, out_dir: Path, options: dict | None, 
         if n:
             log(f"embedded {n} patches of {len(jobs)} slide(s) in {time.time() - start:.1f}s")
 
-    missing = [p.slide_id for p in plans if not _slide_done(slides_dir, p)]
-    if missing:  # another rank still working on its slides: the last rank to finish writes the manifest
-        return {"pending": missing}
-    manifest = _manifest(cfg, out_dir, plans, encoder_info)
-    write_json_atomic(out_dir / "manifest.json", manifest)
-    return manifest
+    manifest = None
+    if main:
+        missing = [p.slide_id for p in plans if not _slide_done(slides_dir, p)]
+        if missing:
+            raise PreprocessError(f"{out_dir}: slide(s) {missing} were not written; run again to resume")
+        manifest = _manifest(cfg, out_dir, plans, encoder_info)
+        write_json_atomic(out_dir / "manifest.json", manifest)
+    distributed.barrier()
+    return distributed.broadcast(manifest)
 
 
 # ----------------------------------------------------------------------------------------- planning
@@ -404,8 +412,6 @@ def _stage_inputs(ctx: StageContext) -> list[Path]:
 
 def _run_stage(ctx: StageContext) -> dict[str, Any]:
     manifest = run_preprocess(ctx.config, ctx.out_dir, ctx.options)
-    if "pending" in manifest:
-        return {"pending": manifest["pending"]}
     return {"slides": len(manifest["slides"]), "patches": sum(s["n_patches"] for s in manifest["slides"]),
             "feature_dim": manifest["feature_dim"], "manifest": str(Path(ctx.out_dir) / "manifest.json")}
 

@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from eca_core import distributed
 from eca_core.cli import StageCommand
 from eca_core.config import check, from_dict, to_dict
 from eca_core.io import atomic_dir, write_json_atomic
@@ -326,7 +327,8 @@ def _save_predictions(path: Path, pred: np.ndarray, spots: SpotSet) -> None:
 
 
 def train_method(method: str, cfg: TrainConfig, train_sl: list[SlideData], val_id: str | None, test_sl: list[SlideData],
-                 spec: TargetSpec, encoder: Any, out: Path, options: dict[str, Any], key: str) -> dict[str, Any]:
+                 spec: TargetSpec, encoder: Any, out: Path, options: dict[str, Any], key: str,
+                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one method on one fold and write model, history and test predictions into ``out`` atomically."""
     bank = make_bank(train_sl, spec, encoder)
     index = ExemplarIndex(bank, cfg.k, cfg.exemplar_backend)
@@ -359,6 +361,8 @@ def train_method(method: str, cfg: TrainConfig, train_sl: list[SlideData], val_i
             bank.save(tmp / "bank.npz")
             write_json_atomic(tmp / "targets.json", spec.to_dict())
         result["encoder"] = canonical_encoder(encoder)
+        for name, content in (extra or {}).items():
+            write_json_atomic(tmp / name, content)
         write_json_atomic(tmp / "result.json", result)
         write_item_marker(tmp / "done.json", key, [p for p in tmp.rglob("*") if p.is_file()])
     return result
@@ -386,69 +390,87 @@ def train_all(cfg: TrainConfig, pre_dir: Path, out_dir: Path, options: dict[str,
     Holds the lock on ``out_dir`` and first removes what a killed run left (``.tmp-*`` item folders).
     """
     with RunLock(out_dir):
-        clean_temp_files(out_dir)
-        return _train_all(cfg, Path(pre_dir), Path(out_dir), options, progress)
+        if distributed.is_main():
+            clean_temp_files(out_dir)
+        distributed.barrier()
+        return _train_all(cfg, Path(pre_dir), Path(out_dir), options, progress and distributed.is_main())
 
 
 def _train_all(cfg: TrainConfig, pre_dir: Path, out_dir: Path, options: dict[str, Any] | None, progress: bool) -> dict[str, Any]:
-    options = dict(options or {})
+    """Items (transform × fold × method, then the final model) are spread over the ranks, each trained on
+    its rank's own device, so every item's folder is written by one rank and its validation-based early
+    stopping sees exactly what a single-process run sees."""
+    options = distributed.device_options(options)
+    main = distributed.is_main()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     quiet_lightning()
     manifest, slides = load_preprocessed(pre_dir, require_expression=True, with_tokens=cfg.use_tokens)
     by_id = {s.slide_id: s for s in slides}
     folds = plan_folds(list(by_id), cfg.cv, cfg.n_folds)  # validates before anything is written
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     encoder = manifest["encoder"]
     base_key = {"encoder": canonical_encoder(encoder), "slides": {s.slide_id: _slide_key(s) for s in slides}}
-    write_json_atomic(out_dir / "folds.json", {"cv": cfg.cv, "folds": folds, "encoder": encoder,
-                                               "feature_dim": int(slides[0].features.shape[1]),
-                                               "config": to_dict(cfg), "labels": METHOD_LABELS})
-    items = [(t, f, m) for t in cfg.transforms for f in folds for m in cfg.methods]
-    done, skipped = 0, 0
-    bar = tqdm(items, desc="train", disable=not progress)
     specs: dict[tuple[str, int], TargetSpec] = {}
-    for transform, fold, method in bar:
-        bar.set_postfix_str(f"{transform} fold {fold['fold']} {method}")
-        fold_dir = out_dir / transform / f"fold_{fold['fold']}"
-        key = _digest({**base_key, "config": item_config(cfg, method), "fold": fold, "transform": transform, "method": method})
-        item_dir = fold_dir / method
-        if _is_done(item_dir, key):
-            skipped += 1
-            continue
-        train_sl = [by_id[s] for s in fold["train"]]
-        if (transform, fold["fold"]) not in specs:
-            spec = fit_targets(train_sl, transform, cfg.n_genes)
-            missing: dict[str, list[str]] = {}
-            for s in train_sl + [by_id[t] for t in fold["test"]]:
-                miss = make_targets(s, spec)[1]
-                if miss:
-                    missing[s.slide_id] = miss
-            write_json_atomic(fold_dir / "targets.json", {**spec.to_dict(), "missing_genes": missing, "fold": fold})
-            specs[(transform, fold["fold"])] = spec
-        train_method(method, cfg, train_sl, fold["val"], [by_id[t] for t in fold["test"]],
-                     specs[(transform, fold["fold"])], encoder, item_dir, options, key)
-        done += 1
-    final = None
+    for transform in cfg.transforms:
+        for fold in folds:
+            train_sl = [by_id[s] for s in fold["train"]]
+            spec = specs[(transform, fold["fold"])] = fit_targets(train_sl, transform, cfg.n_genes)
+            if main:
+                missing = {s.slide_id: miss for s in train_sl + [by_id[t] for t in fold["test"]]
+                           if (miss := make_targets(s, spec)[1])}
+                write_json_atomic(out_dir / transform / f"fold_{fold['fold']}" / "targets.json",
+                                  {**spec.to_dict(), "missing_genes": missing, "fold": fold})
+    if main:
+        write_json_atomic(out_dir / "folds.json", {"cv": cfg.cv, "folds": folds, "encoder": encoder,
+                                                   "feature_dim": int(slides[0].features.shape[1]),
+                                                   "config": to_dict(cfg), "labels": METHOD_LABELS})
+    items: list[tuple[str, Any, str]] = [(t, f, m) for t in cfg.transforms for f in folds for m in cfg.methods]
     if cfg.final_method is not None:
-        final = train_final(cfg, slides, manifest, out_dir / "final", options, base_key)
-    return {"trained": done, "skipped": skipped, "folds": len(folds), "methods": cfg.methods,
-            "transforms": cfg.transforms, "final": final}
+        items.append(("final", None, cfg.final_method))
+    done, skipped, error = 0, 0, None
+    mine = distributed.shard(items)
+    bar = tqdm(mine, desc="train", disable=not progress)
+    try:
+        for transform, fold, method in bar:
+            if transform == "final":
+                bar.set_postfix_str(f"final {method}")
+                trained = train_final(cfg, slides, manifest, out_dir / "final", options, base_key)
+                done, skipped = done + trained, skipped + (not trained)
+                continue
+            bar.set_postfix_str(f"{transform} fold {fold['fold']} {method}")
+            key = _digest({**base_key, "config": item_config(cfg, method), "fold": fold, "transform": transform, "method": method})
+            item_dir = out_dir / transform / f"fold_{fold['fold']}" / method
+            if _is_done(item_dir, key):
+                skipped += 1
+                continue
+            train_method(method, cfg, [by_id[s] for s in fold["train"]], fold["val"], [by_id[t] for t in fold["test"]],
+                         specs[(transform, fold["fold"])], encoder, item_dir, options, key)
+            done += 1
+    except Exception as exc:  # noqa: BLE001 - every rank must hear about it
+        error = exc
+    distributed.raise_if_any_failed(error)
+    counts = distributed.all_gather((done, skipped))
+    return {"trained": sum(c[0] for c in counts), "skipped": sum(c[1] for c in counts), "folds": len(folds),
+            "methods": cfg.methods, "transforms": cfg.transforms,
+            "final": str(out_dir / "final") if cfg.final_method is not None else None}
 
 
 def train_final(cfg: TrainConfig, slides: list[SlideData], manifest: dict[str, Any], out: Path, options: dict[str, Any],
-                base_key: dict[str, Any]) -> str:
+                base_key: dict[str, Any]) -> bool:
     """``final_method`` trained on every ST slide (early stopping on one of them), with its exemplar bank
-    and the preprocess parameters (encoder, patch size) that new slides must be embedded with."""
+    and the preprocess parameters (encoder, patch size) that new slides must be embedded with.
+    Returns whether it was trained (False: up to date)."""
     transform = cfg.final_transform or cfg.transforms[0]
-    key = _digest({**base_key, "config": item_config(cfg, cfg.final_method), "final": cfg.final_method, "transform": transform})
-    if not _is_done(out, key):
-        ids = sorted(s.slide_id for s in slides)
-        spec = fit_targets(slides, transform, cfg.n_genes)
-        train_method(cfg.final_method, cfg, slides, ids[-1], [], spec, manifest["encoder"], out, options, key)
-    write_json_atomic(out / "preprocess.json", {"encoder": manifest["encoder"], "params": manifest.get("params", {})})
-    return str(out)
+    key = _digest({**base_key, "config": item_config(cfg, cfg.final_method), "final": cfg.final_method, "transform": transform,
+                   "preprocess": {"encoder": manifest["encoder"], "params": manifest.get("params", {})}})
+    if _is_done(out, key):
+        return False
+    ids = sorted(s.slide_id for s in slides)
+    spec = fit_targets(slides, transform, cfg.n_genes)
+    train_method(cfg.final_method, cfg, slides, ids[-1], [], spec, manifest["encoder"], out, options, key,
+                 extra={"preprocess.json": {"encoder": manifest["encoder"], "params": manifest.get("params", {})}})
+    return True
 
 
 _RUN_FIELDS = ("methods", "transforms", "final_method", "final_transform", "threads")

@@ -173,7 +173,7 @@ def _report(summary: dict[str, Any], args: Any) -> None:
     print(f"report: {summary['report']}  curves: {summary['curves']}")
 
 
-STAGE = Stage("evaluate", _run_stage, config=EvaluateConfig, needs=("train",), description="mean ± std report and validation curves")
+STAGE = Stage("evaluate", _run_stage, config=EvaluateConfig, needs=("train",), main_only=True, description="mean ± std report and validation curves")
 COMMAND = StageCommand("eca_msa.evaluate:STAGE", out_help="report folder",
                        needs_help={"train": "folder written by `eca-msa train` (holds results.json)"}, report=_report)
 configure_parser, main = COMMAND.configure_parser, COMMAND.main

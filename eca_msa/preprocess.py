@@ -55,7 +55,7 @@ def _report(s: dict[str, Any], args: Any) -> None:
     print(f"cache: {s['cache']}")
 
 
-STAGE = Stage("preprocess", _run_stage, config=PreprocessConfig, inputs=_inputs, optional=("generate",),
+STAGE = Stage("preprocess", _run_stage, config=PreprocessConfig, inputs=_inputs, optional=("generate",), main_only=True,
               description="validate an MMSA pickle (loaded without running code) and cache its tensors")
 COMMAND = StageCommand("eca_msa.preprocess:STAGE", out_help=f"folder for {CACHE_NAME} and summary.json", positional="pkl",
                        report=_report)

@@ -159,6 +159,6 @@ def _report(summary: dict[str, Any], args: Any) -> None:
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 
-STAGE = Stage("generate", _run_stage, config=SyntheticConfig, description="write a MOSI-shaped synthetic MMSA pickle")
+STAGE = Stage("generate", _run_stage, config=SyntheticConfig, main_only=True, description="write a MOSI-shaped synthetic MMSA pickle")
 COMMAND = StageCommand("eca_msa.synthetic:STAGE", out_help=f"output folder (gets {PICKLE_NAME})", report=_report)
 configure_parser, main = COMMAND.configure_parser, COMMAND.main

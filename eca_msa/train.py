@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from eca_core.attention import ECAConfig
+from eca_core import distributed
 from eca_core.cli import StageCommand
 from eca_core.config import check, from_dict, to_dict
 from eca_core.io import write_json_atomic
@@ -222,7 +223,11 @@ def train_one(data, cfg: TrainConfig, setting: str, seed: int, out_dir: Path, op
 
 
 def train_all(data, cfg: TrainConfig, out_dir: Path, options: dict[str, Any] | None = None, log=print) -> dict[str, Any]:
-    """Every (setting, seed) in turn; writes ``results.json`` with all runs and returns it."""
+    """Every (setting, seed); writes ``results.json`` with all runs and returns it.
+
+    With several ranks the runs are spread over them (run i on rank i mod world size), each on its
+    rank's own device: validation and test metrics are computed once, over exactly the real clips.
+    """
     from tqdm import tqdm
 
     if cfg.threads:
@@ -230,17 +235,25 @@ def train_all(data, cfg: TrainConfig, out_dir: Path, options: dict[str, Any] | N
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     out_dir = Path(out_dir)
+    options = distributed.device_options(options)
     runs = [(s, k) for s in cfg.settings for k in cfg.seeds]
-    results = []
-    bar = tqdm(runs, desc="training runs", unit="run")
-    for setting, seed in bar:
-        bar.set_postfix_str(f"{setting} seed {seed}")
-        r = train_one(data, cfg, setting, seed, out_dir / setting / f"seed{seed}", options)
-        log(f"{setting} seed {seed}: best epoch {r['best_epoch']}/{r['epochs_run']}  test Corr {r['test']['Corr']:.4f}  "
-            f"MAE {r['test']['MAE']:.4f}  F1 {r['test'].get('Non0_F1_score', r['test'].get('F1_score', float('nan'))):.4f}")
-        results.append({k: v for k, v in r.items() if k != "history"} | {"dir": f"{setting}/seed{seed}"})
-    summary = {"config": to_dict(cfg), "data": data.summary(), "runs": results}
-    write_json_atomic(out_dir / "results.json", summary)
+    mine, error = [], None
+    bar = tqdm(distributed.shard(runs), desc="training runs", unit="run", disable=not distributed.is_main())
+    try:
+        for setting, seed in bar:
+            bar.set_postfix_str(f"{setting} seed {seed}")
+            r = train_one(data, cfg, setting, seed, out_dir / setting / f"seed{seed}", options)
+            log(f"{setting} seed {seed}: best epoch {r['best_epoch']}/{r['epochs_run']}  test Corr {r['test']['Corr']:.4f}  "
+                f"MAE {r['test']['MAE']:.4f}  F1 {r['test'].get('Non0_F1_score', r['test'].get('F1_score', float('nan'))):.4f}")
+            mine.append({k: v for k, v in r.items() if k != "history"} | {"dir": f"{setting}/seed{seed}"})
+    except Exception as exc:  # noqa: BLE001 - every rank must hear about it
+        error = exc
+    distributed.raise_if_any_failed(error)
+    by_dir = {r["dir"]: r for part in distributed.all_gather(mine) for r in part}
+    summary = {"config": to_dict(cfg), "data": data.summary(), "runs": [by_dir[f"{s}/seed{k}"] for s, k in runs]}
+    if distributed.is_main():
+        write_json_atomic(out_dir / "results.json", summary)
+    distributed.barrier()
     return summary
 
 

@@ -243,7 +243,8 @@ class StageCommand:
         add_runtime_arguments(parser)
 
     def main(self, args: argparse.Namespace) -> int:
-        from eca_core.pipeline import StageContext
+        from eca_core import distributed
+        from eca_core.pipeline import StageContext, run_on_ranks
         from eca_core.resume import RunLock, clean_temp_files
 
         stage = self.stage
@@ -257,13 +258,18 @@ class StageCommand:
         out = Path(args.out)
         if out.exists() and not out.is_dir():
             raise ConfigError(f"{out}: --out exists and is not a folder")
+        options = runtime_options(args)
+        distributed.launch(options)
         with RunLock(out):
-            removed = clean_temp_files(out)
-            if removed:
-                print(f"removed {len(removed)} temp file(s) left by an interrupted run in {out}", file=sys.stderr)
-            ctx = StageContext(stage.name, stage.name, out, cfg, runtime_options(args), upstream)
-            summary = dict(stage.run(ctx) or {})
-        if self.report is not None:
+            if distributed.is_main():
+                removed = clean_temp_files(out)
+                if removed:
+                    print(f"removed {len(removed)} temp file(s) left by an interrupted run in {out}", file=sys.stderr)
+            distributed.barrier()
+            ctx = StageContext(stage.name, stage.name, out, cfg, options, upstream)
+            summary = dict(run_on_ranks(stage, ctx) or {})
+            distributed.barrier()
+        if self.report is not None and distributed.is_main():
             self.report(summary, args)
         return 0
 

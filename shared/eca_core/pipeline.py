@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from eca_core import distributed
 from eca_core.config import from_dict, parse_yaml, read_yaml, set_dotted, to_dict
 from eca_core.errors import ConfigError
 from eca_core.io import write_json_atomic
@@ -98,6 +99,7 @@ class Stage:
     needs: tuple[str, ...] = ()
     description: str = ""
     optional: tuple[str, ...] = ()  # earlier stages it reads when they are there (e.g. images for an export)
+    main_only: bool = False  # runs on rank 0 alone (reports, small files); the other ranks wait for it
 
     def parse(self, params: Mapping[str, Any] | None, where: str) -> Any:
         """The stage's typed config from YAML params (ConfigError naming ``where`` and the key)."""
@@ -263,6 +265,9 @@ def run_pipeline(
     forced = names.index(from_stage) if from_stage else len(names)
     last = names.index(until) if until else len(names) - 1
     records: dict[str, dict[str, Any]] = {}
+    distributed.launch(options)
+    if not distributed.is_main():
+        log = _quiet
     with RunLock(run_dir):
         for i, name in enumerate(names[: last + 1]):
             stage = registry[name]
@@ -279,25 +284,33 @@ def run_stage(stage: Stage, ctx: StageContext, marker: Path, upstream: Mapping[s
               log: Callable[[str], None] = print, label: str | None = None) -> dict[str, Any]:
     """Run one stage unless its done ``marker`` matches its key and its outputs are intact; write the marker."""
     label = label or ctx.stage
-    inputs = {str(p): content_hash(Path(p)) for p in (stage.inputs(ctx) if stage.inputs else [])}
-    key = digest({"stage": stage.name, "params": stage.key_params(ctx.config), "inputs": inputs, "upstream": dict(upstream)})
-    done = read_done(marker.parent, marker.name[: -len(".done.json")])
-    if done is not None and not force:
-        if done.get("hash") == key:
-            problems = check_outputs(ctx.out_dir, done.get("outputs"))
-            if not problems:
-                log(f"{label}: up to date, skipped")
-                return done
-            log(f"{label}: outputs changed since it finished ({'; '.join(problems[:3])}); running again")
-        else:
-            log(f"{label}: parameters or inputs changed; running again")
-    marker.unlink(missing_ok=True)
-    removed = clean_temp_files(ctx.out_dir)
-    if removed:
-        log(f"{label}: removed {len(removed)} temp file(s) left by an interrupted run")
-    log(f"{label}: running")
+    main = distributed.is_main()
+    decision: tuple[str, dict | None, dict, str] | None = None
+    error: BaseException | None = None
+    if main:  # rank 0 decides and tells the others, so all ranks agree even while it writes
+        try:
+            decision = _decide(stage, ctx, marker, upstream, force)
+        except Exception as exc:  # noqa: BLE001 - shared with the other ranks below
+            error = exc
+    distributed.raise_if_any_failed(error)
+    action, done, inputs, key = distributed.broadcast(decision)
+    if action == "skip":
+        log(f"{label}: up to date, skipped")
+        return done
+    if action:
+        log(f"{label}: {action}; running again")
+    if main:
+        marker.unlink(missing_ok=True)
+        removed = clean_temp_files(ctx.out_dir)
+        if removed:
+            log(f"{label}: removed {len(removed)} temp file(s) left by an interrupted run")
+    log(f"{label}: running" + (f" on {distributed.world_size()} processes" if distributed.world_size() > 1 else ""))
+    distributed.barrier()
     start = time.time()
-    summary = stage.run(ctx)
+    summary = run_on_ranks(stage, ctx)
+    if not main:
+        distributed.barrier()
+        return distributed.broadcast(None)
     outputs = record_outputs(ctx.out_dir)
     record = {
         "version": MARKER_VERSION,
@@ -310,13 +323,48 @@ def run_stage(stage: Stage, ctx: StageContext, marker: Path, upstream: Mapping[s
         "outputs": outputs,
         "outputs_digest": digest(outputs),
         "options": {k: v for k, v in ctx.options.items() if v is not None},
+        "world_size": distributed.world_size(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start)),
         "duration_s": round(time.time() - start, 3),
         "summary": dict(summary or {}),
     }
     write_json_atomic(marker, record)
     log(f"{label}: done in {record['duration_s']:.1f}s")
-    return record
+    distributed.barrier()
+    return distributed.broadcast(record)
+
+
+def _decide(stage: Stage, ctx: StageContext, marker: Path, upstream: Mapping[str, str],
+            force: bool) -> tuple[str, dict | None, dict, str]:
+    """("skip" | reason to run again | "", the done record, input hashes, stage key), decided on rank 0."""
+    inputs = {str(p): content_hash(Path(p)) for p in (stage.inputs(ctx) if stage.inputs else [])}
+    key = digest({"stage": stage.name, "params": stage.key_params(ctx.config), "inputs": inputs, "upstream": dict(upstream)})
+    done = read_done(marker.parent, marker.name[: -len(".done.json")])
+    if done is None or force:
+        return "", done, inputs, key
+    if done.get("hash") != key:
+        return "parameters or inputs changed", done, inputs, key
+    problems = check_outputs(ctx.out_dir, done.get("outputs"))
+    if problems:
+        return f"outputs changed since it finished ({'; '.join(problems[:3])})", done, inputs, key
+    return "skip", done, inputs, key
+
+
+def run_on_ranks(stage: Stage, ctx: StageContext) -> Mapping[str, Any] | None:
+    """``stage.run(ctx)`` on every rank (rank 0 alone for ``main_only`` stages); all ranks stop if one fails."""
+    error: BaseException | None = None
+    summary = None
+    try:
+        if not stage.main_only or distributed.is_main():
+            summary = stage.run(ctx)
+    except Exception as exc:  # noqa: BLE001 - every rank must hear about it
+        error = exc
+    distributed.raise_if_any_failed(error)
+    return distributed.broadcast(summary) if stage.main_only else summary
+
+
+def _quiet(*_: Any, **__: Any) -> None:
+    return None
 
 
 # ----------------------------------------------------------------------------------------- the `run` command

@@ -1,0 +1,161 @@
+"""Several processes, one run: Lightning's launcher starts the ranks, this module keeps them in step.
+
+A pipeline (or one stage's command) calls :func:`launch` first. With one device it does nothing.
+With several (``--devices 2 --strategy ddp``, ``--accelerator gpu --devices 4``, or a job started by
+``torchrun`` / SLURM) Lightning Fabric starts the local ranks (re-running the same command, or joining
+the ranks the cluster started) and the process group; every Lightning ``Trainer`` created later
+joins that group instead of launching again. Then:
+
+- every rank runs each stage's distributed part: embedding shards tiles over ranks, training
+  spreads independent items (fold × method × transform, setting × seed) over ranks, each item on
+  one device of its rank, so its validation and test metrics are those of a single-process run;
+- only rank 0 writes markers, manifests, reports, ``.h5ad`` files and plots;
+- ranks meet at :func:`barrier` between stages and after each stage's writes, and
+  :func:`raise_if_any_failed` makes all ranks stop with the error of the rank that failed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Mapping, Sequence, TypeVar
+
+from eca_core.errors import ECAError
+
+T = TypeVar("T")
+
+
+class RankError(ECAError):
+    """Another rank failed; this rank stops with its message."""
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def rank() -> int:
+    """Global rank of this process (0 without a process group)."""
+    d = _dist()
+    return d.get_rank() if d else int(os.environ.get("RANK", "0") or 0)
+
+
+def world_size() -> int:
+    """Number of processes in the run (1 without a process group)."""
+    d = _dist()
+    return d.get_world_size() if d else 1
+
+
+def local_rank() -> int:
+    """Rank of this process on its node (its device index)."""
+    return int(os.environ.get("LOCAL_RANK", "0") or 0)
+
+
+def is_main() -> bool:
+    """True on global rank 0, the only rank that writes shared outputs."""
+    return rank() == 0
+
+
+def launch(options: Mapping[str, Any] | None) -> int:
+    """Start the ranks the runtime options ask for and join their process group; returns the world size."""
+    if _dist() is not None:
+        return world_size()
+    opts = dict(options or {})
+    from eca_core.trainer import RUNTIME_DEFAULTS, quiet_lightning
+
+    opts = {**RUNTIME_DEFAULTS, **{k: v for k, v in opts.items() if v is not None}}
+    if str(opts["accelerator"]) == "cpu" and str(opts["devices"]) in ("auto", "1") and int(opts["num_nodes"]) == 1 \
+            and "WORLD_SIZE" not in os.environ:
+        return 1  # one CPU process: nothing to start
+    from lightning.fabric import Fabric
+
+    quiet_lightning()
+    fabric = Fabric(accelerator=opts["accelerator"], devices=_devices(opts["devices"]), num_nodes=int(opts["num_nodes"]),
+                    strategy=opts["strategy"])
+    if fabric.world_size <= 1:
+        return 1
+    fabric.launch()
+    return world_size()
+
+
+def _devices(value: Any) -> Any:
+    text = str(value)
+    if text.isdigit():
+        return int(text)
+    if "," in text:
+        return [int(v) for v in text.split(",") if v.strip()]
+    return value
+
+
+def device_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Runtime options for a Trainer that runs on this rank's own device only (one item per rank)."""
+    opts = dict(options or {})
+    if world_size() <= 1:
+        return opts
+    accelerator = str(opts.get("accelerator") or "auto")
+    if accelerator == "auto":
+        import torch
+
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    devices = [local_rank()] if accelerator in ("gpu", "cuda") else 1
+    return {**opts, "accelerator": accelerator, "devices": devices, "strategy": "auto", "num_nodes": 1}
+
+
+def shard(items: Sequence[T]) -> list[T]:
+    """This rank's share of ``items`` (item i goes to rank i mod world size)."""
+    r, w = rank(), world_size()
+    return [item for i, item in enumerate(items) if i % w == r]
+
+
+def barrier() -> None:
+    """Wait until every rank gets here."""
+    d = _dist()
+    if d is not None:
+        d.barrier()
+
+
+def broadcast(obj: T) -> T:
+    """Rank 0's ``obj`` on every rank (any picklable object made by this program)."""
+    d = _dist()
+    if d is None:
+        return obj
+    box = [obj if rank() == 0 else None]
+    d.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_gather(obj: T) -> list[T]:
+    """Every rank's ``obj``, in rank order."""
+    d = _dist()
+    if d is None:
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    d.all_gather_object(out, obj)
+    return out
+
+
+def on_main(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` on rank 0 alone; every rank gets its result, or stops with its error."""
+    result, error = None, None
+    if is_main():
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - shared with the other ranks
+            error = exc
+    raise_if_any_failed(error)
+    return broadcast(result)
+
+
+def raise_if_any_failed(error: BaseException | None) -> None:
+    """Collective: if any rank failed, every rank raises (the failing rank its own error, the others a RankError)."""
+    if _dist() is None:
+        if error is not None:
+            raise error
+        return
+    messages = all_gather(None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    failed = [(r, m) for r, m in enumerate(messages) if m is not None]
+    if failed:
+        r, m = failed[0]
+        raise RankError(f"rank {r} failed: {m}")
