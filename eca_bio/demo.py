@@ -21,6 +21,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from eca_core.io import atomic_path, write_text_atomic
+from eca_core import distributed
 from eca_core.cli import add_runtime_arguments, runtime_options
 from eca_core.pipeline import PipelineSpec, run_pipeline, validate_pipeline
 from eca_core.resume import RunLock
@@ -125,8 +126,11 @@ def main(args: argparse.Namespace) -> int:
     out = Path(args.run_dir)
     spec = PipelineSpec.from_yaml(args.pipeline or default_pipeline()).with_overrides(args.overrides)
     validate_pipeline(spec)  # a bad --set fails now, not after the data are painted
+    distributed.launch(runtime_options(args))  # several ranks: start them before anything is written
     with RunLock(out):
         records = _run(spec, out, args)
+    if not distributed.is_main():
+        return 0
     report = out / "evaluate" / "report.md"
     print()
     print(report.read_text())
@@ -141,9 +145,10 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _run(spec: PipelineSpec, out: Path, args: argparse.Namespace) -> dict:
-    data = make_demo_data(out / "data", n_slides=args.slides, grid=args.grid, seed=args.seed)
-    print(f"synthetic data: {len(list(data['st_dir'].iterdir()))} ST slides in {data['st_dir'].resolve()}, "
-          f"new slide {data['new_slide'].resolve()}")
+    data = distributed.on_main(make_demo_data, out / "data", n_slides=args.slides, grid=args.grid, seed=args.seed)
+    if distributed.is_main():
+        print(f"synthetic data: {len(list(data['st_dir'].iterdir()))} ST slides in {data['st_dir'].resolve()}, "
+              f"new slide {data['new_slide'].resolve()}")
     os.environ["DEMO_DATA"] = str((out / "data").resolve())
     os.environ["RUN_DIR"] = str(out.resolve())
     spec = PipelineSpec.from_yaml(spec.source).with_overrides(args.overrides)  # now with DEMO_DATA / RUN_DIR set

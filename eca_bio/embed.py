@@ -281,6 +281,12 @@ def embed_slides(jobs: Sequence[SlideJob], encoder: FrozenEncoder, norm: Normali
     return distributed.broadcast(done)
 
 
+def tiles_per_rank(jobs: Sequence[SlideJob], batch_size: int, world: int) -> list[int]:
+    """How many tiles each rank embeds (the same batches as :class:`SlideBatchSampler` deals out)."""
+    offsets = np.cumsum([0] + [len(j.coords) for j in jobs])
+    return [int(sum(len(r) for r in SlideBatchSampler(offsets, batch_size, 0, rank, world).rows)) for rank in range(world)]
+
+
 def part_path(job: SlideJob, rank: int) -> Path:
     """Where rank ``rank`` writes its rows of ``job`` (a temp name: removed by the next run if left behind)."""
     return job.out_path.with_name(f".{job.out_path.name}.tmp-part{rank}.h5")

@@ -119,7 +119,7 @@ def run_preprocess(cfg: PreprocessConfig, out_dir: str | Path, options: dict | N
 
 
 def _run_preprocess(cfg: PreprocessConfig, out_dir: Path, options: dict | None, progress: bool) -> dict:
-    from eca_bio.embed import SlideJob, embed_slides
+    from eca_bio.embed import SlideJob, embed_slides, tiles_per_rank
 
     options = dict(options or {})
     _validate(cfg)
@@ -164,7 +164,9 @@ def _run_preprocess(cfg: PreprocessConfig, out_dir: Path, options: dict | None, 
                          num_workers=cfg.num_workers if options.get("num_workers") is None else int(options["num_workers"]),
                          store_tokens=cfg.store_tokens, options=options, progress=progress, precision=cfg.precision)
         if n:
-            log(f"embedded {n} patches of {len(jobs)} slide(s) in {time.time() - start:.1f}s")
+            ranks = distributed.world_size()
+            log(f"embedded {n} patches of {len(jobs)} slide(s) in {time.time() - start:.1f}s"
+                + (f" on {ranks} ranks (tiles per rank: {tiles_per_rank(jobs, cfg.batch_size, ranks)})" if ranks > 1 else ""))
 
     manifest = None
     if main:

@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from eca_core import distributed
 from eca_core.cli import add_runtime_arguments, runtime_options
 from eca_core.pipeline import PipelineSpec, run_pipeline
 
@@ -42,6 +43,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     spec = demo_spec(args.run_dir, args.seeds, args.epochs, args.n_train, args.threads)
     records: dict[str, Any] = run_pipeline(spec, options=runtime_options(args))
+    if not distributed.is_main():
+        return 0
     report = Path(args.run_dir) / "evaluate" / "report.md"
     print(report.read_text())
     print(f"report: {report.resolve()}")

@@ -16,6 +16,7 @@ joins that group instead of launching again. Then:
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
@@ -75,7 +76,18 @@ def launch(options: Mapping[str, Any] | None) -> int:
     if fabric.world_size <= 1:
         return 1
     fabric.launch()
+    atexit.register(_shutdown)
     return world_size()
+
+
+def _shutdown() -> None:
+    """Tear the process group down before the interpreter exits (gloo aborts on exit otherwise)."""
+    d = _dist()
+    if d is not None:
+        try:
+            d.destroy_process_group()
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
 
 
 def _devices(value: Any) -> Any:

@@ -18,6 +18,7 @@ class MakeConfig:
     input: str = ""  # a text file holding an integer
     factor: int = 1  # multiplies the input
     sleep: float = 0.0  # seconds to wait after writing (for interrupt tests)
+    fail_rank: int = -1  # this rank raises (for the distributed tests)
 
     def __post_init__(self) -> None:
         check(self, factor=">=1", sleep=">=0")
@@ -33,7 +34,11 @@ class ScaleConfig:
 
 
 def _make(ctx: StageContext) -> dict:
+    from eca_core import distributed
+
     CALLS.append("make")
+    if distributed.rank() == ctx.config.fail_rank:
+        raise ValueError(f"rank {ctx.config.fail_rank} cannot read its shard")
     value = int(Path(ctx.config.input).read_text()) * ctx.config.factor
     with atomic_path(ctx.out_dir / "value.txt") as tmp:
         tmp.write_text(str(value))
