@@ -32,16 +32,17 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Iterator, Literal
 
 import numpy as np
 
-from eca_core.errors import ConfigError
 from eca_core import distributed
 from eca_core.cli import StageCommand
 from eca_core.config import check, from_dict, to_dict
+from eca_core.errors import ConfigError, InputError
 from eca_core.io import atomic_path, write_json_atomic
 from eca_core.pipeline import Stage, StageContext
 from eca_core.resume import RunLock, clean_temp_files, content_hash, item_is_current, write_item_marker
@@ -80,6 +81,7 @@ class PreprocessConfig:
     min_tissue: float = 0.25                  # WSI grid: minimum tissue fraction of a kept patch
     max_outside_fraction: float = 0.1         # ST: more spots outside the image than this is an error
     progress: bool = True                     # progress bars and one log line per slide
+    skip_errors: bool = False                 # cohorts: a slide that cannot be read is listed in the manifest and skipped
 
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("batch_size", "num_workers", "progress")
 
@@ -125,7 +127,8 @@ def _run_preprocess(cfg: PreprocessConfig, out_dir: Path, options: dict | None, 
     _validate(cfg)
     progress = progress and cfg.progress
     log = print if progress else (lambda *a, **k: None)
-    plans = _plan(cfg, log)
+    skipped: list[dict[str, str]] = []
+    plans = _plan(cfg, log, skipped)
 
     slides_dir = out_dir / "slides"
     main = distributed.is_main()
@@ -174,6 +177,8 @@ def _run_preprocess(cfg: PreprocessConfig, out_dir: Path, options: dict | None, 
         if missing:
             raise PreprocessError(f"{out_dir}: slide(s) {missing} were not written; run again to resume")
         manifest = _manifest(cfg, out_dir, plans, encoder_info)
+        if skipped:
+            manifest["skipped"] = skipped
         write_json_atomic(out_dir / "manifest.json", manifest)
     distributed.barrier()
     return distributed.broadcast(manifest)
@@ -189,12 +194,9 @@ def _validate(cfg: PreprocessConfig) -> None:
         raise PreprocessError(f"{cfg.encoder.weights}: encoder weights file not found")
 
 
-def _plan(cfg: PreprocessConfig, log) -> list[_Plan]:
-    """Open and check every input; no file is written here."""
-    from eca_bio.slides import open_slide, slide_id_from_path
-    from eca_bio.st import exclude_outside_image, find_sections, read_section
-    from eca_bio.tiling import grid_patches, spot_patches
-    from eca_bio.tissue import detect_tissue
+def _plan(cfg: PreprocessConfig, log, skipped: list[dict[str, str]]) -> list[_Plan]:
+    """Open and check every input; no file is written here. Unreadable slides go to ``skipped`` with ``skip_errors``."""
+    from eca_bio.st import find_sections
 
     plans: list[_Plan] = []
     if cfg.st_dir is not None:
@@ -203,39 +205,71 @@ def _plan(cfg: PreprocessConfig, log) -> list[_Plan]:
         if unknown:
             raise PreprocessError(f"images: no section(s) {unknown} in {cfg.st_dir}")
         for section in sections:
-            image = cfg.images.get(section.section_id)
-            if image is not None and not Path(image).is_file():
-                raise PreprocessError(f"{image}: image of section {section.section_id} not found")
-            adata = read_section(section, image=image)
-            st = adata.uns["st"]
-            reader = open_slide(st["image"], fallback_mpp=st["array_mpp"], allow_unusual_mpp=cfg.allow_unusual_mpp)
-            source = reader.mpp_source if reader.mpp_source != "fallback" else st["array_mpp_source"]
-            exclude_outside_image(adata, *reader.dimensions, max_outside_fraction=cfg.max_outside_fraction)
-            thumb = reader.thumbnail(cfg.tissue.thumbnail_px)
-            size = _patch_px(cfg, reader)
-            coords = spot_patches(adata.obsm["spatial"], size)
-            excluded = {k: len(v) for k, v in st["excluded"].items() if len(v)}
-            log(f"{section.section_id}: {adata.n_obs} spots x {adata.n_vars} genes"
-                + (f" (excluded {excluded})" if excluded else "")
-                + f"; {reader.mpp:.4f} um/px ({source}); patch {size} px -> {cfg.patch_px} px")
-            plans.append(_Plan(section.section_id, reader, coords, size, thumb, None, adata, source))
+            with _skippable(cfg, skipped, section.section_id, log):
+                plans.append(_plan_section(cfg, section, log))
     for path in cfg.slides:
-        reader = open_slide(path, mpp=cfg.mpp, allow_unusual_mpp=cfg.allow_unusual_mpp)
-        source = reader.mpp_source
-        size = _patch_px(cfg, reader)
-        thumb = reader.thumbnail(cfg.tissue.thumbnail_px)
-        mask = detect_tissue(thumb, reader.mpp * reader.dimensions[0] / thumb.size[0], cfg.tissue)
-        stride = max(1, int(round(size * (1 - cfg.grid_overlap))))
-        coords = grid_patches(mask, reader.dimensions, size, stride, cfg.min_tissue)
-        log(f"{reader.slide_id}: {len(coords)} tissue patches of {size} px ({reader.mpp:.4f} um/px, {source}) -> {cfg.patch_px} px")
-        plans.append(_Plan(slide_id_from_path(path), reader, coords, size, thumb, mask, None, source))
+        with _skippable(cfg, skipped, str(path), log):
+            plans.append(_plan_slide(cfg, path, log))
     ids = [p.slide_id for p in plans]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
         raise PreprocessError(f"slide id(s) {dupes} occur more than once; slide ids are file/section names and must be unique")
+    if not plans and skipped:
+        raise PreprocessError(f"no slide could be read ({len(skipped)} skipped); first: {skipped[0]['error']}")
     for p in plans:
         p.params_hash = _slide_hash(cfg, p)
     return plans
+
+
+@contextmanager
+def _skippable(cfg: PreprocessConfig, skipped: list[dict[str, str]], name: str, log) -> Iterator[None]:
+    """With ``skip_errors``, an input error of one slide is recorded in ``skipped`` and the cohort goes on."""
+    try:
+        yield
+    except InputError as exc:
+        if not cfg.skip_errors:
+            raise
+        skipped.append({"slide": name, "error": str(exc)})
+        log(f"{name}: skipped: {exc}")
+
+
+def _plan_section(cfg: PreprocessConfig, section: Any, log) -> _Plan:
+    from eca_bio.slides import open_slide
+    from eca_bio.st import exclude_outside_image, read_section
+    from eca_bio.tiling import spot_patches
+
+    image = cfg.images.get(section.section_id)
+    if image is not None and not Path(image).is_file():
+        raise PreprocessError(f"{image}: image of section {section.section_id} not found")
+    adata = read_section(section, image=image)
+    st = adata.uns["st"]
+    reader = open_slide(st["image"], fallback_mpp=st["array_mpp"], allow_unusual_mpp=cfg.allow_unusual_mpp)
+    source = reader.mpp_source if reader.mpp_source != "fallback" else st["array_mpp_source"]
+    exclude_outside_image(adata, *reader.dimensions, max_outside_fraction=cfg.max_outside_fraction)
+    thumb = reader.thumbnail(cfg.tissue.thumbnail_px)
+    size = _patch_px(cfg, reader)
+    coords = spot_patches(adata.obsm["spatial"], size)
+    excluded = {k: len(v) for k, v in st["excluded"].items() if len(v)}
+    log(f"{section.section_id}: {adata.n_obs} spots x {adata.n_vars} genes"
+        + (f" (excluded {excluded})" if excluded else "")
+        + f"; {reader.mpp:.4f} um/px ({source}); patch {size} px -> {cfg.patch_px} px")
+    return _Plan(section.section_id, reader, coords, size, thumb, None, adata, source)
+
+
+def _plan_slide(cfg: PreprocessConfig, path: str, log) -> _Plan:
+    from eca_bio.slides import open_slide, slide_id_from_path
+    from eca_bio.tiling import grid_patches
+    from eca_bio.tissue import detect_tissue
+
+    reader = open_slide(path, mpp=cfg.mpp, allow_unusual_mpp=cfg.allow_unusual_mpp)
+    source = reader.mpp_source
+    size = _patch_px(cfg, reader)
+    thumb = reader.thumbnail(cfg.tissue.thumbnail_px)
+    mask = detect_tissue(thumb, reader.mpp * reader.dimensions[0] / thumb.size[0], cfg.tissue)
+    stride = max(1, int(round(size * (1 - cfg.grid_overlap))))
+    coords = grid_patches(mask, reader.dimensions, size, stride, cfg.min_tissue)
+    log(f"{reader.slide_id}: {len(coords)} tissue patches of {size} px ({reader.mpp:.4f} um/px, {source}) -> {cfg.patch_px} px")
+    return _Plan(slide_id_from_path(path), reader, coords, size, thumb, mask, None, source)
 
 
 def _patch_px(cfg: PreprocessConfig, reader: Any) -> int:

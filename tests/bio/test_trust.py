@@ -170,3 +170,16 @@ def test_train_removes_what_a_killed_run_left(tmp_path):
     train_all(tiny_config(methods=["ridge"], final_method=None, transforms=["egn"]), pre, tmp_path / "train", progress=False)
     assert not stale.exists()
     assert not list((tmp_path / "train").rglob(".*tmp-*"))
+
+
+def test_skip_errors_reports_an_unreadable_slide_and_goes_on(tmp_path, cmu_svs):
+    broken = tmp_path / "broken.svs"
+    broken.write_bytes(cmu_svs.read_bytes()[:5000])  # a truncated download
+    good = tmp_path / "good.png"
+    tissue_image(300, 200).save(good)
+    with pytest.raises(SlideError, match="broken.svs"):
+        run_preprocess(cfg_for(slides=[str(broken), str(good)], mpp=1.0), tmp_path / "strict", CPU, progress=False)
+    manifest = run_preprocess(cfg_for(slides=[str(broken), str(good)], mpp=1.0, skip_errors=True), tmp_path / "cohort", CPU,
+                              progress=False)
+    assert [s["slide_id"] for s in manifest["slides"]] == ["good"]
+    assert manifest["skipped"][0]["slide"] == str(broken) and "broken.svs" in manifest["skipped"][0]["error"]
