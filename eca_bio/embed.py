@@ -5,8 +5,8 @@ A slide's file is written under a temporary name and renamed when its last row i
 final path is always complete. Batches never span two slides, so a slide's features do not depend on
 which other slides were in the run (a resumed run writes identical files).
 
-With several ranks (:mod:`eca_core.distributed`) the tiles are sharded, not the slides: batch k of a
-slide goes to rank k mod world size, so one large WSI keeps every device busy. Each rank writes its
+With several ranks (:mod:`eca_core.distributed`) the tiles are sharded, not the slides: the batches
+(each within one slide) are dealt round-robin to the ranks, so one large WSI keeps every device busy. Each rank writes its
 rows of a slide to a part file (``.<slide>.h5.tmp-part<r>.h5``); rank 0 then assembles the slide's
 HDF5 once, atomically, in the row order of a single-process run (the batches are the same ones).
 """
@@ -78,8 +78,11 @@ class SlideBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, offsets: np.ndarray, batch_size: int, num_workers: int = 0, rank: int = 0, world: int = 1) -> None:
-        per_slide = [[list(range(s, min(s + batch_size, int(e)))) for s in range(int(s0), int(e), batch_size)][rank::world]
-                     for s0, e in zip(offsets[:-1], offsets[1:])]  # with several ranks: this rank's batches of each slide
+        per_slide = [[list(range(s, min(s + batch_size, int(e)))) for s in range(int(s0), int(e), batch_size)]
+                     for s0, e in zip(offsets[:-1], offsets[1:])]
+        if world > 1:  # this rank's share: the g-th batch of the run (slide by slide) goes to rank g mod world
+            starts = np.cumsum([0] + [len(b) for b in per_slide])
+            per_slide = [[b for k, b in enumerate(batches) if (starts[i] + k) % world == rank] for i, batches in enumerate(per_slide)]
         self.rows = [np.asarray([i - int(s0) for b in slide for i in b], dtype=np.int64)
                      for slide, s0 in zip(per_slide, offsets[:-1])]  # per slide: the rows this rank embeds
         workers = max(1, int(num_workers))
@@ -322,9 +325,9 @@ def assemble_parts(job: SlideJob, world: int, feature_dim: int, num_tokens: int,
 
 
 def _create_arrays(f: h5py.File, n: int, d: int, t: int) -> None:
-    f.create_dataset("features", shape=(n, d), dtype=np.float16, chunks=(min(max(n, 1), 256), d))
+    f.create_dataset("features", shape=(n, d), dtype=np.float16, chunks=(min(n, 256), d) if n else None)
     if t:
-        f.create_dataset("tokens", shape=(n, t, d), dtype=np.float16, chunks=(min(max(n, 1), 16), t, d))
+        f.create_dataset("tokens", shape=(n, t, d), dtype=np.float16, chunks=(min(n, 16), t, d) if n else None)
 
 
 def _create_slide_file(f: h5py.File, job: SlideJob, feature_dim: int, num_tokens: int) -> None:

@@ -57,21 +57,33 @@ def lazy_cli(prog: str, description: str, commands: dict[str, tuple[str, str]], 
         args = parser.parse_args(argv[1:])
         code = module.main(args)
     except KeyboardInterrupt:
+        if _secondary_rank():
+            return 130
         print(f"\n{name}: interrupted; finished items are kept, the item in flight was discarded "
               f"(run the same command again to resume)", file=sys.stderr)
         return 130
     except USER_ERRORS as exc:
+        if _secondary_rank():  # rank 0 reports it ("rank k failed: ...")
+            return 2
         if debug:
             traceback.print_exc()
         print(f"{name}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:  # noqa: BLE001 - a bug: still one line unless --debug
+        if _secondary_rank() and not debug:
+            return 1
         if debug:
             traceback.print_exc()
         print(f"{name}: internal error: {type(exc).__name__}: {one_line(exc)} (run with --debug for the traceback)",
               file=sys.stderr)
         return 1
     return int(code or 0)
+
+
+def _secondary_rank() -> bool:
+    from eca_core import distributed
+
+    return distributed.rank() > 0
 
 
 def one_line(exc: BaseException) -> str:

@@ -37,7 +37,7 @@ def runs(tmp_path_factory):
 def test_tiles_are_sharded_and_files_written_once(runs):
     one, two, _, out = runs
     assert out.stdout.count("demo finished") == 1  # rank 1 writes and prints nothing of its own
-    assert "embedded 108 patches of 3 slide(s)" in out.stdout and "on 2 ranks (tiles per rank: [60, 48])" in out.stdout
+    assert "embedded 108 patches of 3 slide(s)" in out.stdout and "on 2 ranks (tiles per rank: [56, 52])" in out.stdout
     for stage in ("preprocess", "train", "evaluate", "predict"):
         assert json.loads((two / f"{stage}.done.json").read_text())["world_size"] == 2
     assert not list(two.rglob("*.tmp-*")) and not (two / ".eca.lock").exists()

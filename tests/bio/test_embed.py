@@ -90,3 +90,34 @@ def test_crash_midway_leaves_no_partial_file(tmp_path):
         embed_slides(jobs, encoder, norm, info["feature_dim"], info["num_tokens"], 32, batch_size=4, num_workers=0,
                      options={"accelerator": "cpu", "devices": 1}, progress=False)
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_tiles_are_sharded_over_ranks_and_assembled_in_single_process_order(tmp_path, monkeypatch):
+    """Ranks simulated in one process: each embeds its batches of every slide into a part; rank 0 assembles."""
+    from eca_core import distributed
+    from eca_bio.embed import part_path, tiles_per_rank
+
+    cfg = EncoderConfig(**TINY_ENCODER)
+    encoder, norm, info = build_encoder(cfg, 32)
+    jobs = _jobs(tmp_path)  # 16 and 25 patches
+    single = [SlideJob(j.slide_id, j.reader, j.coords, j.size_px, tmp_path / "single" / f"{j.slide_id}.h5", j.attrs, j.barcodes)
+              for j in jobs]
+    embed_slides(single, encoder, norm, info["feature_dim"], info["num_tokens"], 32, batch_size=16, num_workers=0,
+                 options={"accelerator": "cpu", "devices": 1}, progress=False)
+    assert tiles_per_rank(jobs, 16, 3) == [16, 16, 9]  # batches dealt round-robin: S0's one, then S1's two
+    assert tiles_per_rank(jobs[:1], 16, 3) == [16, 0, 0]  # ranks without a tile of a slide still write its part
+    monkeypatch.setattr(distributed, "world_size", lambda: 4)  # 4 ranks, 3 batches: rank 3 embeds nothing
+    for r in (3, 2, 1, 0):  # rank 0 last: it assembles once every part is there
+        monkeypatch.setattr(distributed, "rank", lambda r=r: r)
+        embed_slides(jobs, encoder, norm, info["feature_dim"], info["num_tokens"], 32, batch_size=16, num_workers=0,
+                     options={"accelerator": "cpu", "devices": 1}, progress=False)
+        if r:
+            assert not jobs[0].out_path.exists() and part_path(jobs[0], r).exists() and part_path(jobs[1], r).exists()
+    for job, ref in zip(jobs, single):
+        assert not any(part_path(job, r).exists() for r in range(4))
+        with h5py.File(job.out_path) as a, h5py.File(ref.out_path) as b:
+            np.testing.assert_array_equal(a["coords"][()], b["coords"][()])
+            assert list(a["barcodes"].asstr()[()]) == list(b["barcodes"].asstr()[()]) and dict(a.attrs) == dict(b.attrs)
+            for key in ("features", "tokens"):
+                x = b[key][()].astype(np.float32)
+                np.testing.assert_allclose(a[key][()].astype(np.float32), x, rtol=1e-2, atol=1e-3 * float(np.abs(x).max()))
