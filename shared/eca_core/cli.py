@@ -20,8 +20,8 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from eca_core.config import ConfigError, from_dict, iter_fields, parse_yaml, read_yaml, set_dotted
-from eca_core.errors import ECAError
+from eca_core.config import from_dict, iter_fields, parse_yaml, read_yaml, set_dotted
+from eca_core.errors import ConfigError, ECAError
 
 CORE_COMMANDS = {
     "run": ("eca_core.pipeline", "run a pipeline YAML (stages skipped when unchanged)"),
