@@ -149,7 +149,10 @@ def clean_temp_files(root: str | os.PathLike) -> list[Path]:
 
 
 def _is_secondary_rank() -> bool:
-    return any(int(os.environ.get(v, "0") or 0) > 0 for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    """A rank other than 0 of a distributed run (the process group's rank once it exists, else the launcher's env)."""
+    from eca_core import distributed
+
+    return distributed.rank() > 0 or any(int(os.environ.get(v, "0") or 0) > 0 for v in ("LOCAL_RANK", "NODE_RANK"))
 
 
 def _pid_alive(pid: int) -> bool:
