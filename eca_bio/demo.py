@@ -86,9 +86,9 @@ def make_demo_data(out: Path, n_slides: int = 4, grid: int = 9, n_genes: int = 6
                 rows[f"{gx}x{gy}"] = rng.poisson(rate)
                 sel.append((gx, gy, gx + rng.normal(0, 0.01), gy + rng.normal(0, 0.01), px, py, 1))
         counts = pd.DataFrame.from_dict(rows, orient="index", columns=genes)
-        with atomic_path(folder / f"{sid}.tsv.gz") as tmp:
-            with gzip.open(tmp, "wt") as fh:
-                counts.to_csv(fh, sep="\t")
+        with atomic_path(folder / f"{sid}.tsv.gz") as tmp:  # mtime=0: the same data give the same bytes, so re-runs are up to date
+            with open(tmp, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz:
+                gz.write(counts.to_csv(sep="\t").encode())
         table = pd.DataFrame(sel, columns=["x", "y", "new_x", "new_y", "pixel_x", "pixel_y", "selected"])
         write_text_atomic(folder / f"{sid}_selection.tsv", table.to_csv(sep="\t", index=False))
         with atomic_path(folder / f"{sid}_HE.png") as tmp:
