@@ -82,7 +82,7 @@ def step_fn(shape: Shape, layer: nn.Module, device: torch.device):
     layer.to(device).train()
 
     def step() -> None:
-        out = layer(x, mask) if q is None else layer(q, x, mask=mask)
+        out = layer(x, context_mask=mask) if q is None else layer(q, x, context_mask=mask)
         out.float().pow(2).mean().backward()
         layer.zero_grad(set_to_none=True)
 

@@ -69,7 +69,7 @@ class FeedForward(nn.Module):
 
 
 class Attention(nn.Module):
-    """ALMT's multi-head softmax attention: ``attn(q, k, v, mask)``, mask (B, N) True = attend."""
+    """ALMT's multi-head softmax attention: ``attn(q, k, v, context_mask)``, context_mask (B, N) True = attend."""
 
     def __init__(self, dim: int, heads: int, dim_head: int, dropout: float = 0.0, qkv_bias: bool = False) -> None:
         super().__init__()
@@ -80,10 +80,10 @@ class Attention(nn.Module):
         self.to_v = nn.Linear(dim, inner, bias=qkv_bias)
         self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(dropout))
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, context_mask: Tensor | None = None) -> Tensor:
         b, lq, _ = q.shape
         q, k, v = (split_heads(t, self.heads) for t in (self.to_q(q), self.to_k(k), self.to_v(v)))  # (B,h,L,dh)
-        attn_mask = None if mask is None else mask[:, None, None, :].to(torch.bool)  # (B,1,1,N)
+        attn_mask = None if context_mask is None else context_mask[:, None, None, :].to(torch.bool)  # (B,1,1,N)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
         return self.to_out(out.transpose(1, 2).reshape(b, lq, -1))  # (B,Lq,D)
 
@@ -96,8 +96,8 @@ class PreNormAttention(nn.Module):
         self.norm_q, self.norm_k, self.norm_v = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.attn = attn
 
-    def forward(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
-        return self.attn(self.norm_q(q), self.norm_k(k), self.norm_v(v), mask)
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, context_mask: Tensor | None = None) -> Tensor:
+        return self.attn(self.norm_q(q), self.norm_k(k), self.norm_v(v), context_mask)
 
 
 class PreNormFeedForward(nn.Module):
@@ -224,7 +224,8 @@ class ALMT(nn.Module):
         self.proj_text, self.proj_audio, self.proj_vision = nn.Linear(text_in, d), nn.Linear(cfg.audio_dim, d), nn.Linear(cfg.vision_dim, d)
         self.text_stream = TokenStream(cfg.text_len, cfg, Attention(d, cfg.heads, cfg.dim_head, cfg.dropout))
         self.audio_stream = TokenStream(cfg.audio_len, cfg, Attention(d, cfg.heads, cfg.dim_head, cfg.dropout))
-        video_attn = ECACrossAttention(d, num_heads=cfg.heads, head_dim=cfg.dim_head, dropout=cfg.dropout, cfg=cfg.video_attention)
+        video_attn = ECACrossAttention(d, num_heads=cfg.heads, head_dim=cfg.dim_head, dropout=cfg.dropout, qkv_bias=False,
+                                       cfg=cfg.video_attention)  # ALMT's q/k/v projections have no bias
         self.video_stream = TokenStream(cfg.vision_len, cfg, video_attn)
         self.text_encoder = TextEncoder(cfg)
         self.hyper_layers = nn.ModuleList(HyperLayer(cfg) for _ in range(cfg.hyper_depth))

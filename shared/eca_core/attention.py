@@ -8,16 +8,20 @@ Both layers compute ``z = v̄ + λ·(Σ_j α_j v_j − v̄)`` with ``α = softma
   training batches (frozen in eval);
 * SRA: λ_i = min(λ_max, 1 + softplus(MLP(x̄_i))), starting near 1.
 
-Masks are boolean ``(B, N)`` with **True = a real element** (padding is False). Each layer keeps
-the λ of its last forward in ``last_lambda`` so :func:`eca_core.losses.sra_penalty` can find it
-in any host model; ``return_aux=True`` also returns weights and temperatures for inspection.
+Masks have explicit names: ``context_mask`` (B, N) with **True = a real element**, or
+``key_padding_mask`` with ``nn.MultiheadAttention``'s meaning (**True = padding**, ignored); never a
+bare ``mask``. λ for the SRA penalty is collected per forward: :func:`collect_lambdas` gathers the λ
+of every layer run inside it, and :func:`eca_core.losses.sra_penalty` on a model reads each layer's
+latest λ and clears it, so a layer that did not run in this step never contributes a stale λ.
+``return_aux=True`` (or ``need_weights=True``) also returns weights and temperatures.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Iterator, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +36,8 @@ class ECAConfig:
     """Switches and hyper-parameters of one ECA layer (paper Table 4 ranges in comments)."""
 
     mode: Literal["softmax", "eca"] = "eca"
-    dats: bool = True  # dispersion-aware temperature softmax
-    sra: bool = True  # scaled residual aggregation
+    dats: bool | None = None  # dispersion-aware temperature softmax (None: on in eca mode, off in softmax mode)
+    sra: bool | None = None  # scaled residual aggregation (None: on in eca mode, off in softmax mode)
     tau_min: float = 0.3  # [0, 0.8]
     beta: float = 1.0  # [0.5, 3]
     lambda_max: float = 2.0
@@ -48,14 +52,16 @@ class ECAConfig:
             raise ValueError(f"ECAConfig.tau_min must be in [0, 1], got {self.tau_min}")
         if self.lambda_max < 1.0:
             raise ValueError(f"ECAConfig.lambda_max must be >= 1, got {self.lambda_max}")
+        if self.mode == "softmax" and (self.dats or self.sra):
+            raise ValueError("ECAConfig(mode='softmax') is plain softmax attention; dats/sra need mode='eca'")
 
     @property
     def use_dats(self) -> bool:
-        return self.mode == "eca" and self.dats
+        return self.mode == "eca" and self.dats is not False
 
     @property
     def use_sra(self) -> bool:
-        return self.mode == "eca" and self.sra
+        return self.mode == "eca" and self.sra is not False
 
     @classmethod
     def variant(cls, name: str, **overrides) -> "ECAConfig":
@@ -93,9 +99,12 @@ def check_set(x: Tensor, mask: Tensor | None, name: str = "x") -> Tensor:
     if mask.shape != x.shape[:2]:
         raise ValueError(f"mask shape {tuple(mask.shape)} does not match {name} shape {tuple(x.shape)}: expected {tuple(x.shape[:2])}")
     mask = mask.to(device=x.device, dtype=torch.bool)
-    if not bool(mask.any(dim=1).all()):
-        empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
-        raise ValueError(f"mask leaves samples {empty[:10]} with no valid element")
+    if x.device.type == "cpu" and not torch.compiler.is_compiling():  # a descriptive error costs nothing on the CPU
+        if not bool(mask.any(dim=1).all()):
+            empty = (~mask.any(dim=1)).nonzero().flatten().tolist()
+            raise ValueError(f"mask leaves samples {empty[:10]} with no valid element")
+    elif not torch.compiler.is_compiling():  # on an accelerator: checked without a host sync
+        torch._assert_async(mask.any(dim=1).all(), "context mask leaves a sample with no valid element")
     return mask
 
 
@@ -147,17 +156,14 @@ class DispersionTemperature(nn.Module):
 
     def forward(self, d: Tensor) -> Tensor:
         d = d.float()
-        if self.training:
+        if self.training:  # running mean, first batch copied; tensor ops only (no host sync, compiles whole)
             with torch.no_grad():
-                batch = d.detach().mean()
-                if bool(self.initialised):
-                    self.d_ref.lerp_(batch, self.momentum)
-                else:
-                    self.d_ref.copy_(batch)
-                    self.initialised.fill_(True)
-            ref = self.d_ref
+                batch = d.detach().mean().to(self.d_ref.dtype)
+                self.d_ref.copy_(torch.where(self.initialised, torch.lerp(self.d_ref, batch, self.momentum), batch))
+                self.initialised.fill_(True)
+            ref = self.d_ref.float()
         else:  # frozen; an untrained layer uses each sample's own d so samples never affect each other
-            ref = self.d_ref if bool(self.initialised) else d.detach()
+            ref = torch.where(self.initialised, self.d_ref.float(), d.detach())
         tau = self.tau_min + (1.0 - self.tau_min) * torch.tanh(self.beta * d / (ref + _EPS))
         return tau.clamp_min(_TAU_FLOOR)
 
@@ -177,6 +183,28 @@ class ResidualScale(nn.Module):
         return (1.0 + F.softplus(raw)).clamp(max=self.lambda_max)
 
 
+def _head_dim(dim: int, num_heads: int, head_dim: int | None) -> int:
+    if num_heads < 1:
+        raise ValueError(f"num_heads must be >= 1, got {num_heads}")
+    if head_dim is None:
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}; pass head_dim explicitly")
+        return dim // num_heads
+    return head_dim
+
+
+def context_keep_mask(x: Tensor, context_mask: Tensor | None, key_padding_mask: Tensor | None, name: str) -> Tensor:
+    """One boolean (B, N) keep-mask from either convention: ``context_mask`` True = a real element, or
+    ``key_padding_mask`` with ``nn.MultiheadAttention``'s meaning (True = padding, ignored)."""
+    if context_mask is not None and key_padding_mask is not None:
+        raise ValueError("give context_mask (True = keep) or key_padding_mask (True = ignore), not both")
+    if key_padding_mask is not None:
+        if key_padding_mask.dtype != torch.bool:  # a float mask: -inf (or any negative) marks padding
+            key_padding_mask = key_padding_mask < 0
+        context_mask = ~key_padding_mask.to(torch.bool)
+    return check_set(x, context_mask, name)
+
+
 class _ECAAttention(nn.Module):
     """Shared machinery: DATS/SRA modules, the aggregation and the aux bookkeeping."""
 
@@ -188,8 +216,9 @@ class _ECAAttention(nn.Module):
         self.residual_scale = ResidualScale(set_dim, self.cfg) if self.cfg.use_sra else None
         self.last_lambda: Tensor | None = None
 
-    def _aggregate(self, q: Tensor, k: Tensor, v: Tensor, elements: Tensor, mask: Tensor, need_weights: bool) -> tuple[Tensor, AttentionAux]:
-        # q (B,H,L,dh)  k, v (B,H,N,dh)  elements (B,N,D)  mask (B,N) -> out (B,H,L,dh)
+    def _aggregate(self, q: Tensor, k: Tensor, v: Tensor, elements: Tensor, mask: Tensor, need_weights: bool,
+                   attn_bias: Tensor | None = None) -> tuple[Tensor, AttentionAux]:
+        # q (B,H,L,dh)  k, v (B,H,N,dh)  elements (B,N,D)  mask (B,N) keep  attn_bias (B|1,H|1,L,N) additive -> out (B,H,L,dh)
         b = q.shape[0]
         ones = torch.ones(b, device=q.device)
         if self.temperature is not None or self.residual_scale is not None or need_weights:
@@ -203,11 +232,15 @@ class _ECAAttention(nn.Module):
         if self.temperature is not None:
             q = q / tau.to(q.dtype).view(b, 1, 1, 1)
         attn_mask = mask[:, None, None, :]  # (B,1,1,N), True = attend
+        if attn_bias is not None:  # an extra additive / boolean mask (nn.MultiheadAttention's attn_mask)
+            attn_mask = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill(~attn_mask, float("-inf")) + attn_bias
         p = self.dropout if self.training else 0.0
         weights = None
         if need_weights:
             scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
-            weights = torch.softmax(scores.float().masked_fill(~attn_mask, float("-inf")), dim=-1).to(v.dtype)
+            scores = scores.float().masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
+                else scores.float() + attn_mask.float()
+            weights = torch.softmax(scores, dim=-1).to(v.dtype)
             out = F.dropout(weights, p, self.training) @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
@@ -215,7 +248,9 @@ class _ECAAttention(nn.Module):
             # the value projection is affine, so the mean of projected values is the projection of x̄
             vbar = self._split(self.v_proj(xbar.to(v.dtype)).unsqueeze(1))  # (B,H,1,dh)
             out = vbar + lam.to(out.dtype).view(b, 1, 1, 1) * (out - vbar)
-        self.last_lambda = lam if self.residual_scale is not None else None
+            if torch.is_grad_enabled():  # read (and cleared) by sra_penalty; never kept from a no-grad forward
+                self.last_lambda = lam
+                _record_lambda(lam)
         return out, AttentionAux(lam, tau, weights, d)
 
     def _split(self, x: Tensor) -> Tensor:
@@ -240,36 +275,42 @@ class ECAPooling(_ECAAttention):
         out_proj: bool = True,
         out_dim: int | None = None,
         dropout: float = 0.0,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
         cfg: ECAConfig | None = None,
     ) -> None:
-        head_dim = head_dim or dim // num_heads
+        head_dim = _head_dim(dim, num_heads, head_dim)
         inner = num_heads * head_dim
         if not value_proj and inner != dim:
             raise ValueError(f"value_proj=False needs num_heads*head_dim == dim, got {num_heads}*{head_dim} != {dim}")
         super().__init__(dim, num_heads, head_dim, dropout, cfg)
         self.dim, self.num_queries = dim, num_queries
         self.query = nn.Parameter(torch.randn(num_queries, inner) * 0.02)
-        self.k_proj = nn.Linear(dim, inner)
-        self.v_proj = nn.Linear(dim, inner) if value_proj else nn.Identity()
-        self.out_proj = nn.Linear(inner, out_dim or dim) if out_proj else nn.Identity()
+        self.k_proj = nn.Linear(dim, inner, bias=qkv_bias)
+        self.v_proj = nn.Linear(dim, inner, bias=qkv_bias) if value_proj else nn.Identity()
+        self.out_proj = nn.Linear(inner, out_dim or dim, bias=proj_bias) if out_proj else nn.Identity()
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, return_aux: bool = False, need_weights: bool = False):
-        """x (B, N, dim), mask (B, N) True = valid → (B, Q, out_dim) [, AttentionAux]."""
-        mask = check_set(x, mask, "x")
+    def forward(self, x: Tensor, context_mask: Tensor | None = None, key_padding_mask: Tensor | None = None,
+                return_aux: bool = False, need_weights: bool = False):
+        """x (B, N, dim); ``context_mask`` (B, N) True = a real element, or ``key_padding_mask`` True = padding
+        → (B, Q, out_dim) [, AttentionAux]; with ``need_weights`` the aux holds the weights (B, H, Q, N)."""
+        mask = context_keep_mask(x, context_mask, key_padding_mask, "x")
         if x.shape[-1] != self.dim:
             raise ValueError(f"x has feature dim {x.shape[-1]}, layer expects {self.dim} (shape {tuple(x.shape)})")
         b = x.shape[0]
         q = self.query.to(x.dtype).expand(b, -1, -1)  # (B,Q,inner)
         out, aux = self._aggregate(self._split(q), self._split(self.k_proj(x)), self._split(self.v_proj(x)), x, mask, need_weights or return_aux)
         out = self.out_proj(out.transpose(1, 2).reshape(b, self.num_queries, -1))
-        return (out, aux) if return_aux else out
+        return (out, aux) if (return_aux or need_weights) else out
 
 
 class ECACrossAttention(_ECAAttention):
     """Multi-head cross-attention (query attends over key/value set) with softmax or ECA aggregation.
 
-    ``forward(query, key, value=None, mask=None)``: query (B, L, dim), key/value (B, N, kv_dim),
-    mask (B, N) True = valid → (B, L, dim). Self-attention is ``forward(x, x)``.
+    ``forward(query, key, value=None, context_mask=None)``: query (B, L, dim), key/value (B, N, kv_dim),
+    ``context_mask`` (B, N) True = a real element (or ``key_padding_mask`` True = padding, PyTorch's
+    meaning) → (B, L, dim). Self-attention is ``forward(x, x)``. For ``nn.MultiheadAttention``'s exact
+    signature and return use :class:`eca_core.mha.ECAMultiheadAttention`.
     """
 
     def __init__(
@@ -279,30 +320,32 @@ class ECACrossAttention(_ECAAttention):
         head_dim: int | None = None,
         kv_dim: int | None = None,
         dropout: float = 0.0,
-        bias: bool = True,
+        qkv_bias: bool = True,
+        proj_bias: bool = True,
         cfg: ECAConfig | None = None,
     ) -> None:
-        head_dim = head_dim or dim // num_heads
+        head_dim = _head_dim(dim, num_heads, head_dim)
         kv_dim = kv_dim or dim
         super().__init__(kv_dim, num_heads, head_dim, dropout, cfg)
         inner = num_heads * head_dim
         self.dim, self.kv_dim = dim, kv_dim
-        self.q_proj = nn.Linear(dim, inner, bias=bias)
-        self.k_proj = nn.Linear(kv_dim, inner, bias=bias)
-        self.v_proj = nn.Linear(kv_dim, inner, bias=bias)
-        self.out_proj = nn.Linear(inner, dim, bias=bias)
+        self.q_proj = nn.Linear(dim, inner, bias=qkv_bias)
+        self.k_proj = nn.Linear(kv_dim, inner, bias=qkv_bias)
+        self.v_proj = nn.Linear(kv_dim, inner, bias=qkv_bias)
+        self.out_proj = nn.Linear(inner, dim, bias=proj_bias)
 
     def forward(
         self,
         query: Tensor,
         key: Tensor,
         value: Tensor | None = None,
-        mask: Tensor | None = None,
+        context_mask: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
         return_aux: bool = False,
         need_weights: bool = False,
     ):
         value = key if value is None else value
-        mask = check_set(value, mask, "value")
+        mask = context_keep_mask(value, context_mask, key_padding_mask, "value")
         if query.dim() != 3 or query.shape[0] != key.shape[0] or query.shape[-1] != self.dim:
             raise ValueError(f"query shape {tuple(query.shape)} incompatible: expected (B={key.shape[0]}, L, {self.dim})")
         if key.shape[:2] != value.shape[:2] or key.shape[-1] != self.kv_dim or value.shape[-1] != self.kv_dim:
@@ -311,4 +354,30 @@ class ECACrossAttention(_ECAAttention):
         q, k, v = self._split(self.q_proj(query)), self._split(self.k_proj(key)), self._split(self.v_proj(value))
         out, aux = self._aggregate(q, k, v, value, mask, need_weights or return_aux)
         out = self.out_proj(out.transpose(1, 2).reshape(b, l, -1))
-        return (out, aux) if return_aux else out
+        return (out, aux) if (return_aux or need_weights) else out
+
+
+# ----------------------------------------------------------------------------------------- λ collection
+
+_COLLECTORS: list[list[Tensor]] = []
+
+
+def _record_lambda(lam: Tensor) -> None:
+    for bucket in _COLLECTORS:
+        bucket.append(lam)
+
+
+@contextmanager
+def collect_lambdas() -> Iterator[list[Tensor]]:
+    """The λ (B,) of every ECA layer that runs inside the block, in call order (for ``sra_penalty``)::
+
+        with collect_lambdas() as lams:
+            pred = model(x)
+        loss = mse + gamma * sra_penalty(lams)
+    """
+    bucket: list[Tensor] = []
+    _COLLECTORS.append(bucket)
+    try:
+        yield bucket
+    finally:
+        _COLLECTORS.remove(bucket)

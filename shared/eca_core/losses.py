@@ -58,9 +58,14 @@ def dnpl_loss(pred: Tensor, target: Tensor) -> Tensor:
 
 
 def sra_penalty(model_or_lambdas: nn.Module | Tensor | list[Tensor]) -> Tensor:
-    """R = mean (λ − 1)² over the λ of every ECA layer's last forward (or over given λ tensors)."""
-    if isinstance(model_or_lambdas, nn.Module):
-        lams = [m.last_lambda for m in model_or_lambdas.modules() if getattr(m, "last_lambda", None) is not None]
+    """R = mean (λ − 1)² over the λ of a model's ECA layers since the last call, or over given λ tensors
+    (e.g. from :func:`eca_core.attention.collect_lambdas`). A layer's λ is counted once: reading clears it."""
+    if isinstance(model_or_lambdas, nn.Module):  # each layer's λ of its latest forward, consumed here
+        lams = []
+        for m in model_or_lambdas.modules():
+            if getattr(m, "last_lambda", None) is not None:
+                lams.append(m.last_lambda)
+                m.last_lambda = None
     elif isinstance(model_or_lambdas, Tensor):
         lams = [model_or_lambdas]
     else:

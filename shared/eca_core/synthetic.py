@@ -121,7 +121,7 @@ class GatingRegressor(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x (B, n, d) → ŷ (B,)."""
-        return self.head(self.pool(x, mask)[:, 0]).squeeze(-1)
+        return self.head(self.pool(x, context_mask=mask)[:, 0]).squeeze(-1)
 
 
 @dataclass

@@ -39,7 +39,7 @@ def test_cross_attention_matches_manual_softmax(batch):
     k = layer.k_proj(x).view(b, 9, 4, 4).transpose(1, 2)
     v = layer.v_proj(x).view(b, 9, 4, 4).transpose(1, 2)
     ref = layer.out_proj(_softmax_reference(q, k, v, mask).transpose(1, 2).reshape(b, 3, 16))
-    torch.testing.assert_close(layer(query, x, mask=mask), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(layer(query, x, context_mask=mask), ref, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("cls", ["pool", "cross"])
@@ -58,7 +58,7 @@ def test_lambda_one_tau_one_reproduces_softmax(batch, cls):
         eca = ECACrossAttention(16, num_heads=4, cfg=pinned)
         _copy(eca, soft)
         query = torch.randn(5, 3, 16)
-        out_s, out_e = soft(query, x, mask=mask), eca(query, x, mask=mask, return_aux=True)
+        out_s, out_e = soft(query, x, context_mask=mask), eca(query, x, context_mask=mask, return_aux=True)
     out_e, aux = out_e
     assert torch.equal(aux.lam, torch.ones(5)) and torch.equal(aux.tau, torch.ones(5))
     torch.testing.assert_close(out_e, out_s, atol=1e-6, rtol=1e-6)
@@ -101,12 +101,12 @@ def test_padding_gets_zero_weight_and_does_not_change_output(batch, mode):
     x, mask = batch
     layer = ECACrossAttention(16, num_heads=4, cfg=ECAConfig(mode=mode)).eval()
     query = torch.randn(5, 2, 16)
-    out, aux = layer(query, x, mask=mask, return_aux=True)
+    out, aux = layer(query, x, context_mask=mask, return_aux=True)
     assert torch.all(aux.weights[1, :, :, 6:] == 0) and torch.all(aux.weights[3, :, :, 2:] == 0)
     x2 = x.clone()
     x2[1, 6:] = 1e3 * torch.randn(3, 16)
     x2[3, 2:] = -7.0
-    out2 = layer(query, x2, mask=mask)
+    out2 = layer(query, x2, context_mask=mask)
     torch.testing.assert_close(out, out2, atol=1e-5, rtol=1e-5)
     # a padded sample equals the same sample given alone without padding
     alone = layer(query[3:4], x[3:4, :2])
@@ -116,7 +116,10 @@ def test_padding_gets_zero_weight_and_does_not_change_output(batch, mode):
 def test_weights_path_equals_fused_path(batch):
     x, mask = batch
     layer = ECAPooling(16, num_queries=3, num_heads=4, cfg=ECAConfig()).eval()
-    torch.testing.assert_close(layer(x, mask), layer(x, mask, need_weights=True), atol=1e-5, rtol=1e-5)
+    out, aux = layer(x, mask, need_weights=True)  # weights asked for are returned, not dropped
+    torch.testing.assert_close(layer(x, mask), out, atol=1e-5, rtol=1e-5)
+    assert aux.weights.shape == (x.shape[0], 4, 3, x.shape[1])
+    torch.testing.assert_close(aux.weights.sum(-1), torch.ones(x.shape[0], 4, 3))
 
 
 def test_dats_sharpens_homogeneous_samples():
@@ -154,11 +157,11 @@ def test_shape_errors_name_the_shapes():
     layer = ECACrossAttention(16, num_heads=4)
     x = torch.randn(2, 5, 16)
     with pytest.raises(ValueError, match=r"mask shape \(2, 4\).*\(2, 5, 16\)"):
-        layer(x, x, mask=torch.ones(2, 4, dtype=torch.bool))
+        layer(x, x, context_mask=torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"key \(2, 5, 8\).*\(B, N, 16\)"):
         layer(x, x[..., :8])
     with pytest.raises(ValueError, match="no valid element"):
-        layer(x, x, mask=torch.zeros(2, 5, dtype=torch.bool))
+        layer(x, x, context_mask=torch.zeros(2, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"\(3, 5, 16\)"):
         layer(torch.randn(3, 5, 16), x)
     with pytest.raises(ValueError, match=r"\(5, 16\)"):
@@ -211,3 +214,48 @@ def test_fast_dispersion_statistic_matches_careful_form():
     xbar, d_careful = set_dispersion(x, mask, with_radius=False)
     torch.testing.assert_close(masked_mean(x, mask), xbar)
     torch.testing.assert_close(_dispersion_statistic(x, xbar, mask), d_careful, rtol=2e-3, atol=1e-4)
+
+
+def test_lambda_of_a_layer_that_did_not_run_is_never_reused():
+    """Layer A in one step, layer B in the next: the penalty sees only this step's λ (no stale graph)."""
+    from eca_core.attention import collect_lambdas
+
+    host = nn.ModuleDict({"a": ECAPooling(8, cfg=ECAConfig()), "b": ECAPooling(8, cfg=ECAConfig())})
+    x = torch.randn(4, 5, 8)
+    (host["a"](x).sum() + sra_penalty(host)).backward()
+    (host["b"](x).sum() + sra_penalty(host)).backward()  # crashed before: A's λ from the freed graph was summed again
+    with collect_lambdas() as lams:
+        host["a"](x)
+        host["b"](x)
+    assert len(lams) == 2 and all(lam.shape == (4,) for lam in lams)
+    with torch.no_grad():
+        host["a"](x)
+    assert host["a"].last_lambda is None or host["a"].last_lambda.requires_grad
+
+
+def test_configuration_mistakes_are_errors():
+    with pytest.raises(ValueError, match="dim 10 is not divisible by num_heads 4"):
+        ECACrossAttention(10, num_heads=4)
+    with pytest.raises(ValueError, match="mode='softmax'.*dats/sra need mode='eca'"):
+        ECAConfig(mode="softmax", sra=True)
+    assert not ECAConfig(mode="softmax").use_sra and ECAConfig().use_sra and not ECAConfig(sra=False).use_sra
+    layer = ECACrossAttention(16, num_heads=2, qkv_bias=False, proj_bias=True)
+    assert layer.q_proj.bias is None and layer.v_proj.bias is None and layer.out_proj.bias is not None
+
+
+def test_key_padding_mask_has_pytorch_meaning():
+    layer = ECACrossAttention(8, num_heads=2, cfg=ECAConfig()).eval()
+    q, x = torch.randn(3, 2, 8), torch.randn(3, 6, 8)
+    keep = torch.ones(3, 6, dtype=torch.bool)
+    keep[0, 4:] = False
+    torch.testing.assert_close(layer(q, x, key_padding_mask=~keep), layer(q, x, context_mask=keep))
+    with pytest.raises(ValueError, match="not both"):
+        layer(q, x, context_mask=keep, key_padding_mask=~keep)
+
+
+def test_compiles_as_one_graph():
+    layer = ECACrossAttention(16, num_heads=2, cfg=ECAConfig())
+    q, x = torch.randn(2, 3, 16), torch.randn(2, 7, 16)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    compiled = torch.compile(layer, fullgraph=True, backend="eager")  # fullgraph: any graph break is an error
+    torch.testing.assert_close(compiled(q, x, context_mask=mask), layer(q, x, context_mask=mask), atol=1e-6, rtol=1e-6)

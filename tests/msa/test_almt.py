@@ -71,7 +71,7 @@ def test_whole_model_with_eca_off_equals_plain_softmax_attention():
     model = _model("softmax")
     plain = copy.deepcopy(model)
     eca_attn = model.video_stream.attn.attn
-    softmax_attn = Attention(128, eca_attn.num_heads, eca_attn.head_dim, qkv_bias=True)
+    softmax_attn = Attention(128, eca_attn.num_heads, eca_attn.head_dim)  # as published: no q/k/v bias, like ours
     for ours, theirs in ((eca_attn.q_proj, softmax_attn.to_q), (eca_attn.k_proj, softmax_attn.to_k),
                          (eca_attn.v_proj, softmax_attn.to_v), (eca_attn.out_proj, softmax_attn.to_out[0])):
         theirs.load_state_dict(ours.state_dict())
