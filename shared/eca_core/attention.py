@@ -205,8 +205,12 @@ def context_keep_mask(x: Tensor, context_mask: Tensor | None, key_padding_mask: 
     return check_set(x, context_mask, name)
 
 
-class _ECAAttention(nn.Module):
-    """Shared machinery: DATS/SRA modules, the aggregation and the aux bookkeeping."""
+class ECAAggregation(nn.Module):
+    """The ECA part of any attention layer: DATS and SRA around a (masked) softmax aggregation.
+
+    A host layer projects q, k, v itself and calls :meth:`_aggregate`; the converters in
+    :mod:`eca_core.convert` attach one of these to timm and transformers attention modules.
+    """
 
     def __init__(self, set_dim: int, num_heads: int, head_dim: int, dropout: float, cfg: ECAConfig | None) -> None:
         super().__init__()
@@ -215,6 +219,7 @@ class _ECAAttention(nn.Module):
         self.temperature = DispersionTemperature(self.cfg) if self.cfg.use_dats else None
         self.residual_scale = ResidualScale(set_dim, self.cfg) if self.cfg.use_sra else None
         self.last_lambda: Tensor | None = None
+        self.scale: float | None = None  # logit scale; None: 1/sqrt(head_dim)
 
     def _aggregate(self, q: Tensor, k: Tensor, v: Tensor, elements: Tensor, mask: Tensor, need_weights: bool,
                    attn_bias: Tensor | None = None) -> tuple[Tensor, AttentionAux]:
@@ -232,21 +237,23 @@ class _ECAAttention(nn.Module):
         if self.temperature is not None:
             q = q / tau.to(q.dtype).view(b, 1, 1, 1)
         attn_mask = mask[:, None, None, :]  # (B,1,1,N), True = attend
+        scale = self.scale if self.scale is not None else 1.0 / math.sqrt(self.head_dim)
         if attn_bias is not None:  # an extra additive / boolean mask (nn.MultiheadAttention's attn_mask)
             attn_mask = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill(~attn_mask, float("-inf")) + attn_bias
         p = self.dropout if self.training else 0.0
         weights = None
         if need_weights:
-            scores = (q @ k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+            scores = (q @ k.transpose(-1, -2)) * scale
             scores = scores.float().masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
                 else scores.float() + attn_mask.float()
             weights = torch.softmax(scores, dim=-1).to(v.dtype)
             out = F.dropout(weights, p, self.training) @ v
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, scale=self.scale)
         if self.residual_scale is not None:
-            # the value projection is affine, so the mean of projected values is the projection of x̄
-            vbar = self._split(self.v_proj(xbar.to(v.dtype)).unsqueeze(1))  # (B,H,1,dh)
+            # v̄ = mean of the values over the real elements (= v_proj(x̄): the projection is affine)
+            w = mask.to(v.dtype)
+            vbar = (torch.einsum("bn,bhnd->bhd", w, v) / w.sum(1).clamp_min(1.0).view(b, 1, 1)).unsqueeze(2)  # (B,H,1,dh)
             out = vbar + lam.to(out.dtype).view(b, 1, 1, 1) * (out - vbar)
             if torch.is_grad_enabled():  # read (and cleared) by sra_penalty; never kept from a no-grad forward
                 self.last_lambda = lam
@@ -258,7 +265,7 @@ class _ECAAttention(nn.Module):
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
 
-class ECAPooling(_ECAAttention):
+class ECAPooling(ECAAggregation):
     """Attention pooling: ``num_queries`` learned queries attend over a set → (B, Q, out_dim).
 
     With ``value_proj=False`` and ``out_proj=False`` the output is a weighted combination of the
@@ -304,7 +311,7 @@ class ECAPooling(_ECAAttention):
         return (out, aux) if (return_aux or need_weights) else out
 
 
-class ECACrossAttention(_ECAAttention):
+class ECACrossAttention(ECAAggregation):
     """Multi-head cross-attention (query attends over key/value set) with softmax or ECA aggregation.
 
     ``forward(query, key, value=None, context_mask=None)``: query (B, L, dim), key/value (B, N, kv_dim),
