@@ -34,6 +34,7 @@ from eca_core.metrics import pearson_per_column
 from eca_core.pipeline import Stage, StageContext
 from eca_core.resume import RunLock, clean_temp_files, content_hash, item_is_current, write_item_marker
 from eca_core.trainer import call_trainer, make_trainer, quiet_lightning
+from eca_core.variants import VARIANTS
 from eca_bio.exemplars import ExemplarBank, ExemplarIndex
 from eca_bio.model import ExpressionModel, ModelConfig, RidgeBaseline
 from eca_bio.targets import TRANSFORMS, DataError, SlideData, TargetSpec, canonical_encoder, fit_targets, load_preprocessed, make_targets
@@ -43,15 +44,11 @@ METHODS: dict[str, tuple[dict[str, Any], str] | None] = {
     "ridge": None,
     "ridge_cv": None,
     "meanpool": ({"pool": "mean"}, "plain"),
-    "softmax": ({"pool": "attention", "attention": "softmax"}, "plain"),
-    "eca": ({"pool": "attention", "attention": "eca"}, "dnpl"),
-    "no_sra": ({"pool": "attention", "attention": "no_sra"}, "dnpl"),
-    "no_dats": ({"pool": "attention", "attention": "no_dats"}, "dnpl"),
-    "no_dnpl": ({"pool": "attention", "attention": "no_dnpl"}, "plain"),
+    **{name: ({"pool": "attention", "attention": name}, v.pcc) for name, v in VARIANTS.items()},  # the paper's variants
 }
 METHOD_LABELS = {
-    "ridge": "ridge (PCA-256, HEST)", "ridge_cv": "ridge (PCA-256, alpha on val slide)", "meanpool": "mean-pool MLP", "softmax": "softmax attention",
-    "eca": "ECA full", "no_sra": "ECA w/o SRA", "no_dats": "ECA w/o DATS", "no_dnpl": "ECA w/o DNPL",
+    "ridge": "ridge (PCA-256, HEST)", "ridge_cv": "ridge (PCA-256, alpha on val slide)", "meanpool": "mean-pool MLP",
+    **{name: v.label for name, v in VARIANTS.items()},
 }
 log = logging.getLogger(__name__)
 

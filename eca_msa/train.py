@@ -86,7 +86,8 @@ class TrainConfig:
 def setting_configs(cfg: TrainConfig, setting: str, shapes: dict[str, int]) -> tuple[ALMTConfig, LossConfig]:
     """The model and loss of one setting, built for the data's lengths and feature sizes."""
     flags = SETTINGS[setting]
-    video = replace(cfg.model.video_attention, mode=flags["video_attention"])
+    softmax = flags["video_attention"] == "softmax"  # plain softmax: the DATS/SRA switches do not apply
+    video = replace(cfg.model.video_attention, mode=flags["video_attention"], **({"dats": None, "sra": None} if softmax else {}))
     model = replace(cfg.model, video_attention=video, **shapes)
     loss = LossConfig(pcc=flags["pcc"], pcc_weight=cfg.pcc_weight if flags["pcc"] != "none" else 0.0,
                       sra_weight=cfg.sra_weight if flags["video_attention"] == "eca" else 0.0)

@@ -65,17 +65,10 @@ class ECAConfig:
 
     @classmethod
     def variant(cls, name: str, **overrides) -> "ECAConfig":
-        """The paper's named variants: softmax, eca (full), no_sra, no_dats (no_dnpl is a loss switch)."""
-        table = {
-            "softmax": dict(mode="softmax"),
-            "eca": dict(mode="eca"),
-            "no_sra": dict(mode="eca", sra=False),
-            "no_dats": dict(mode="eca", dats=False),
-            "no_dnpl": dict(mode="eca"),
-        }
-        if name not in table:
-            raise ValueError(f"unknown ECA variant {name!r}; choose from {sorted(table)}")
-        return cls(**{**table[name], **overrides})
+        """The layer config of a named variant (the table lives in :mod:`eca_core.variants`)."""
+        from eca_core.variants import layer_config
+
+        return layer_config(name, **overrides)
 
 
 class AttentionAux(NamedTuple):

@@ -32,8 +32,9 @@ from torch import Tensor, nn
 from eca_core.attention import ECAConfig, ECAPooling
 from eca_core.config import to_dict
 from eca_core.losses import ECAObjective, LossConfig, pcc_per_dim
+from eca_core.variants import VARIANTS as ALL_VARIANTS, pcc_loss
 
-VARIANTS = ("softmax", "eca", "no_sra", "no_dats", "no_dnpl")
+VARIANTS = tuple(ALL_VARIANTS)
 # Mean key contrast per level, calibrated so mean d ≈ 0.10, 0.24, 0.42, 0.73 (checked by tests/core/test_synthetic.py).
 LEVEL_CONTRAST = {"d=0.10": 0.274, "d=0.24": 0.707, "d=0.42": 1.250, "d=0.73": 2.180}
 LEVEL_TARGET_D = {"d=0.10": 0.10, "d=0.24": 0.24, "d=0.42": 0.42, "d=0.73": 0.73}
@@ -140,9 +141,8 @@ class TrainConfig:
         return ECAConfig.variant(variant, tau_min=self.tau_min, beta=self.beta, lambda_max=self.lambda_max)
 
     def loss_config(self, variant: str) -> LossConfig:
-        """Softmax baseline and w/o-DNPL use the plain joint loss MSE + PCC; the others use DNPL."""
-        pcc = "plain" if variant in ("softmax", "no_dnpl") else "dnpl"
-        return LossConfig(pcc=pcc, pcc_weight=self.pcc_weight, sra_weight=self.sra_weight)
+        """The variant's PCC term (plain for softmax and w/o-DNPL, DNPL otherwise; see eca_core.variants)."""
+        return LossConfig(pcc=pcc_loss(variant), pcc_weight=self.pcc_weight, sra_weight=self.sra_weight)
 
 
 @dataclass
