@@ -18,7 +18,6 @@ import copy
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eca_core.attention import ECAAggregation, ECAConfig
