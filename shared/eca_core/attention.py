@@ -244,14 +244,21 @@ class ECAAggregation(nn.Module):
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, scale=self.scale)
         if self.residual_scale is not None:
-            # v̄ = mean of the values over the real elements (= v_proj(x̄): the projection is affine)
-            w = mask.to(v.dtype)
-            vbar = (torch.einsum("bn,bhnd->bhd", w, v) / w.sum(1).clamp_min(1.0).view(b, 1, 1)).unsqueeze(2)  # (B,H,1,dh)
-            out = vbar + lam.to(out.dtype).view(b, 1, 1, 1) * (out - vbar)
+            vbar = self._value_mean(xbar, v, mask)  # (B,H,1,dh)
+            out = torch.lerp(vbar.expand_as(out), out, lam.to(out.dtype).view(b, 1, 1, 1))  # v̄ + λ·(Σα v − v̄), one kernel
             if torch.is_grad_enabled():  # read (and cleared) by sra_penalty; never kept from a no-grad forward
                 self.last_lambda = lam
                 _record_lambda(lam)
         return out, AttentionAux(lam, tau, weights, d)
+
+    def _value_mean(self, xbar: Tensor, v: Tensor, mask: Tensor) -> Tensor:
+        """v̄ (B,H,1,dh): the mean of the values over the real elements. A host whose ``v_proj`` is an
+        ``nn.Linear`` on the elements gets it as ``v_proj(x̄)`` (exact: the projection is affine, and cheaper)."""
+        proj = getattr(self, "v_proj", None)
+        if isinstance(proj, (nn.Linear, nn.Identity)):
+            return self._split(proj(xbar.to(v.dtype)).unsqueeze(1))
+        w = mask.to(v.dtype)
+        return (torch.einsum("bn,bhnd->bhd", w, v) / w.sum(1).clamp_min(1.0).view(-1, 1, 1)).unsqueeze(2)
 
     def _split(self, x: Tensor) -> Tensor:
         b, n, _ = x.shape
