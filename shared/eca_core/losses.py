@@ -38,23 +38,27 @@ def _valid_columns(target: Tensor) -> Tensor:
     return target.float().std(0, unbiased=False) > 1e-6
 
 
+def _mean_over_valid(per_column: Tensor, valid: Tensor, pred: Tensor) -> Tensor:
+    """Mean of ``per_column`` over the valid columns, 0 when there is none; no host sync (no boolean indexing)."""
+    w = valid.to(per_column.dtype)
+    return (per_column * w).sum() / w.sum().clamp_min(1.0) + pred.sum() * 0.0
+
+
 def pcc_loss(pred: Tensor, target: Tensor) -> Tensor:
     """mean_k (1 − ρ_k) over columns whose target varies in the batch (0 if none or batch < 2)."""
-    rho, _, _ = pcc_per_dim(pred, target)
-    valid = _valid_columns(target)
-    if pred.shape[0] < 2 or not bool(valid.any()):
+    if pred.shape[0] < 2:
         return pred.sum() * 0.0
-    return (1.0 - rho[valid]).mean()
+    rho, _, _ = pcc_per_dim(pred, target)
+    return _mean_over_valid(1.0 - rho, _valid_columns(target), pred)
 
 
 def dnpl_loss(pred: Tensor, target: Tensor) -> Tensor:
     """DNPL: mean_k sg(σ_ŷk / σ_yk)·(1 − ρ_k). Same stationary points as 1 − ρ, no 1/σ_ŷ attenuation."""
-    rho, sp, st = pcc_per_dim(pred, target)
-    valid = _valid_columns(target)
-    if pred.shape[0] < 2 or not bool(valid.any()):
+    if pred.shape[0] < 2:
         return pred.sum() * 0.0
+    rho, sp, st = pcc_per_dim(pred, target)
     scale = (sp / st).detach()
-    return (scale[valid] * (1.0 - rho[valid])).mean()
+    return _mean_over_valid(scale * (1.0 - rho), _valid_columns(target), pred)
 
 
 def sra_penalty(model_or_lambdas: nn.Module | Tensor | list[Tensor]) -> Tensor:
