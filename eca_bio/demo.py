@@ -124,6 +124,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     start = time.time()
     out = Path(args.run_dir)
+    os.environ["DEMO_DATA"] = str((out / "data").resolve())  # the demo pipeline reads its data and run dir from these
+    os.environ["RUN_DIR"] = str(out.resolve())
     spec = PipelineSpec.from_yaml(args.pipeline or default_pipeline()).with_overrides(args.overrides)
     validate_pipeline(spec)  # a bad --set fails now, not after the data are painted
     distributed.launch(runtime_options(args))  # several ranks: start them before anything is written
@@ -149,7 +151,4 @@ def _run(spec: PipelineSpec, out: Path, args: argparse.Namespace) -> dict:
     if distributed.is_main():
         print(f"synthetic data: {len(list(data['st_dir'].iterdir()))} ST slides in {data['st_dir'].resolve()}, "
               f"new slide {data['new_slide'].resolve()}")
-    os.environ["DEMO_DATA"] = str((out / "data").resolve())
-    os.environ["RUN_DIR"] = str(out.resolve())
-    spec = PipelineSpec.from_yaml(spec.source).with_overrides(args.overrides)  # now with DEMO_DATA / RUN_DIR set
     return run_pipeline(spec, out, options=runtime_options(args))

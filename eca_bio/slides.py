@@ -47,7 +47,6 @@ class SlideReader:
                  allow_unusual_mpp: bool = False) -> None:
         self.path = Path(path).resolve()
         self.slide_id = slide_id_from_path(self.path)
-        self._given_mpp = mpp
         self._handle: Any = None
         self.allow_unusual_mpp = allow_unusual_mpp
         self.dimensions, self.metadata_mpp = self._probe()

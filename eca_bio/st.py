@@ -353,19 +353,14 @@ def exclude_outside_image(adata: ad.AnnData, width: int, height: int, max_outsid
 
 def validate_counts(X, obs_names, var_names, path: str) -> None:
     """Counts must be finite and non-negative: name the file, the first bad spot and gene, and how many are bad."""
-    data = X.data if sp.issparse(X) else np.asarray(X)
-    bad = ~np.isfinite(data) | (np.nan_to_num(data, nan=0.0) < 0)
+    coo = X.tocoo() if sp.issparse(X) else None
+    values = coo.data if coo is not None else np.asarray(X).ravel()
+    bad = ~np.isfinite(values) | (np.nan_to_num(values, nan=0.0) < 0)
     if not bad.any():
         return
-    dense_bad = (X.copy() if sp.issparse(X) else None)
-    if dense_bad is not None:
-        dense_bad.data = bad.astype(np.int8)
-        rows, cols = dense_bad.nonzero()
-        r, c = rows[0], cols[0]
-        value = X[r, c]
-    else:
-        r, c = map(int, np.argwhere(bad)[0])
-        value = data[r, c]
+    first = int(np.argmax(bad))
+    r, c = (int(coo.row[first]), int(coo.col[first])) if coo is not None else divmod(first, X.shape[1])
+    value = values[first]
     kind = "NaN" if np.isnan(value) else "infinite" if np.isinf(value) else "negative"
     raise STError(f"{path}: {int(bad.sum())} count(s) are NaN, infinite or negative; first: spot {obs_names[r]!r}, "
                   f"gene {var_names[c]!r} = {value} ({kind})")

@@ -11,7 +11,6 @@ ST slides (``<out>/final/``) for ``eca-bio predict``.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import math
@@ -31,7 +30,7 @@ from eca_core.config import check, from_dict, to_dict
 from eca_core.io import atomic_dir, write_json_atomic
 from eca_core.losses import ECAObjective, LossConfig
 from eca_core.metrics import pearson_per_column
-from eca_core.pipeline import Stage, StageContext
+from eca_core.pipeline import Stage, StageContext, digest
 from eca_core.resume import RunLock, clean_temp_files, content_hash, item_is_current, write_item_marker
 from eca_core.trainer import call_trainer, make_trainer, quiet_lightning
 from eca_core.variants import VARIANTS
@@ -306,7 +305,7 @@ def predict_spots(task: ExpressionTask, spots: SpotSet, bank: ExemplarBank, batc
 # ---------------------------------------------------------------------------------------- the CV run
 
 def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return digest(obj)[:16]
 
 
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:

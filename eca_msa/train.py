@@ -14,7 +14,6 @@ run with the same configuration is not repeated, so a crash loses at most the ru
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -34,7 +33,7 @@ from eca_core.cli import StageCommand
 from eca_core.config import check, from_dict, to_dict
 from eca_core.io import write_json_atomic
 from eca_core.losses import ECAObjective, LossConfig
-from eca_core.pipeline import Stage, StageContext
+from eca_core.pipeline import Stage, StageContext, digest
 from eca_core.resume import item_is_current, write_item_marker
 from eca_core.trainer import call_trainer, make_trainer
 from eca_msa.almt import ALMT, ALMTConfig
@@ -157,10 +156,10 @@ class ALMTRegressor(L.LightningModule):
 
 def _run_key(cfg: TrainConfig, setting: str, seed: int, shapes: dict[str, int], data_source: str) -> str:
     payload = {"cfg": to_dict(cfg), "setting": setting, "seed": seed, "shapes": shapes, "data": data_source}
-    payload["cfg"].pop("progress_bar", None)
-    payload["cfg"].pop("threads", None)
+    for name in TrainConfig.RUNTIME_FIELDS:
+        payload["cfg"].pop(name, None)
     payload["cfg"]["settings"] = payload["cfg"]["seeds"] = None
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return digest(payload)[:16]
 
 
 def train_one(data, cfg: TrainConfig, setting: str, seed: int, out_dir: Path, options: dict[str, Any] | None = None) -> dict[str, Any]:

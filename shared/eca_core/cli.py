@@ -268,8 +268,6 @@ class StageCommand:
                 flag = self.needs_flags.get(need, _flag(need))
                 raise ConfigError(f"{path}: not a folder ({flag} expects the {need} stage's output folder)")
         out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise ConfigError(f"{out}: --out exists and is not a folder")
         options = runtime_options(args)
         distributed.launch(options)
         with RunLock(out):

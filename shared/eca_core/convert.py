@@ -123,7 +123,7 @@ def swap_attention(model: nn.Module, cfg: ECAConfig | None = None) -> nn.Module:
         for child_name, child in list(module.named_children()):
             replacement = None
             if isinstance(child, nn.MultiheadAttention):
-                replacement = _MHAInEncoder(ECAMultiheadAttention.from_torch(child, cfg))
+                replacement = ECAMultiheadAttention.from_torch(child, cfg)
             elif timm_attention is not None and type(child) is timm_attention:
                 replacement = from_timm(child, cfg)
             if replacement is not None:
@@ -148,17 +148,6 @@ def swap_attention(model: nn.Module, cfg: ECAConfig | None = None) -> nn.Module:
     if not swapped:
         raise ValueError(f"{type(model).__name__}: no nn.MultiheadAttention, timm Attention or transformers attention found")
     return model
-
-
-class _MHAInEncoder(ECAMultiheadAttention):
-    """ECAMultiheadAttention that also answers the attributes ``nn.TransformerEncoderLayer`` reads."""
-
-    def __init__(self, layer: ECAMultiheadAttention) -> None:  # noqa: D107 - adopts a converted layer
-        nn.Module.__init__(self)
-        self.__dict__.update(layer.__dict__)
-        self._qkv_same_embed_dim = layer.kdim == layer.embed_dim == layer.vdim
-        self.in_proj_bias = None
-        self.in_proj_weight = None
 
 
 def _timm_attention_class():

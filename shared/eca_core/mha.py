@@ -47,6 +47,9 @@ class ECAMultiheadAttention(ECAAggregation):
         self.k_proj = nn.Linear(self.kdim, embed_dim, bias=bias, **dd)
         self.v_proj = nn.Linear(self.vdim, embed_dim, bias=bias, **dd)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias, **dd)
+        # what nn.TransformerEncoderLayer reads of its self_attn: no fused in-projection, so never its fast path
+        self._qkv_same_embed_dim = self.kdim == embed_dim == self.vdim
+        self.in_proj_weight = self.in_proj_bias = None
         if self.residual_scale is not None:
             self.residual_scale.to(**dd)
 

@@ -55,10 +55,9 @@ class StageContext:
     pipeline: str
     stage: str
     out_dir: Path
-    config: Any = None                                   # the stage's config dataclass (or the raw params)
+    config: Any = None                                   # the stage's config dataclass (the raw params without one)
     options: dict[str, Any] = field(default_factory=dict)  # runtime options: never part of the key
     upstream: dict[str, Path] = field(default_factory=dict)
-    params: dict[str, Any] = field(default_factory=dict)
     run_dir: Path | None = None
 
     def __post_init__(self) -> None:
@@ -211,11 +210,10 @@ def resolve_stage(ref: Stage | str, name: str = "") -> Stage:
     return stage
 
 
-def read_done(run_dir: Path, stage: str) -> dict[str, Any] | None:
-    """The done marker of ``stage`` in ``run_dir``, or None (also for an unreadable marker)."""
-    path = Path(run_dir) / f"{stage}.done.json"
+def read_done(marker: Path) -> dict[str, Any] | None:
+    """The record in a ``<stage>.done.json`` marker, or None (also for an unreadable or older marker)."""
     try:
-        record = json.loads(path.read_text())
+        record = json.loads(Path(marker).read_text())
     except (OSError, json.JSONDecodeError):
         return None
     return record if isinstance(record, dict) and record.get("version") == MARKER_VERSION else None
@@ -272,8 +270,7 @@ def run_pipeline(
         for i, name in enumerate(names[: last + 1]):
             stage = registry[name]
             upstream = {n: run_dir / n for n in names[:i]}
-            ctx = StageContext(spec.name, name, run_dir / name, configs[name], dict(options or {}), upstream,
-                               spec.stages[name], run_dir)
+            ctx = StageContext(spec.name, name, run_dir / name, configs[name], dict(options or {}), upstream, run_dir)
             records[name] = run_stage(stage, ctx, run_dir / f"{name}.done.json",
                                       {n: records[n]["outputs_digest"] for n in names[:i]}, force=i >= forced, log=log,
                                       label=f"[{spec.name}] {name}")
@@ -339,7 +336,7 @@ def _decide(stage: Stage, ctx: StageContext, marker: Path, upstream: Mapping[str
     """("skip" | reason to run again | "", the done record, input hashes, stage key), decided on rank 0."""
     inputs = {str(p): content_hash(Path(p)) for p in (stage.inputs(ctx) if stage.inputs else [])}
     key = digest({"stage": stage.name, "params": stage.key_params(ctx.config), "inputs": inputs, "upstream": dict(upstream)})
-    done = read_done(marker.parent, marker.name[: -len(".done.json")])
+    done = read_done(marker)
     if done is None or force:
         return "", done, inputs, key
     if done.get("hash") != key:

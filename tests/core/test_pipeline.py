@@ -21,7 +21,7 @@ def _make_module(tmp_path: Path, fail_in: str | None = None) -> str:
 
     def make(ctx):
         CALLS.append("make")
-        value = int(Path(ctx.params["input"]).read_text()) * ctx.params.get("factor", 1)
+        value = int(Path(ctx.config["input"]).read_text()) * ctx.config.get("factor", 1)
         with atomic_path(ctx.out_dir / "value.txt") as tmp:
             tmp.write_text(str(value))
         return {"value": value}
@@ -37,7 +37,7 @@ def _make_module(tmp_path: Path, fail_in: str | None = None) -> str:
             tmp.write_text(str(2 * value))
 
     mod.STAGES = {
-        "make": Stage("make", make, inputs=lambda ctx: [Path(ctx.params["input"])]),
+        "make": Stage("make", make, inputs=lambda ctx: [Path(ctx.config["input"])]),
         "double": Stage("double", double),
     }
     sys.modules[name] = mod
