@@ -39,7 +39,7 @@ def make_batch(b: int, cfg: ALMTConfig, device: str, seed: int = 0) -> dict[str,
 
 def build(mode: str, pcc: str, sra_weight: float, vision_len: int, audio_len: int, device: str):
     torch.manual_seed(0)
-    cfg = ALMTConfig(vision_len=vision_len, audio_len=audio_len, video_attention=ECAConfig(mode=mode))
+    cfg = ALMTConfig(vision_len=vision_len, audio_len=audio_len, text_model=None, mask_padding=True, video_attention=ECAConfig(mode=mode))
     model = ALMT(cfg).to(device).train()
     objective = ECAObjective(LossConfig(pcc=pcc, pcc_weight=1.0, sra_weight=sra_weight))
     return model, objective, torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)

@@ -24,11 +24,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eca_core.attention import ECAConfig, ECACrossAttention
+from eca_core.errors import InputError
 
 
 @dataclass
 class ALMTConfig:
-    """ALMT hyper-parameters on MOSI (ECA paper Table 5); lengths and feature sizes follow the data."""
+    """The published ALMT on MOSI (Haoyu-ha/ALMT configs/mosi.yaml); lengths and feature sizes follow the data."""
 
     text_dim: int = 768
     audio_dim: int = 5
@@ -46,8 +47,8 @@ class ALMTConfig:
     hyper_dim_head: int = 16
     fusion_depth: int = 2
     dropout: float = 0.0
-    mask_padding: bool = True  # mask frames/tokens past the lengths (original ALMT attends to padding)
-    text_model: str | None = None  # BERT hub name or local path: fine-tune it on `text_bert` ids
+    mask_padding: bool = False  # mask frames/tokens past the lengths (published ALMT attends to padding; option mask-padding)
+    text_model: str | None = "bert-base-uncased"  # BERT hub name or local folder fine-tuned on `text_bert` ids (published); None: the precomputed `text` features
     video_attention: ECAConfig = field(default_factory=lambda: ECAConfig(mode="softmax"))
 
 
@@ -206,6 +207,20 @@ class CrossFusion(nn.Module):
         return target[:, 0]  # (B,D)
 
 
+def load_text_model(name: str) -> nn.Module:
+    """A transformers encoder (BERT) from a hub name or a local folder; one-line InputError if it cannot be had."""
+    from transformers import AutoModel
+
+    try:
+        model = AutoModel.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        raise InputError(f"model.text_model={name!r}: cannot load a transformers model from it ({reason}); give a local "
+                         f"folder holding config.json and the weights, or add option frozen-text to use the precomputed "
+                         f"'text' features") from exc
+    return model.train()  # from_pretrained returns eval mode; fine-tuning runs BERT's dropout as ALMT does
+
+
 class ALMT(nn.Module):
     """Adaptive Language-guided Multimodal Transformer regressor; ``forward(batch) → (B,)`` sentiment."""
 
@@ -216,9 +231,7 @@ class ALMT(nn.Module):
         self.bert = None
         text_in = cfg.text_dim
         if cfg.text_model:
-            from transformers import AutoModel
-
-            self.bert = AutoModel.from_pretrained(cfg.text_model)
+            self.bert = load_text_model(cfg.text_model)
             text_in = self.bert.config.hidden_size
         self.hyper = nn.Parameter(torch.ones(1, cfg.tokens, d))
         self.proj_text, self.proj_audio, self.proj_vision = nn.Linear(text_in, d), nn.Linear(cfg.audio_dim, d), nn.Linear(cfg.vision_dim, d)

@@ -11,7 +11,7 @@ COMMANDS = {
     "preprocess": ("eca_msa.preprocess", "validate an MMSA feature pickle (MOSI/MOSEI/CH-SIMS) and cache its tensors"),
     "train": ("eca_msa.train", "train ALMT settings (MSE | +PCC | +ECA+DNPL) over seeds, select epochs on validation"),
     "evaluate": ("eca_msa.evaluate", "mean ± std report (markdown, JSON) and validation curves (PNG) of a training folder"),
-    "synthetic": ("eca_msa.synthetic", "write a MOSI-shaped synthetic MMSA pickle"),
+    "synthetic": ("eca_msa.synthetic", "write a synthetic MMSA pickle shaped like MOSI, MOSEI or CH-SIMS"),
     "demo": ("eca_msa.demo", "generate a synthetic MOSI-shaped pickle and run the whole pipeline on it"),
     "run": ("eca_core.pipeline", "run a pipeline YAML from pipelines/"),
 }

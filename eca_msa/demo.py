@@ -1,6 +1,7 @@
 """``eca-msa demo``: a synthetic MOSI-shaped pickle, then generate → preprocess → train → evaluate.
 
-All three settings side by side over several seeds; the demo scale (fewer clips, shorter audio
+All three settings side by side over several seeds, (i) being the published ALMT (preset
+``almt-mosi``; its text from the precomputed features unless ``--text-model`` names a BERT); the demo scale (fewer clips, shorter audio
 and video sequences than MOSI's 375/500) keeps it to a few minutes on two CPU cores. The same
 pipeline at full scale is ``pipelines/msa_demo.yaml``; real data is ``pipelines/msa_mosi.yaml``.
 """
@@ -16,13 +17,16 @@ from eca_core.cli import add_runtime_arguments, runtime_options
 from eca_core.pipeline import PipelineSpec, run_pipeline
 
 DEMO_DATA = dict(n_train=256, n_valid=96, n_test=192, audio_len=60, vision_len=120, key_frames=3, seed=0)
-DEMO_TRAIN = dict(epochs=16, batch_size=16, patience=4, progress_bar=False)
+# The published MOSI ALMT (preset almt-mosi) at demo scale; text from the precomputed features unless --text-model is given.
+DEMO_TRAIN = dict(preset="almt-mosi", epochs=16, batch_size=16, patience=4, progress_bar=False)
 
 
-def demo_spec(run_dir: Path, seeds: list[int], epochs: int, n_train: int, threads: int) -> PipelineSpec:
+def demo_spec(run_dir: Path, seeds: list[int], epochs: int, n_train: int, threads: int,
+              text_model: str | None = None) -> PipelineSpec:
     """The demo pipeline (same stages as pipelines/msa_demo.yaml, at demo scale)."""
     data = DEMO_DATA | {"n_train": n_train}
     train = DEMO_TRAIN | {"epochs": epochs, "seeds": seeds, "threads": threads}
+    train |= {"model": {"text_model": text_model}} if text_model else {"options": ["frozen-text"]}
     return PipelineSpec.from_dict({
         "name": "msa_demo_quick",
         "stages_module": "eca_msa.stages",
@@ -37,11 +41,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=DEMO_TRAIN["epochs"], help="maximum epochs per run")
     parser.add_argument("--n-train", type=int, default=DEMO_DATA["n_train"], help="training clips to generate")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--text-model", default=None, metavar="BERT",
+                        help="fine-tune this BERT (local folder or hub name) on the text ids, as published ALMT does "
+                             "(default: option frozen-text, the precomputed text features)")
     add_runtime_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
-    spec = demo_spec(args.run_dir, args.seeds, args.epochs, args.n_train, args.threads)
+    spec = demo_spec(args.run_dir, args.seeds, args.epochs, args.n_train, args.threads, args.text_model)
     records: dict[str, Any] = run_pipeline(spec, options=runtime_options(args))
     if not distributed.is_main():
         return 0

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 
 from eca_core.cli import StageCommand
-from eca_core.config import check
+from eca_core.config import check, from_dict
 from eca_core.io import atomic_path, write_json_atomic, write_text_atomic
 from eca_core.pipeline import Stage, StageContext
 from eca_msa.metrics import HIGHER_IS_BETTER, MOSI_KEYS, SIMS_KEYS
-from eca_msa.train import SETTING_LABELS
+from eca_msa.train import SETTING_LABELS, TrainConfig
 
 SHORT = {"Non0_F1_score": "F1 (Non0)", "Corr": "Corr", "MAE": "MAE", "Has0_acc_2": "Acc-2 (Has0)", "Has0_F1_score": "F1 (Has0)",
          "Non0_acc_2": "Acc-2 (Non0)", "Mult_acc_5": "Acc-5", "Mult_acc_7": "Acc-7", "Mult_acc_2": "Acc-2", "Mult_acc_3": "Acc-3",
@@ -131,6 +131,32 @@ def _homogeneity_line(data: dict[str, Any]) -> str:
             f"{train['vision_hull_radius_rms']:.3f}, spread of clip means across clips {train['vision_cross_sample_rms']:.3f}.")
 
 
+def step_costs(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Wall seconds per training step (forward, backward, optimizer) of each setting: mean over seeds of each run's median."""
+    out = {}
+    for setting in dict.fromkeys(r["setting"] for r in runs):
+        per_step = [r["step_seconds_median"] for r in runs if r["setting"] == setting and np.isfinite(r.get("step_seconds_median", np.nan))]
+        if per_step:
+            out[setting] = float(np.mean(per_step))
+    return out
+
+
+def _cost_line(costs: dict[str, float]) -> str:
+    if not costs:
+        return ""
+    parts = [f"{SETTING_LABELS.get(s, s)} {1e3 * c:.1f} ms" for s, c in costs.items()]
+    line = "Training cost per step (median step of each run, mean over seeds, this machine): " + ", ".join(parts)
+    if "almt_eca" in costs and "almt_pcc" in costs:
+        line += f"; ECA/(ii) = {costs['almt_eca'] / costs['almt_pcc']:.2f}×"
+    return line + "."
+
+
+def _selection_line(selection: str) -> str:
+    return (f"Model selection on the validation split only, never on the test split: the {selection} "
+            f"(early stopping on the same metric); every test metric of a run comes from that one epoch. "
+            f"(ALMT's own script reports its best test epoch; these numbers do not.)")
+
+
 def evaluate(train_dir: str | Path, out_dir: str | Path, cfg: EvaluateConfig | None = None) -> dict[str, Any]:
     """Write ``report.md``, ``report.json`` and ``curves.png`` into ``out_dir``; return the report dict."""
     cfg = cfg or EvaluateConfig()
@@ -140,24 +166,31 @@ def evaluate(train_dir: str | Path, out_dir: str | Path, cfg: EvaluateConfig | N
     results = json.loads((train_dir / "results.json").read_text())
     table = markdown_table(agg, cfg.baseline)
     selection = runs[0]["selection"]
+    train_cfg = from_dict(TrainConfig, results["config"], str(train_dir / "results.json"))
+    provenance = train_cfg.provenance()
+    costs = step_costs(runs)
     data = results.get("data", {})
     sizes = ", ".join(f"{s} {data[s]['n']}" for s in ("train", "valid", "test") if s in data)
     text = "\n".join([
         "# ALMT with ECA in the video stream: test metrics",
         "",
         f"Data: `{data.get('source', '?')}` ({sizes}). Mean ± standard deviation (ddof={cfg.std_ddof}) over seeds.",
-        f"Model selection: the {selection} (early stopping on the same metric); every test metric of a run comes from that epoch.",
+        f"Configuration: {provenance}.",
+        _selection_line(selection),
         _homogeneity_line(data),
         "Metrics as MMSA's metricsTop: Has0 = truth ≥ 0 vs pred ≥ 0; Non0 = zeros dropped, > 0 vs > 0; F1 weighted.",
         "",
         table,
+        "",
+        _cost_line(costs),
         "",
         "![validation curves](curves.png)",
         "",
     ])
     plot_curves(runs, out_dir / "curves.png")
     write_text_atomic(out_dir / "report.md", text)
-    report = {"selection": selection, "data": data, "settings": agg, "table_markdown": table}
+    report = {"selection": selection, "configuration": provenance, "preset": train_cfg.preset, "options": train_cfg.options,
+              "data": data, "settings": agg, "step_seconds": costs, "table_markdown": table}
     write_json_atomic(out_dir / "report.json", report)
     return report
 

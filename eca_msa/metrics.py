@@ -1,7 +1,10 @@
 """MOSI/MOSEI/CH-SIMS regression metrics, computed exactly as MMSA's ``metricsTop`` (DESIGN §3).
 
-Values are returned unrounded (MMSA rounds to 4 decimals for display); the keys are MMSA's.
-Rounding to classes uses ``np.round`` (half to even), as MMSA does.
+MMSA scores float32 model outputs; so does this module: predictions and labels are cast to float32
+and every threshold, clip, rounding and the MAE are evaluated in float32, so values that sit exactly
+on a bin edge (a label of float32(0.1) on SIMS's (-0.1, 0.1] bin) fall where MMSA puts them. Corr is
+``np.corrcoef`` (float64 inside, as in MMSA). Values are returned unrounded (MMSA rounds to 4
+decimals for display); the keys are MMSA's. Rounding to classes uses ``np.round`` (half to even).
 """
 
 from __future__ import annotations
@@ -11,13 +14,14 @@ from sklearn.metrics import accuracy_score, f1_score
 
 MOSI_KEYS = ("Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5", "Mult_acc_7", "MAE", "Corr")
 SIMS_KEYS = ("Mult_acc_2", "Mult_acc_3", "Mult_acc_5", "F1_score", "MAE", "Corr")
-# Which direction is better, for model selection and reports.
-HIGHER_IS_BETTER = {k: k != "MAE" for k in MOSI_KEYS + SIMS_KEYS}
+# Which direction is better, for model selection and reports. "Loss" is MMSA's validation loss
+# (:func:`mmsa_loss`), the quantity MMSA's ALMT trainer selects on (KeyEval "Loss").
+HIGHER_IS_BETTER = {k: k != "MAE" for k in MOSI_KEYS + SIMS_KEYS} | {"Loss": False}
 
 
 def _flat(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    pred = np.asarray(pred, dtype=np.float64).reshape(-1)
-    truth = np.asarray(truth, dtype=np.float64).reshape(-1)
+    pred = np.asarray(pred, dtype=np.float32).reshape(-1)
+    truth = np.asarray(truth, dtype=np.float32).reshape(-1)
     if pred.shape != truth.shape:
         raise ValueError(f"pred has {pred.size} values, truth has {truth.size}")
     if pred.size < 2:
@@ -35,6 +39,18 @@ def multiclass_acc(pred: np.ndarray, truth: np.ndarray) -> float:
 def _corr(pred: np.ndarray, truth: np.ndarray) -> float:
     with np.errstate(invalid="ignore", divide="ignore"):
         return float(np.corrcoef(pred, truth)[0][1])
+
+
+def _mae(pred: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean(np.absolute(pred - truth)).astype(np.float64))  # the mean is taken in float32, as in MMSA
+
+
+def mmsa_loss(pred: np.ndarray, truth: np.ndarray, batch_size: int) -> float:
+    """MMSA's validation "Loss": the mean over batches (in loader order) of each batch's MSE, rounded to 4 decimals."""
+    pred, truth = _flat(pred, truth)
+    starts = range(0, len(pred), batch_size)
+    losses = [float(np.mean((pred[i:i + batch_size] - truth[i:i + batch_size]) ** 2)) for i in starts]
+    return round(sum(losses) / len(losses), 4)
 
 
 def mosi_regression_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -57,12 +73,13 @@ def mosi_regression_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, fl
         "Non0_F1_score": float(f1_score(non0_truth, non0_pred, average="weighted")),
         "Mult_acc_5": multiclass_acc(np.clip(pred, -2.0, 2.0), np.clip(truth, -2.0, 2.0)),
         "Mult_acc_7": multiclass_acc(np.clip(pred, -3.0, 3.0), np.clip(truth, -3.0, 3.0)),
-        "MAE": float(np.mean(np.abs(pred - truth))),
+        "MAE": _mae(pred, truth),
         "Corr": _corr(pred, truth),
     }
 
 
 def _bins(x: np.ndarray, edges: list[float]) -> np.ndarray:
+    """MMSA's binning: values in (edges[i], edges[i+1]] become i (compared in x's dtype, float32)."""
     out = x.copy()
     for i in range(len(edges) - 1):
         out[(x > edges[i]) & (x <= edges[i + 1])] = i
@@ -80,7 +97,7 @@ def sims_regression_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, fl
         "Mult_acc_3": multiclass_acc(_bins(pred, e3), _bins(truth, e3)),
         "Mult_acc_5": multiclass_acc(_bins(pred, e5), _bins(truth, e5)),
         "F1_score": float(f1_score(t2, p2, average="weighted")),
-        "MAE": float(np.mean(np.abs(pred - truth))),
+        "MAE": _mae(pred, truth),
         "Corr": _corr(pred, truth),
     }
 

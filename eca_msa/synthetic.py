@@ -1,11 +1,11 @@
-"""A MOSI-shaped MMSA pickle whose labels depend on the text and on a few frames of a homogeneous video.
+"""A synthetic MMSA pickle (MOSI, MOSEI or CH-SIMS schema) whose labels depend on the text and on a few frames of a homogeneous video.
 
 Like the paper's synthetic data (App. G.1): every clip's frames sit around a clip centre c_i
 (cross-sample spread ``center_std``, in-sample spread ``frame_noise``), and ``key_frames``
 informative frames carry c_i + a_i·u along a unit direction u. The label is
-``text_weight·t_i + video_weight·(u·c_i + key_gain·a_i)`` plus noise, scaled to MOSI's range,
-clipped to [-3, 3] and rounded to multiples of 0.2 (MOSI averages five integer ratings, so exact
-zeros occur). Mean pooling dilutes a_i by key_frames/length; attention must find the key frames.
+``text_weight·t_i + video_weight·(u·c_i + key_gain·a_i)`` plus noise, scaled to the data set's
+range, clipped to it ([-3, 3]; SIMS [-1, 1]) and rounded to its rating step (MOSI and SIMS average
+five ratings: multiples of 0.2; MOSEI three: of 1/3), so exact zeros occur. Mean pooling dilutes a_i by key_frames/length; attention must find the key frames.
 Padding past the lengths is non-zero for some clips and audio holds -inf values, as in the real files.
 """
 
@@ -23,6 +23,7 @@ from eca_core.cli import StageCommand
 from eca_core.config import check, to_dict
 from eca_core.io import atomic_path
 from eca_core.pipeline import Stage, StageContext
+from eca_msa.datasets import dataset_spec
 
 CLS_ID, SEP_ID, VOCAB = 101, 102, 30522
 POSITIVE_IDS, NEGATIVE_IDS, NEUTRAL_IDS = (2000, 3000), (3000, 4000), (4000, VOCAB)
@@ -30,17 +31,18 @@ POSITIVE_IDS, NEGATIVE_IDS, NEUTRAL_IDS = (2000, 3000), (3000, 4000), (4000, VOC
 
 @dataclass
 class SyntheticConfig:
-    """Sizes default to CMU-MOSI's (1284/229/686 clips; 50 tokens × 768, 375 × 5 audio, 500 × 20 video)."""
+    """Sizes default to the named data set's (MOSI: 1284/229/686 clips; 50 tokens × 768, 375 × 5 audio, 500 × 20 video)."""
 
-    n_train: int = 1284
-    n_valid: int = 229
-    n_test: int = 686
-    text_len: int = 50
-    text_dim: int = 768
-    audio_len: int = 375
-    audio_dim: int = 5
-    vision_len: int = 500
-    vision_dim: int = 20
+    dataset: str = "mosi"  # schema to follow: mosi | mosei | sims (split sizes, shapes, label range; see eca_msa.datasets)
+    n_train: int | None = None  # None: the data set's
+    n_valid: int | None = None  # None: the data set's
+    n_test: int | None = None  # None: the data set's
+    text_len: int | None = None  # None: the data set's
+    text_dim: int | None = None  # None: the data set's
+    audio_len: int | None = None  # None: the data set's
+    audio_dim: int | None = None  # None: the data set's
+    vision_len: int | None = None  # None: the data set's
+    vision_dim: int | None = None  # None: the data set's
     key_frames: int = 3  # informative frames per clip
     center_std: float = 1.0  # σ_c: spread of clip centres across clips
     frame_noise: float = 0.05  # σ_floor: spread of ordinary frames around their clip centre
@@ -49,11 +51,18 @@ class SyntheticConfig:
     text_weight: float = 1.0
     video_weight: float = 1.0
     label_noise: float = 0.2
-    label_std: float = 1.5  # MOSI's label std is about 1.5
+    label_std: float | None = None  # label std before clipping; None: half the data set's label bound (MOSI 1.5, SIMS 0.5)
     dirty_padding: float = 0.3  # fraction of clips whose padding frames are not zero
     seed: int = 0
 
     def __post_init__(self) -> None:
+        spec = dataset_spec(self.dataset)
+        defaults = dict(zip(("n_train", "n_valid", "n_test"), spec.splits)) | {
+            "text_len": spec.text[0], "text_dim": spec.text[1], "audio_len": spec.audio[0], "audio_dim": spec.audio[1],
+            "vision_len": spec.vision[0], "vision_dim": spec.vision[1], "label_std": spec.label_max / 2}
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         check(self, n_train=">=2", n_valid=">=2", n_test=">=2", text_len=">=2", text_dim=">=1", audio_len=">=2",
               audio_dim=">=1", vision_len=">=8", vision_dim=">=2", center_std=">=0", frame_noise=">=0",
               label_noise=">=0", label_std=">0", dirty_padding="[0,1]")
@@ -129,12 +138,17 @@ def generate_mmsa(cfg: SyntheticConfig | None = None, progress: bool = False) ->
     out, raws = {}, {}
     for name in tqdm(sizes, desc="generating splits", disable=not progress):
         out[name], raws[name] = _split(cfg, sizes[name], name, dirs, rng)
+    spec = dataset_spec(cfg.dataset)
     mu, sd = raws["train"].mean(), raws["train"].std() + 1e-8
     for name, raw in raws.items():
-        y = np.clip(cfg.label_std * (raw - mu) / sd, -3.0, 3.0)
-        y = np.round(y * 5.0) / 5.0 + 0.0  # multiples of 0.2 like averaged integer ratings (+0.0 drops -0.0)
+        y = np.clip(cfg.label_std * (raw - mu) / sd, -spec.label_max, spec.label_max)
+        y = np.round(y / spec.label_step) * spec.label_step + 0.0  # averaged annotator ratings (+0.0 drops -0.0)
         out[name]["regression_labels"] = y.astype(np.float32)
         out[name]["classification_labels"] = np.sign(y).astype(np.float32) + 1.0  # MMSA: 0 neg, 1 neu, 2 pos
+        if cfg.dataset == "sims":  # CH-SIMS also carries unimodal labels (text, audio, vision annotations)
+            for m in ("T", "A", "V"):
+                noisy = np.clip(y + 0.2 * rng.standard_normal(len(y)), -1.0, 1.0)
+                out[name][f"regression_labels_{m}"] = (np.round(noisy / spec.label_step) * spec.label_step + 0.0).astype(np.float32)
     return out
 
 
@@ -146,7 +160,7 @@ def write_mmsa_pickle(path: str | Path, cfg: SyntheticConfig | None = None, prog
     return Path(path)
 
 
-PICKLE_NAME = "synthetic_mosi.pkl"
+PICKLE_NAME = "synthetic_mmsa.pkl"
 
 
 def _run_stage(ctx: StageContext) -> dict[str, Any]:
@@ -159,6 +173,6 @@ def _report(summary: dict[str, Any], args: Any) -> None:
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 
-STAGE = Stage("generate", _run_stage, config=SyntheticConfig, main_only=True, description="write a MOSI-shaped synthetic MMSA pickle")
+STAGE = Stage("generate", _run_stage, config=SyntheticConfig, main_only=True, description="write a synthetic MMSA pickle shaped like MOSI, MOSEI or CH-SIMS")
 COMMAND = StageCommand("eca_msa.synthetic:STAGE", out_help=f"output folder (gets {PICKLE_NAME})", report=_report)
 configure_parser, main = COMMAND.configure_parser, COMMAND.main

@@ -6,9 +6,10 @@ Settings (each one config flag away from the one before):
   (iii) ``almt_eca``  + ECA in the video stream (``video_attention.mode = "eca"``) and DNPL (``loss.pcc = "dnpl"``)
 
 Selection rule: after every epoch the whole validation split is scored with MMSA's metrics; the
-epoch with the best ``select_metric`` (default: lowest validation MAE) is kept, training stops
-after ``patience`` epochs without improvement, and every reported test metric comes from that one
-epoch's checkpoint. Each (setting, seed) run writes ``<setting>/seed<k>/metrics.json``; a finished
+epoch with the best ``select_metric`` (published ALMT: lowest validation loss as MMSA computes it;
+option ``select-mae``: lowest validation MAE) is kept, training stops after ``patience`` epochs
+without improvement, and every reported test metric comes from that one epoch's checkpoint. The
+test split is never used for selection (ALMT's own script reports the best test epoch; we do not). Each (setting, seed) run writes ``<setting>/seed<k>/metrics.json``; a finished
 run with the same configuration is not repeated, so a crash loses at most the run in flight.
 """
 
@@ -31,13 +32,17 @@ from eca_core.attention import ECAConfig
 from eca_core import distributed
 from eca_core.cli import StageCommand
 from eca_core.config import check, from_dict, to_dict
+from eca_core.errors import InputError
 from eca_core.io import write_json_atomic
 from eca_core.losses import ECAObjective, LossConfig
 from eca_core.pipeline import Stage, StageContext, digest
 from eca_core.resume import item_is_current, write_item_marker
 from eca_core.trainer import call_trainer, make_trainer
+from eca_msa import presets
 from eca_msa.almt import ALMT, ALMTConfig
-from eca_msa.metrics import HIGHER_IS_BETTER, regression_metrics
+from eca_msa.datasets import DATASETS, dataset_spec
+from eca_msa.metrics import HIGHER_IS_BETTER, mmsa_loss, regression_metrics
+from eca_msa.schedule import SCHEDULES, lr_factor
 
 SETTINGS: dict[str, dict[str, str]] = {
     "almt": {"video_attention": "softmax", "pcc": "none"},
@@ -49,30 +54,45 @@ SETTING_LABELS = {"almt": "(i) ALMT (MSE)", "almt_pcc": "(ii) ALMT + PCC", "almt
 
 @dataclass
 class TrainConfig:
-    """Training of every (setting, seed); defaults follow the ECA paper's MOSI setup (Table 5)."""
+    """Training of every (setting, seed). The defaults are the published ALMT on MOSI (preset ``almt-mosi``).
 
+    ``preset`` and ``options`` (see :mod:`eca_msa.presets`) are resolved when a config is read:
+    the preset's values, then each option's, then the keys given explicitly.
+    """
+
+    preset: str = "almt-mosi"  # published ALMT of a data set: almt-mosi | almt-mosei | almt-sims
+    options: list[str] = field(default_factory=list)  # project variants on top: frozen-text, mask-padding, select-mae
     settings: list[str] = field(default_factory=lambda: ["almt", "almt_pcc", "almt_eca"])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    epochs: int = 100
+    epochs: int = 200
     batch_size: int = 64
     lr: float = 1e-4
     weight_decay: float = 1e-4
+    schedule: str = "warmup-cosine"  # warmup-cosine (ALMT: 10% linear warm-up from 0, then cosine; per epoch) | constant
     pcc_weight: float = 1.0  # MSE / PCC weights 1.0 / 1.0
     sra_weight: float = 1e-3
-    select_metric: str = "MAE"  # validation metric that picks the epoch (MAE: lower is better; Corr, Has0_F1_score, ...: higher)
-    patience: int = 20  # early stopping on select_metric
-    dataset: str = "mosi"  # metric rules: mosi | mosei | sims
+    select_metric: str = "Loss"  # validation metric that picks the epoch (Loss: MMSA's validation loss; MAE; Corr, ...: higher is better)
+    patience: int = 32  # early stopping on select_metric (MMSA's ALMT: 32)
+    dataset: str = "mosi"  # metric rules and label range: mosi | mosei | sims
     model: ALMTConfig = field(default_factory=ALMTConfig)  # lengths/feature sizes are taken from the data
     progress_bar: bool = True  # a progress bar per run
     threads: int = 0  # torch CPU threads (0: leave as is)
 
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("progress_bar", "threads")
+    LABEL_FIELDS: ClassVar[tuple[str, ...]] = ("preset", "options", "settings", "seeds")  # name the run, not one model
+
+    @classmethod
+    def resolve_presets(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Lay ``data`` over its preset and options (called by :func:`eca_core.config.from_dict`)."""
+        return presets.resolve(data, cls.preset)
 
     def __post_init__(self) -> None:
         check(self, epochs=">=1", batch_size=">=2", lr=">0", weight_decay=">=0", pcc_weight=">=0", sra_weight=">=0",
               patience=">=0", threads=">=0")
-        if self.dataset not in ("mosi", "mosei", "sims"):
-            raise ValueError(f"dataset {self.dataset!r} is not one of ['mosi', 'mosei', 'sims']")
+        if self.dataset not in DATASETS:
+            raise ValueError(f"dataset {self.dataset!r} is not one of {list(DATASETS)}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule {self.schedule!r} is not one of {list(SCHEDULES)}")
         unknown = [s for s in self.settings if s not in SETTINGS]
         if unknown or not self.settings:
             raise ValueError(f"TrainConfig.settings: unknown {unknown}; choose from {list(SETTINGS)}")
@@ -80,6 +100,24 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.select_metric {self.select_metric!r}: choose from {sorted(HIGHER_IS_BETTER)}")
         if not self.seeds:
             raise ValueError("TrainConfig.seeds must list at least one seed")
+
+    def provenance(self) -> str:
+        """Preset, options and every key set on top of them, in one line (reports print it)."""
+        base = to_dict(from_dict(TrainConfig, {"preset": self.preset, "options": list(self.options)}))
+        overrides = {k: v for k, v in flatten(to_dict(self)).items()
+                     if k.split(".")[0] not in (*self.RUNTIME_FIELDS, *self.LABEL_FIELDS) and flatten(base).get(k) != v}
+        return presets.describe(self.preset, list(self.options), overrides)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict → {"a.b": value}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def setting_configs(cfg: TrainConfig, setting: str, shapes: dict[str, int]) -> tuple[ALMTConfig, LossConfig]:
@@ -96,7 +134,8 @@ def setting_configs(cfg: TrainConfig, setting: str, shapes: dict[str, int]) -> t
 class ALMTRegressor(L.LightningModule):
     """ALMT + the ECA objective; scores whole validation/test splits with MMSA's metrics."""
 
-    def __init__(self, model_cfg: dict, loss_cfg: dict, lr: float, weight_decay: float, dataset: str) -> None:
+    def __init__(self, model_cfg: dict, loss_cfg: dict, lr: float, weight_decay: float, dataset: str,
+                 schedule: str = "constant", epochs: int = 1, batch_size: int = 64) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = ALMT(from_dict(ALMTConfig, model_cfg, "model"))
@@ -106,6 +145,7 @@ class ALMTRegressor(L.LightningModule):
         self.test_pred: np.ndarray | None = None
         self._outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._train_loss = [0.0, 0]
+        self.step_seconds: list[float] = []
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model(batch)
@@ -127,7 +167,8 @@ class ALMTRegressor(L.LightningModule):
         self._outputs.clear()
         pred, truth = self.all_gather(pred).reshape(-1), self.all_gather(truth).reshape(-1)
         p, t = pred.cpu().numpy().astype(np.float64), truth.cpu().numpy().astype(np.float64)
-        metrics = regression_metrics(p, t, self.hparams.dataset)
+        metrics = regression_metrics(p, t, dataset_spec(self.hparams.dataset).metrics)
+        metrics["Loss"] = mmsa_loss(p, t, self.hparams.batch_size)
         metrics["loss_mse"] = float(np.mean((p - t) ** 2))
         return metrics, p, t
 
@@ -141,7 +182,8 @@ class ALMTRegressor(L.LightningModule):
         logged = {f"val/{k}": (v if np.isfinite(v) else (-1.0 if HIGHER_IS_BETTER.get(k, False) else 1e9)) for k, v in metrics.items()}
         self.log_dict(logged, sync_dist=False)
         n = max(self._train_loss[1], 1)
-        self.history.append({"epoch": int(self.current_epoch), "train_loss": self._train_loss[0] / n, **metrics})
+        self.history.append({"epoch": int(self.current_epoch), "lr": getattr(self, "_lr", float("nan")),
+                             "train_loss": self._train_loss[0] / n, **metrics})
         self._train_loss = [0.0, 0]
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -150,16 +192,39 @@ class ALMTRegressor(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.test_metrics, self.test_pred, _ = self._scores()
 
+    def on_train_epoch_start(self) -> None:
+        self._lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._step_start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.step_seconds.append(time.perf_counter() - self._step_start)  # forward + backward + optimizer step
+
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(self.hparams.schedule, self.hparams.epochs))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 
 def _run_key(cfg: TrainConfig, setting: str, seed: int, shapes: dict[str, int], data_source: str) -> str:
     payload = {"cfg": to_dict(cfg), "setting": setting, "seed": seed, "shapes": shapes, "data": data_source}
-    for name in TrainConfig.RUNTIME_FIELDS:
+    for name in (*TrainConfig.RUNTIME_FIELDS, *TrainConfig.LABEL_FIELDS):
         payload["cfg"].pop(name, None)
-    payload["cfg"]["settings"] = payload["cfg"]["seeds"] = None
     return digest(payload)[:16]
+
+
+def check_data(data, cfg: TrainConfig) -> None:
+    """The data fit the config: labels within the data set's range, ``text_bert`` ids when BERT is fine-tuned."""
+    spec = dataset_spec(cfg.dataset)
+    labels = np.concatenate([s.labels for s in data.splits.values()])
+    lo, hi = float(labels.min()), float(labels.max())
+    if max(-lo, hi) > spec.label_max + 1e-4:
+        raise InputError(f"{data.source}: labels span [{lo:g}, {hi:g}] but {cfg.dataset} labels lie in "
+                         f"[-{spec.label_max:g}, {spec.label_max:g}]; set dataset (or preset) to the data's")
+    if cfg.model.text_model and any(s.text_bert is None for s in data.splits.values()):
+        raise InputError(f"{data.source}: model.text_model={cfg.model.text_model!r} fine-tunes BERT but the data has no "
+                         f"'text_bert' ids (add option frozen-text to use the precomputed 'text' features)")
 
 
 def train_one(data, cfg: TrainConfig, setting: str, seed: int, out_dir: Path, options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -171,8 +236,7 @@ def train_one(data, cfg: TrainConfig, setting: str, seed: int, out_dir: Path, op
     options = dict(options or {})
     out_dir = Path(out_dir)
     shapes = data.shapes()
-    if cfg.model.text_model and any(s.text_bert is None for s in data.splits.values()):
-        raise ValueError(f"{data.source}: model.text_model={cfg.model.text_model!r} fine-tunes BERT but the data has no 'text_bert' ids")
+    check_data(data, cfg)
     key = _run_key(cfg, setting, seed, shapes, data.content_key or data.source)
     done_path = out_dir / "metrics.json"
     if item_is_current(out_dir / "done.json", key):
@@ -182,7 +246,8 @@ def train_one(data, cfg: TrainConfig, setting: str, seed: int, out_dir: Path, op
     out_dir.mkdir(parents=True, exist_ok=True)
     model_cfg, loss_cfg = setting_configs(cfg, setting, shapes)
     L.seed_everything(seed, workers=True, verbose=False)
-    module = ALMTRegressor(to_dict(model_cfg), to_dict(loss_cfg), cfg.lr, cfg.weight_decay, cfg.dataset)
+    module = ALMTRegressor(to_dict(model_cfg), to_dict(loss_cfg), cfg.lr, cfg.weight_decay, cfg.dataset,
+                           cfg.schedule, cfg.epochs, cfg.batch_size)
     workers = options.get("num_workers")
     dm = MSADataModule(data, cfg.batch_size, 0 if workers is None else int(workers), seed)
     monitor, mode = f"val/{cfg.select_metric}", "max" if HIGHER_IS_BETTER[cfg.select_metric] else "min"
@@ -205,13 +270,15 @@ def train_one(data, cfg: TrainConfig, setting: str, seed: int, out_dir: Path, op
         raise RuntimeError(f"{out_dir}: checkpoint holds epoch {ckpt_epoch} but validation picks epoch {history[best]['epoch']}")
     result = {
         "key": key, "setting": setting, "seed": seed,
-        "selection": f"epoch with the {'highest' if higher else 'lowest'} validation {cfg.select_metric}",
+        "selection": f"epoch with the {'highest' if higher else 'lowest'} validation {cfg.select_metric}"
+                     + (" (MMSA's validation loss: mean of the batch MSEs, 4 decimals)" if cfg.select_metric == "Loss" else ""),
         "best_epoch": history[best]["epoch"], "epochs_run": len(history),
         "valid": {k: v for k, v in history[best].items() if k != "epoch"},
         "test": module.test_metrics,
         "history": history,
         "fit_seconds": fit_s,
         "train_steps": int(trainer.global_step),
+        "step_seconds_median": float(np.median(module.step_seconds)) if module.step_seconds else float("nan"),
         "checkpoint": str(Path(ckpt.best_model_path).name),
         "model": to_dict(model_cfg), "loss": to_dict(loss_cfg),
     }

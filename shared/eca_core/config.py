@@ -66,6 +66,12 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, where: str = "config
     data = dict(data or {})
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"{cls!r} is not a dataclass")
+    resolve = getattr(cls, "resolve_presets", None)
+    if resolve is not None:  # named presets: the preset's values first, the given keys on top
+        try:
+            data = resolve(data)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(map(str, data)) - names)
@@ -160,6 +166,18 @@ def iter_fields(cls: type, prefix: str = "") -> Iterable[tuple[str, Any, Any, st
             yield from iter_fields(tp, f"{prefix}{f.name}.")
         else:
             yield f"{prefix}{f.name}", tp, default, docs.get(f.name, "")
+
+
+def deep_merge(base: Mapping[str, Any], *overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` with each mapping of ``overrides`` laid on top, nested mappings merged key by key."""
+    out = {k: deep_merge(v) if isinstance(v, Mapping) else v for k, v in base.items()}
+    for over in overrides:
+        for k, v in over.items():
+            if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+                out[k] = deep_merge(out[k], v)
+            else:
+                out[k] = deep_merge(v) if isinstance(v, Mapping) else v
+    return out
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:

@@ -10,7 +10,7 @@ from eca_core.attention import ECAConfig
 from eca_core.losses import sra_penalty
 from eca_msa.almt import ALMT, ALMTConfig, Attention
 
-SMALL = dict(text_dim=32, text_len=12, audio_len=20, vision_len=40)
+SMALL = dict(text_dim=32, text_len=12, audio_len=20, vision_len=40, text_model=None)
 
 
 def _batch(b=4, seed=0, cfg=ALMTConfig(**SMALL)):
@@ -88,7 +88,7 @@ def test_masking_by_lengths_ignores_padding_frames():
     changed["vision"][pad] = 5.0 + 3.0 * torch.randn(int(pad.sum()), 20)
     changed["audio"][~batch["audio_mask"]] = 7.0
     changed["text"][~batch["text_mask"]] = -4.0
-    masked = _model("eca")
+    masked = _model("eca", mask_padding=True)
     with torch.no_grad():
         torch.testing.assert_close(masked(batch), masked(changed), atol=1e-5, rtol=1e-5)
     unmasked = _model("eca", mask_padding=False)
@@ -131,8 +131,8 @@ def test_bert_fine_tuning_from_local_tiny_model(tmp_path):
     BertModel(BertConfig(vocab_size=120, hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=32, max_position_embeddings=64)).save_pretrained(tmp_path / "tiny_bert")
     torch.manual_seed(0)
-    model = ALMT(ALMTConfig(**SMALL, text_model=str(tmp_path / "tiny_bert")))
-    assert model.proj_text.in_features == 24
+    model = ALMT(ALMTConfig(**(SMALL | {"text_model": str(tmp_path / "tiny_bert")})))
+    assert model.proj_text.in_features == 24 and model.bert.training  # fine-tuned with its dropout on, as ALMT does
     batch = _batch()
     ids = torch.randint(1, 120, (4, 12))
     batch["text_bert"] = torch.stack([ids, batch["text_mask"].long(), torch.zeros_like(ids)], 1).float()

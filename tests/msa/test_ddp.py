@@ -16,7 +16,7 @@ stages_module: eca_msa.stages
 stages:
   generate: {n_train: 32, n_valid: 16, n_test: 16, text_len: 12, text_dim: 32, audio_len: 20, vision_len: 40, key_frames: 2, seed: 5}
   preprocess: {}
-  train: {seeds: [0, 1], epochs: 2, batch_size: 16, progress_bar: false,
+  train: {options: [frozen-text], seeds: [0, 1], epochs: 2, batch_size: 16, progress_bar: false,
           model: {dim: 32, heads: 2, dim_head: 16, mlp_dim: 32, hyper_heads: 2, hyper_dim_head: 16}}
   evaluate: {}
 """

@@ -26,8 +26,8 @@ def test_mosi_metrics_match_hand_computation():
     # Acc-7: clip ±3, round: truth [2 -2 0 1 0 2], pred [2 0 0 0 0 3] -> 3/6 (2.5 rounds to 2)
     assert m["Mult_acc_7"] == pytest.approx(0.5)
     assert m["MAE"] == pytest.approx((0.9 + 1.4 + 0.4 + 0.9 + 0.4 + 1.1) / 6)
-    # centred sums: Σtp = 9.823333, Σt² = 13.048333, Σp² = 11.333333
-    assert m["Corr"] == pytest.approx(9.8233333333 / np.sqrt(13.0483333333 * 11.3333333333), rel=1e-9)
+    # centred sums: Σtp = 9.823333, Σt² = 13.048333, Σp² = 11.333333 (of the float32 values, as MMSA scores them)
+    assert m["Corr"] == pytest.approx(9.8233333333 / np.sqrt(13.0483333333 * 11.3333333333), rel=1e-6)
     assert regression_metrics(PRED, TRUTH, "mosei") == m
 
 
@@ -57,3 +57,21 @@ def test_metrics_reject_bad_input():
         mosi_regression_metrics(np.array([np.nan, 1.0]), np.array([1.0, 2.0]))
     with pytest.raises(ValueError, match="unknown data set"):
         regression_metrics(PRED, TRUTH, "iemocap")
+
+
+def test_sims_bins_are_evaluated_in_float32_as_mmsa_does():
+    # float32(0.1) and float32(-0.7) are the labels as MMSA holds them; in float32 they sit exactly on the
+    # bin edges (-0.1, 0.1] and (-1.01, -0.7], where MMSA puts them. Computed in float64 they would fall
+    # one bin higher (0.1000000015 > 0.1, -0.6999999881 > -0.7): Acc-3 0.75 and Acc-5 0.5 instead of 1.
+    truth = np.array([0.1, -0.7, 0.5, -0.5], dtype=np.float32)
+    pred = np.array([0.05, -0.75, 0.5, -0.5], dtype=np.float32)
+    m = sims_regression_metrics(pred, truth)
+    assert m["Mult_acc_3"] == 1.0 and m["Mult_acc_5"] == 1.0
+
+
+def test_mmsa_validation_loss_is_the_rounded_mean_of_batch_mses():
+    from eca_msa.metrics import mmsa_loss
+
+    pred, truth = np.array([1.0, 2.0, 3.0, 0.0, 0.5]), np.array([0.0, 2.0, 1.0, 0.0, 0.0])
+    # batches of 2: MSEs 0.5, 2.0, 0.25 → mean 0.916666… → 0.9167 (the all-clip MSE would be 1.05)
+    assert mmsa_loss(pred, truth, 2) == 0.9167

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from eca_core.errors import InputError
 from eca_core.pipeline import PipelineSpec, run_pipeline
 from eca_msa.cli import main as cli_main
 from eca_msa.metrics import mosi_regression_metrics
@@ -22,7 +23,7 @@ def pipeline_run(tmp_path_factory):
     spec = PipelineSpec.from_dict({
         "name": "msa_test", "stages_module": "eca_msa.stages", "run_dir": str(run_dir),
         "stages": {"generate": dict(TINY, seed=5), "preprocess": {},
-                   "train": {"seeds": [0, 1], "epochs": 2, "batch_size": 16, "progress_bar": False, "model": SMALL_MODEL}, "evaluate": {}},
+                   "train": {"options": ["frozen-text", "select-mae"], "seeds": [0, 1], "epochs": 2, "batch_size": 16, "progress_bar": False, "model": SMALL_MODEL}, "evaluate": {}},
     })
     records = run_pipeline(spec, log=lambda s: None)
     return spec, run_dir, records
@@ -38,7 +39,8 @@ def test_pipeline_trains_and_reports_all_settings(pipeline_run):
         corr = entry["metrics"]["Corr"]
         assert np.isfinite(corr["mean"]) and corr["std"] >= 0 and len(corr["values"]) == 2
     md = (run_dir / "evaluate" / "report.md").read_text()
-    assert "(iii) ALMT + ECA + DNPL" in md and "lowest validation MAE" in md and " ± " in md
+    assert "(iii) ALMT + ECA + DNPL" in md and "lowest validation MAE" in md and "never on the test split" in md
+    assert "preset `almt-mosi`" in md and "`frozen-text`" in md and "`select-mae`" in md and "ECA/(ii) = " in md and " ± " in md
     png = run_dir / "evaluate" / "curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -98,7 +100,7 @@ def test_bert_setting_needs_text_bert_ids(tiny_mmsa, tmp_path):
 
     raw = {name: {k: v for k, v in split.items() if k != "text_bert"} for name, split in tiny_mmsa.items()}
     cfg = TrainConfig(model=ALMTConfig(text_model="bert-base-uncased"), epochs=1)
-    with pytest.raises(ValueError, match="no 'text_bert' ids"):
+    with pytest.raises(InputError, match="no .text_bert. ids"):
         train_one(from_mmsa_dict(raw, "nobert.pkl"), cfg, "almt", 0, tmp_path)
 
 
