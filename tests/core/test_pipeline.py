@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from eca_core.pipeline import PipelineError, PipelineSpec, Stage, run_pipeline
+from eca_core.pipeline import validate_pipeline, PipelineError, PipelineSpec, Stage, run_pipeline
 from eca_core.io import atomic_path
 
 CALLS: list[str] = []
@@ -126,6 +126,11 @@ def test_bad_pipeline_definitions(tmp_path):
 def test_repository_pipelines_parse():
     root = Path(__file__).resolve().parents[2] / "pipelines"
     files = sorted(root.glob("*.yaml"))
+    assert {"msa_mosi.yaml", "msa_mosei.yaml", "msa_sims.yaml", "bio_her2st.yaml"} <= {f.name for f in files}
     for f in files:
         spec = PipelineSpec.from_yaml(f)
         assert spec.stages, f
+        configs = validate_pipeline(spec)  # every stage's keys parse into its config
+        if f.name.startswith("msa_") and f.name != "msa_demo.yaml":
+            preset = {"msa_mosi.yaml": "almt-mosi", "msa_mosei.yaml": "almt-mosei", "msa_sims.yaml": "almt-sims"}[f.name]
+            assert configs["train"].preset == preset and configs["train"].dataset == preset.split("-")[1]
