@@ -6,6 +6,13 @@ drift in machine load hits all alike; the script prints the median time of each 
 ECA / softmax (target <= 1.15 on every shape) and ECA / nn.MultiheadAttention. The pooling shapes
 give nn.MultiheadAttention the same learned queries (expanded over the batch).
 
+On the smallest pooling shape (about 6 ms a step on one CPU thread) ECA's fixed cost per call, about
+0.3 ms for its ~60 small tensor operations (set statistics, τ, the λ MLP, v̄, the lerp) and their
+autograd nodes, is what remains; larger shapes amortise it. glibc's allocator makes single runs of
+that shape bimodal (page faults of freshly mapped buffers hit the layers unevenly); for repeatable
+ratios pin it: ``MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 python ...``
+(the small pooling shape then reads higher, 1.13-1.18 on our 2-core CPU, against 1.06-1.10 unpinned).
+
 Usage: python benchmarks/attention_cost.py [--rounds 15] [--iters 10] [--threads 1] [--device cpu] [--compile]
 """
 
