@@ -143,8 +143,8 @@ def _load_counts(path: Path, barcodes: list[str] | None, h5_path: Path, centres:
         if missing:
             raise DataError(f"{path}: {len(missing)} spot(s) of {h5_path} are absent, e.g. {missing[:3]}")
         adata = adata[barcodes].copy()
-    x = adata.X.toarray() if sp.issparse(adata.X) else np.asarray(adata.X)
-    if not np.isfinite(x).all() or (x < 0).any():
+    values = adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X)  # the stored values only: no densifying
+    if not np.isfinite(values).all() or (values < 0).any():
         raise DataError(f"{path}: counts must be finite and non-negative")
     if "spatial" in adata.obsm:
         centres = np.asarray(adata.obsm["spatial"], dtype=np.float64)
@@ -169,11 +169,6 @@ def load_preprocessed(pre_dir: Path, require_expression: bool = False, with_toke
     return manifest, slides
 
 
-def dense_counts(adata: ad.AnnData) -> np.ndarray:
-    """Raw counts as a dense float64 array."""
-    return adata.X.toarray().astype(np.float64) if sp.issparse(adata.X) else np.asarray(adata.X, dtype=np.float64)
-
-
 def transform_counts(counts: np.ndarray, transform: str, library_size: np.ndarray | None = None) -> np.ndarray:
     """``egn``: log10(x+1); ``libsize``: log1p(1e4·x / library size), the size summed over *all* genes."""
     if transform == "egn":
@@ -182,6 +177,27 @@ def transform_counts(counts: np.ndarray, transform: str, library_size: np.ndarra
         lib = counts.sum(1) if library_size is None else library_size
         return np.log1p(counts * (1e4 / np.maximum(lib, 1.0))[:, None])
     raise ValueError(f"unknown target transform {transform!r}; choose from {TRANSFORMS}")
+
+
+def gene_columns(adata: ad.AnnData, genes: list[str]) -> tuple[np.ndarray, list[str]]:
+    """Raw counts (N, len(genes)) float64 of ``genes`` (absent genes are zeros) and the absent genes.
+
+    Only the selected columns are densified; the counts stay sparse otherwise, so a slide with 100k+
+    spots and ~18k genes costs N × len(genes) floats, not N × n_vars.
+    """
+    index = {g: i for i, g in enumerate(adata.var_names)}
+    present = [j for j, g in enumerate(genes) if g in index]
+    missing = [g for g in genes if g not in index]
+    out = np.zeros((adata.n_obs, len(genes)), dtype=np.float64)
+    if present:
+        cols = adata.X[:, [index[genes[j]] for j in present]]
+        out[:, present] = cols.toarray() if sp.issparse(cols) else np.asarray(cols, dtype=np.float64)
+    return out, missing
+
+
+def library_size(adata: ad.AnnData) -> np.ndarray:
+    """Total raw count of each spot over *all* genes (N,) float64, without densifying sparse counts."""
+    return np.asarray(adata.X.sum(axis=1), dtype=np.float64).ravel()
 
 
 @dataclass
@@ -208,17 +224,12 @@ def _aligned(slide: SlideData, genes: list[str], transform: str) -> tuple[np.nda
     """Transformed expression of ``genes`` on one slide (absent genes are zeros) and the absent genes."""
     if slide.counts is None:
         raise DataError(f"slide {slide.slide_id}: no expression (it has no .h5ad)")
-    counts = dense_counts(slide.counts)
-    values = transform_counts(counts, transform)
-    index = {g: i for i, g in enumerate(slide.counts.var_names)}
-    out = np.zeros((slide.n_spots, len(genes)), dtype=np.float64)
-    missing = []
-    for j, g in enumerate(genes):
-        if g in index:
-            out[:, j] = values[:, index[g]]
-        else:
-            missing.append(g)
-    return out, missing
+    counts, missing = gene_columns(slide.counts, genes)
+    lib = library_size(slide.counts) if transform == "libsize" else None
+    values = transform_counts(counts, transform, lib)
+    if missing:
+        values[:, [genes.index(g) for g in missing]] = 0.0
+    return values, missing
 
 
 def select_genes(train: list[SlideData], n_genes: int = 250) -> list[str]:
@@ -226,14 +237,12 @@ def select_genes(train: list[SlideData], n_genes: int = 250) -> list[str]:
     if not train:
         raise DataError("gene selection needs at least one training slide")
     totals: dict[str, float] = {}
-    n_spots = 0
     for s in train:
         if s.counts is None:
             raise DataError(f"slide {s.slide_id}: no expression for gene selection")
-        sums = dense_counts(s.counts).sum(0)
+        sums = np.asarray(s.counts.X.sum(axis=0), dtype=np.float64).ravel()  # column sums, sparse or dense
         for g, v in zip(s.counts.var_names, sums):
             totals[g] = totals.get(g, 0.0) + float(v)
-        n_spots += s.n_spots
     ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
     return [g for g, _ in ranked[:n_genes]]
 
