@@ -13,7 +13,6 @@ HDF5 once, atomically, in the row order of a single-process run (the batches are
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import warnings
@@ -31,6 +30,7 @@ from tqdm.auto import tqdm
 
 from eca_core import distributed
 from eca_core.trainer import call_trainer, make_trainer
+from eca_bio import slide_h5
 from eca_bio.encoders import FrozenEncoder, Normalisation
 from eca_bio.slides import SlideReader
 
@@ -46,6 +46,7 @@ class SlideJob:
     out_path: Path                           # final <slide_id>.h5
     attrs: dict[str, Any] = field(default_factory=dict)
     barcodes: Sequence[str] | None = None    # ST spot ids, same row order as coords
+    coords_attrs: dict[str, Any] = field(default_factory=dict)  # TRIDENT's coords attributes (eca_bio.slide_h5.coords_attrs)
 
 
 class PatchDataset(Dataset):
@@ -175,7 +176,7 @@ class SlideH5Writer(BasePredictionWriter):
             f = h5py.File(tmp, "w", track_order=False)
             rows = self.dm.sampler.rows[job_idx]
             f.create_dataset("rows", data=rows)
-            _create_arrays(f, len(rows), self.feature_dim, self.num_tokens if self.store_tokens else 0)
+            slide_h5.create_arrays(f, len(rows), self.feature_dim, self.num_tokens if self.store_tokens else 0)
         else:
             fd, name = tempfile.mkstemp(prefix=f".{job.out_path.name}.tmp-", suffix=".h5", dir=job.out_path.parent)
             os.close(fd)
@@ -324,26 +325,13 @@ def assemble_parts(job: SlideJob, world: int, feature_dim: int, num_tokens: int,
         part_path(job, r).unlink(missing_ok=True)
 
 
-def _create_arrays(f: h5py.File, n: int, d: int, t: int) -> None:
-    f.create_dataset("features", shape=(n, d), dtype=np.float16, chunks=(min(n, 256), d) if n else None)
-    if t:
-        f.create_dataset("tokens", shape=(n, t, d), dtype=np.float16, chunks=(min(n, 16), t, d) if n else None)
-
-
 def _create_slide_file(f: h5py.File, job: SlideJob, feature_dim: int, num_tokens: int) -> None:
-    coords = f.create_dataset("coords", data=np.asarray(job.coords, dtype=np.int64))
-    coords.attrs["patch_size"] = int(job.size_px)   # CLAM convention: level-0 px at patch_level 0
-    coords.attrs["patch_level"] = 0
-    _create_arrays(f, len(job.coords), feature_dim, num_tokens)
-    if job.barcodes is not None:
-        f.create_dataset("barcodes", data=np.array([str(b) for b in job.barcodes], dtype=object),
-                         dtype=h5py.string_dtype("utf-8"))
+    slide_h5.create_slide_file(f, job.coords, job.coords_attrs, feature_dim, num_tokens, job.barcodes,
+                               encoder=str(job.attrs.get("encoder", "")))
 
 
 def _finish_slide_file(f: h5py.File, job: SlideJob, feature_dim: int) -> None:
-    for key, value in job.attrs.items():
-        f.attrs[key] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
-    f.attrs["feature_dim"] = feature_dim
+    slide_h5.write_file_attrs(f, job.attrs, feature_dim)
 
 
 def _publish(tmp: Path, final: Path) -> None:

@@ -3,9 +3,10 @@
 Output folder (the contract with train/evaluate/predict)::
 
     manifest.json               encoder, feature_dim, params, one entry per slide
-    slides/<slide_id>.h5        coords (N,2) int64 level-0 top-left, features (N,D) f16, tokens (N,T,D) f16,
-                                barcodes (N,) for ST slides; attrs mpp, patch_size_px, patch_size_um, encoder,
-                                encoder_config, feature_dim, slide, slide_id, params_hash
+    slides/<slide_id>.h5        coords (N,2) int64 level-0 top-left (TRIDENT's attributes), features (N,D) f32,
+                                tokens (N,T,D) f16, barcodes (N,) for ST slides; attrs mpp, patch_size_px,
+                                patch_size_um, encoder, encoder_config, feature_dim, slide, slide_id, params_hash
+                                (the schema is eca_bio.slide_h5's)
     slides/<slide_id>.h5ad      ST slides: raw counts, obs_names = barcodes in h5 row order, obsm['spatial']
     slides/<slide_id>.thumb.png thumbnail with the patches drawn
 
@@ -13,7 +14,7 @@ Notes on the contract (brief/BIO_CONTRACT.md): implemented as written, plus extr
 manifest ``num_tokens``/``format_version``, per-slide ``mpp_source``, ``patch_size_px``, ``dimensions``, ``n_genes``
 and ``excluded`` (ST: lists of spot ids by reason: not_selected / no_counts / zero_counts / not_in_tissue /
 outside_image); h5 attrs ``mpp_source``, ``patch_px``, ``target_mpp``, ``patch_level``, ``token_grid`` (0 = none),
-``level0_width/height``, ``has_expression``, ``format_version``; ``coords.attrs`` patch_size/patch_level (CLAM).
+``level0_width/height``, ``has_expression``, ``format_version``; ``coords.attrs`` as TRIDENT writes them.
 ``barcodes`` are variable-length UTF-8 strings (h5py returns bytes; use ``.asstr()[()]`` or ``.decode()``).
 For spot patches the spot centre is ``coords + patch_size_px / 2`` (within half a pixel).
 
@@ -46,10 +47,11 @@ from eca_core.errors import ConfigError, InputError
 from eca_core.io import atomic_path, write_json_atomic
 from eca_core.pipeline import Stage, StageContext
 from eca_core.resume import RunLock, clean_temp_files, content_hash, item_is_current, write_item_marker
+from eca_bio import slide_h5
 from eca_bio.encoders import EncoderConfig
 from eca_bio.tissue import TissueConfig
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: float32 features, TRIDENT coords attributes
 MIN_PATCH_PX = 8  # smaller level-0 patches mean the microns per pixel are wrong
 
 
@@ -150,7 +152,7 @@ def _run_preprocess(cfg: PreprocessConfig, out_dir: Path, options: dict | None, 
         for p in todo:
             attrs = _h5_attrs(cfg, p)
             job = SlideJob(p.slide_id, p.reader, p.coords, p.size_px, slides_dir / f"{p.slide_id}.h5", attrs,
-                           list(p.adata.obs_names) if p.adata is not None else None)
+                           list(p.adata.obs_names) if p.adata is not None else None, _coords_attrs(cfg, p, slides_dir))
             if main:
                 if p.adata is not None:
                     _write_h5ad(p, slides_dir / f"{p.slide_id}.h5ad")
@@ -325,25 +327,19 @@ def _slide_done(slides_dir: Path, p: _Plan) -> bool:
     if item_is_current(marker, p.params_hash):
         return True
     files = [f"{p.slide_id}.h5", f"{p.slide_id}.thumb.png"] + ([f"{p.slide_id}.h5ad"] if p.adata is not None else [])
-    if _h5_complete(slides_dir / files[0], p.params_hash) and all((slides_dir / f).is_file() for f in files):
+    if slide_h5.is_complete(slides_dir / files[0], p.params_hash) and all((slides_dir / f).is_file() for f in files):
         write_item_marker(marker, p.params_hash, files)
         return True
     return False
 
 
-def _h5_complete(path: Path, params_hash: str) -> bool:
-    if not path.exists():
-        return False
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            return f.attrs.get("params_hash") == params_hash and "features" in f
-    except OSError:
-        return False
-
-
 # ----------------------------------------------------------------------------------------- writing
+
+
+def _coords_attrs(cfg: PreprocessConfig, p: _Plan, slides_dir: Path) -> dict[str, Any]:
+    overlap = 0 if p.adata is not None else int(round(cfg.grid_overlap * cfg.patch_px))  # spots are not a grid
+    return slide_h5.coords_attrs(p.slide_id, cfg.patch_px, p.size_px, p.reader.mpp, *p.reader.dimensions,
+                                 overlap_px=overlap, savetodir="slides")  # relative: files do not depend on the run dir
 
 
 def _h5_attrs(cfg: PreprocessConfig, p: _Plan) -> dict[str, Any]:
@@ -385,13 +381,9 @@ def _write_empty_h5(job, info: dict[str, int], store_tokens: bool) -> None:
 
     with atomic_path(job.out_path) as tmp:
         with h5py.File(tmp, "w") as f:
-            f.create_dataset("coords", shape=(0, 2), dtype=np.int64)
-            f.create_dataset("features", shape=(0, info["feature_dim"]), dtype=np.float16)
-            if store_tokens:
-                f.create_dataset("tokens", shape=(0, info["num_tokens"], info["feature_dim"]), dtype=np.float16)
-            for key, value in job.attrs.items():
-                f.attrs[key] = json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
-            f.attrs["feature_dim"] = info["feature_dim"]
+            slide_h5.create_slide_file(f, job.coords, job.coords_attrs, info["feature_dim"],
+                                       info["num_tokens"] if store_tokens else 0, encoder=str(job.attrs.get("encoder", "")))
+            slide_h5.write_file_attrs(f, job.attrs, info["feature_dim"])
 
 
 def _manifest(cfg: PreprocessConfig, out_dir: Path, plans: list[_Plan], encoder_info: dict | None) -> dict:

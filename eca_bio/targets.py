@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anndata as ad
-import h5py
 import numpy as np
 import scipy.sparse as sp
 
 from eca_core.errors import InputError
+from eca_bio.slide_h5 import read_slide_h5
 
 TRANSFORMS = ("egn", "libsize")
 Transform = Literal["egn", "libsize"]
@@ -87,28 +87,18 @@ def load_slide(pre_dir: Path, entry: dict[str, Any], encoder: Any, with_tokens: 
     h5_path = pre_dir / entry["h5"]
     if not h5_path.is_file():
         raise DataError(f"slide {sid}: embeddings missing: {h5_path} does not exist (re-run preprocess)")
-    with _open_h5(h5_path) as f:
-        for key in ("coords", "features"):
-            if key not in f:
-                raise DataError(f"{h5_path}: no '{key}' dataset")
-        attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-        if "encoder_config" not in attrs:
-            raise DataError(f"{h5_path}: no 'encoder_config' attribute; cannot tell which encoder made these embeddings")
-        if canonical_encoder(attrs["encoder_config"]) != canonical_encoder(encoder):
-            raise DataError(f"{h5_path}: embeddings come from another encoder ({attrs['encoder_config']}) "
-                            f"than expected ({canonical_encoder(encoder)})")
-        features = np.asarray(f["features"][:], dtype=np.float32)
-        coords = np.asarray(f["coords"][:], dtype=np.int64)
-        tokens = np.asarray(f["tokens"][:], dtype=np.float32) if with_tokens and "tokens" in f else None
-        barcodes = [b.decode() if isinstance(b, bytes) else str(b) for b in f["barcodes"][:]] if "barcodes" in f else None
-    if features.ndim != 2 or coords.shape != (features.shape[0], 2):
-        raise DataError(f"{h5_path}: features {features.shape} / coords {coords.shape} are not (N, D) / (N, 2)")
+    h5 = read_slide_h5(h5_path, with_tokens)
+    attrs = h5.attrs
+    if "encoder_config" not in attrs:
+        raise DataError(f"{h5_path}: no 'encoder_config' attribute; cannot tell which encoder made these embeddings")
+    if canonical_encoder(attrs["encoder_config"]) != canonical_encoder(encoder):
+        raise DataError(f"{h5_path}: embeddings come from another encoder ({canonical_encoder(attrs['encoder_config'])}) "
+                        f"than expected ({canonical_encoder(encoder)})")
+    features, coords, tokens, barcodes = h5.features, h5.coords, h5.tokens, h5.barcodes
     _check_finite(features, "features", h5_path)
     if tokens is not None:
-        if tokens.ndim != 3 or tokens.shape[0] != features.shape[0]:
-            raise DataError(f"{h5_path}: tokens {tokens.shape} are not (N, T, D) with N = {features.shape[0]}")
         _check_finite(tokens, "tokens", h5_path)
-    size = float(attrs.get("patch_size_px", 0.0))
+    size = h5.patch_size_level0
     centres = coords.astype(np.float64) + size / 2.0
     counts = None
     if entry.get("h5ad"):
@@ -116,14 +106,6 @@ def load_slide(pre_dir: Path, entry: dict[str, Any], encoder: Any, with_tokens: 
     thumb = pre_dir / entry["thumbnail"] if entry.get("thumbnail") else None
     return SlideData(sid, features, tokens, coords, centres, h5_path, str(entry.get("image", attrs.get("slide", ""))),
                      thumb, float(entry.get("mpp", attrs.get("mpp", 0.0))), size, counts, attrs)
-
-
-def _open_h5(path: Path) -> h5py.File:
-    try:
-        return h5py.File(path, "r")
-    except OSError as exc:
-        raise DataError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {' '.join(str(exc).split())[:200]}; "
-                        f"re-run preprocess") from exc
 
 
 def _load_counts(path: Path, barcodes: list[str] | None, h5_path: Path, centres: np.ndarray) -> tuple[ad.AnnData, np.ndarray]:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from eca_bio.embed import SlideBatchSampler, SlideJob, embed_slides
+from eca_bio.slide_h5 import coords_attrs
 from eca_bio.encoders import EncoderConfig, build_encoder
 from eca_bio.slides import open_slide
 from eca_bio.st import read_legacy_st
@@ -42,7 +43,7 @@ def _jobs(tmp_path, n_sections=2):
         size = patch_size_px(112, reader.mpp)
         coords = spot_patches(adata.obsm["spatial"], size)
         jobs.append(SlideJob(f"S{k}", reader, coords, size, tmp_path / "out" / f"S{k}.h5", {"slide_id": f"S{k}", "mpp": reader.mpp},
-                             list(adata.obs_names)))
+                             list(adata.obs_names), coords_attrs(f"S{k}", 32, size, reader.mpp, *reader.dimensions)))
     return jobs
 
 
@@ -59,8 +60,9 @@ def test_rows_equal_a_direct_forward(tmp_path, workers):
                             for x, y in job.coords])
         pooled, tokens = encoder(norm(patches))
         with h5py.File(job.out_path) as f:
-            assert f["features"].dtype == np.float16 and f["tokens"].shape == (len(job.coords), 4, 64)
-            # batch size 5 vs one forward: equal up to float rounding and the fp16 storage (any CPU / GPU)
+            assert f["features"].dtype == np.float32 and f["tokens"].dtype == np.float16  # TRIDENT / CLAM read float32
+            assert f["tokens"].shape == (len(job.coords), 4, 64)
+            # batch size 5 vs one forward: equal up to float rounding and the fp16 token storage (any CPU / GPU)
             for stored, direct in ((f["features"][()], pooled), (f["tokens"][()], tokens)):
                 direct = direct.float().numpy()
                 scale = float(np.abs(direct).max())
@@ -68,7 +70,8 @@ def test_rows_equal_a_direct_forward(tmp_path, workers):
             np.testing.assert_array_equal(f["coords"][()], job.coords)
             assert [b.decode() for b in f["barcodes"][()]] == list(job.barcodes)
             assert f.attrs["slide_id"] == job.slide_id and f.attrs["feature_dim"] == 64
-            assert f["coords"].attrs["patch_size"] == job.size_px and f["coords"].attrs["patch_level"] == 0
+            assert f["coords"].attrs["patch_size_level0"] == job.size_px and f["coords"].attrs["patch_size"] == 32
+            assert f["coords"].attrs["patch_level"] == 0 and f["coords"].attrs["name"] == job.slide_id
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["S0.h5", "S1.h5"]
 
 

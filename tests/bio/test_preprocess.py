@@ -48,8 +48,13 @@ def test_her2st_and_svs_files_follow_the_contract(her2st_run, her2st, cmu_svs):
         with h5py.File(out / entry["h5"]) as f:
             n = entry["n_patches"]
             assert f["coords"].shape == (n, 2) and f["coords"].dtype == np.int64
-            assert f["features"].shape == (n, 64) and f["features"].dtype == np.float16
+            assert f["features"].shape == (n, 64) and f["features"].dtype == np.float32
             assert f["tokens"].shape == (n, 1, 64) and f["tokens"].dtype == np.float16
+            c = f["coords"].attrs  # TRIDENT's coords attributes: its slide encoders read patch_size_level0
+            assert c["patch_size_level0"] == entry["patch_size_px"] and c["patch_size"] == 32 and c["name"] == entry["slide_id"]
+            assert c["level0_magnification"] == pytest.approx(10 / entry["mpp"], abs=1e-3)
+            assert c["target_magnification"] == pytest.approx(c["level0_magnification"] * 32 / entry["patch_size_px"], abs=1e-3)
+            assert (c["level0_width"], c["level0_height"]) == tuple(entry["dimensions"]) and c["overlap"] == 0
             assert np.isfinite(f["features"][()]).all() and f["features"][()].std() > 0
             a = f.attrs
             assert a["mpp"] == pytest.approx(entry["mpp"]) and a["patch_size_px"] == entry["patch_size_px"]

@@ -118,7 +118,9 @@ def test_truncated_embeddings_file_is_named(tmp_path):
     pre = make_preprocess_dir(tmp_path / "pre", n_slides=3, n_spots=10)
     h5 = pre / "slides" / "S1.h5"
     h5.write_bytes(h5.read_bytes()[:1000])
-    with pytest.raises(DataError, match=r"S1\.h5: not a readable HDF5 file \(truncated or corrupt\?\)"):
+    from eca_bio.slide_h5 import FeatureFileError
+
+    with pytest.raises(FeatureFileError, match=r"S1\.h5: not a readable HDF5 file \(truncated or corrupt\?\)"):
         load_preprocessed(pre)
 
 
