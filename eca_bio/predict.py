@@ -30,6 +30,7 @@ class PredictConfig:
 
     slides: list[str] = field(default_factory=list)  # WSIs (any OpenSlide format or plain image) to predict on
     mpp: float | None = None  # microns per pixel of the slides; wins over their metadata (with a warning)
+    features_dir: str | None = None  # TRIDENT/CLAM feature files <slide id>.h5 of the slides (a model trained on such files needs them)
     allow_unusual_mpp: bool = False  # accept mpp outside 0.05-50 um/px and patches under 8 px
     genes_to_plot: int = 4  # heatmaps of the most variable predicted genes
     batch_size: int = 16  # embedding batch size
@@ -61,6 +62,7 @@ def preprocess_config_for(model_dir: Path, cfg: PredictConfig):
     if not params:
         raise DataError(f"{model_dir}/preprocess.json has no preprocess parameters; cannot embed new slides consistently")
     params.update(st_dir=None, sections=None, images={}, slides=[str(s) for s in cfg.slides], mpp=cfg.mpp,
+                  features_dir=cfg.features_dir,
                   allow_unusual_mpp=cfg.allow_unusual_mpp, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
     return from_dict(PreprocessConfig, params, f"{model_dir}/preprocess.json")
 
@@ -91,7 +93,8 @@ def _predict_embedded(model_dir: Path, trained: Any, cfg: PredictConfig, manifes
 
     encoder = json.loads(trained.encoder) if trained.encoder else manifest["encoder"]
     if canonical_encoder(manifest["encoder"]) != canonical_encoder(encoder):
-        raise DataError(f"new slides were embedded with {manifest['encoder']}, the model expects {encoder}")
+        hint = " (give features_dir with the slides' feature files from that encoder)" if "source" in encoder else ""
+        raise DataError(f"new slides were embedded with {manifest['encoder']}, the model expects {encoder}{hint}")
     written = {}
     for entry in manifest["slides"]:
         slide = load_slide(out_dir / "preprocess", entry, encoder, with_tokens=trained.use_tokens)
@@ -131,7 +134,7 @@ def _stage_run(ctx: StageContext) -> dict[str, Any]:
 
 
 def _stage_inputs(ctx: StageContext) -> list[Path]:
-    return [Path(s) for s in ctx.config.slides]
+    return [Path(s) for s in ctx.config.slides] + ([Path(ctx.config.features_dir)] if ctx.config.features_dir else [])
 
 
 def _report(result: dict[str, Any], args: Any) -> None:

@@ -73,6 +73,8 @@ class PreprocessConfig:
     patch_um: float = 112.0                   # patch side in microns (224 px at 0.5 um/px)
     patch_px: int = 224                       # encoder input side in pixels
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    features_dir: str | None = None           # TRIDENT/CLAM feature files <slide id>.h5 to use instead of embedding
+    features_encoder: str | None = None       # encoder that made features_dir's files (default: the files' 'encoder' attribute)
     token_grid: int | None = None             # pool patch tokens to k x k (None: keep all tokens)
     store_tokens: bool = True                 # write the 'tokens' dataset
     batch_size: int = 32
@@ -103,6 +105,8 @@ class _Plan:
     adata: Any = None
     mpp_source: str = ""
     params_hash: str = ""
+    features: np.ndarray | None = None  # precomputed (features_dir) rows, in coords order
+    features_file: Path | None = None
 
 
 def config_from_params(params: dict[str, Any] | None, where: str = "preprocess") -> PreprocessConfig:
@@ -131,6 +135,7 @@ def _run_preprocess(cfg: PreprocessConfig, out_dir: Path, options: dict | None, 
     log = print if progress else (lambda *a, **k: None)
     skipped: list[dict[str, str]] = []
     plans = _plan(cfg, log, skipped)
+    encoder_cfg = precomputed_encoder(cfg, plans) if cfg.features_dir else to_dict(cfg.encoder)
 
     slides_dir = out_dir / "slides"
     main = distributed.is_main()
@@ -145,21 +150,24 @@ def _run_preprocess(cfg: PreprocessConfig, out_dir: Path, options: dict | None, 
         from eca_bio.encoders import build_encoder
         from eca_bio.tiling import draw_patches
 
-        encoder, norm, encoder_info = build_encoder(cfg.encoder, cfg.patch_px, cfg.token_grid)
+        if cfg.features_dir:  # nothing to embed: the rows come from the feature files
+            encoder, norm, encoder_info = None, None, {"feature_dim": int(todo[0].features.shape[1]), "num_tokens": 0}
+        else:
+            encoder, norm, encoder_info = build_encoder(cfg.encoder, cfg.patch_px, cfg.token_grid)
         if main:
             (out_dir / "manifest.json").unlink(missing_ok=True)  # a manifest exists only over complete outputs
         jobs = []
         for p in todo:
-            attrs = _h5_attrs(cfg, p)
+            attrs = _h5_attrs(cfg, p, encoder_cfg)
             job = SlideJob(p.slide_id, p.reader, p.coords, p.size_px, slides_dir / f"{p.slide_id}.h5", attrs,
                            list(p.adata.obs_names) if p.adata is not None else None, _coords_attrs(cfg, p, slides_dir))
             if main:
                 if p.adata is not None:
                     _write_h5ad(p, slides_dir / f"{p.slide_id}.h5ad")
                 draw_patches(p.thumbnail, p.reader.dimensions, p.coords, p.size_px, slides_dir / f"{p.slide_id}.thumb.png", p.mask)
-                if len(p.coords) == 0:
-                    _write_empty_h5(job, encoder_info, cfg.store_tokens)
-            if len(p.coords):
+                if len(p.coords) == 0 or p.features is not None:
+                    _write_rows_h5(job, encoder_info, cfg.store_tokens and p.features is None, p.features)
+            if len(p.coords) and p.features is None:
                 jobs.append(job)
         start = time.time()
         n = sum(len(j.coords) for j in jobs)
@@ -178,7 +186,7 @@ def _run_preprocess(cfg: PreprocessConfig, out_dir: Path, options: dict | None, 
         missing = [p.slide_id for p in plans if not _slide_done(slides_dir, p)]
         if missing:
             raise PreprocessError(f"{out_dir}: slide(s) {missing} were not written; run again to resume")
-        manifest = _manifest(cfg, out_dir, plans, encoder_info)
+        manifest = _manifest(cfg, out_dir, plans, encoder_info, encoder_cfg)
         if skipped:
             manifest["skipped"] = skipped
         write_json_atomic(out_dir / "manifest.json", manifest)
@@ -194,6 +202,8 @@ def _validate(cfg: PreprocessConfig) -> None:
         raise PreprocessError("nothing to do: give st_dir (ST sections) and/or slides (WSIs)")
     if cfg.encoder.weights is not None and not Path(cfg.encoder.weights).is_file():
         raise PreprocessError(f"{cfg.encoder.weights}: encoder weights file not found")
+    if cfg.features_dir is not None and not Path(cfg.features_dir).is_dir():
+        raise PreprocessError(f"{cfg.features_dir}: features_dir is not a folder (TRIDENT writes features_<encoder>/<slide>.h5)")
 
 
 def _plan(cfg: PreprocessConfig, log, skipped: list[dict[str, str]]) -> list[_Plan]:
@@ -249,13 +259,19 @@ def _plan_section(cfg: PreprocessConfig, section: Any, log) -> _Plan:
     source = reader.mpp_source if reader.mpp_source != "fallback" else st["array_mpp_source"]
     exclude_outside_image(adata, *reader.dimensions, max_outside_fraction=cfg.max_outside_fraction)
     thumb = reader.thumbnail(cfg.tissue.thumbnail_px)
-    size = _patch_px(cfg, reader)
-    coords = spot_patches(adata.obsm["spatial"], size)
+    features = features_file = None
+    if cfg.features_dir is not None:
+        features_file = _features_file(cfg, section.section_id)
+        coords, size, features = join_features_to_spots(features_file, adata, reader.dimensions, cfg.max_outside_fraction)
+    else:
+        size = _patch_px(cfg, reader)
+        coords = spot_patches(adata.obsm["spatial"], size)
     excluded = {k: len(v) for k, v in st["excluded"].items() if len(v)}
     log(f"{section.section_id}: {adata.n_obs} spots x {adata.n_vars} genes"
         + (f" (excluded {excluded})" if excluded else "")
-        + f"; {reader.mpp:.4f} um/px ({source}); patch {size} px -> {cfg.patch_px} px")
-    return _Plan(section.section_id, reader, coords, size, thumb, None, adata, source)
+        + f"; {reader.mpp:.4f} um/px ({source}); "
+        + (f"features from {features_file} (patch {size} px)" if features_file else f"patch {size} px -> {cfg.patch_px} px"))
+    return _Plan(section.section_id, reader, coords, size, thumb, None, adata, source, features=features, features_file=features_file)
 
 
 def _plan_slide(cfg: PreprocessConfig, path: str, log) -> _Plan:
@@ -265,8 +281,18 @@ def _plan_slide(cfg: PreprocessConfig, path: str, log) -> _Plan:
 
     reader = open_slide(path, mpp=cfg.mpp, allow_unusual_mpp=cfg.allow_unusual_mpp)
     source = reader.mpp_source
-    size = _patch_px(cfg, reader)
     thumb = reader.thumbnail(cfg.tissue.thumbnail_px)
+    if cfg.features_dir is not None:  # every row of the file: its tiles are the slide's patches
+        from eca_bio.slide_h5 import read_slide_h5
+
+        features_file = _features_file(cfg, slide_id_from_path(path))
+        h5 = read_slide_h5(features_file, with_tokens=False)
+        _check_same_image(h5, reader.dimensions)
+        size = int(round(h5.patch_size_level0))
+        log(f"{reader.slide_id}: {len(h5.coords)} tiles of {size} px from {features_file}")
+        return _Plan(slide_id_from_path(path), reader, h5.coords, size, thumb, None, None, source,
+                     features=h5.features, features_file=features_file)
+    size = _patch_px(cfg, reader)
     mask = detect_tissue(thumb, reader.mpp * reader.dimensions[0] / thumb.size[0], cfg.tissue)
     stride = max(1, int(round(size * (1 - cfg.grid_overlap))))
     coords = grid_patches(mask, reader.dimensions, size, stride, cfg.min_tissue)
@@ -285,9 +311,75 @@ def _patch_px(cfg: PreprocessConfig, reader: Any) -> int:
     return size
 
 
+def _features_file(cfg: PreprocessConfig, slide_id: str) -> Path:
+    path = Path(cfg.features_dir) / f"{slide_id}.h5"
+    if not path.is_file():
+        raise InputError(f"{path}: no feature file for slide {slide_id} in features_dir")
+    return path
+
+
+def _check_same_image(h5: Any, dimensions: tuple[int, int]) -> None:
+    size = (h5.coords_attrs.get("level0_width"), h5.coords_attrs.get("level0_height"))
+    if None not in size and tuple(int(v) for v in size) != tuple(int(v) for v in dimensions):
+        raise InputError(f"{h5.path}: made from a {size[0]}x{size[1]} image, but the slide is "
+                         f"{dimensions[0]}x{dimensions[1]} (another image or another level 0?)")
+
+
+def join_features_to_spots(path: Path, adata: Any, dimensions: tuple[int, int],
+                           max_unmatched_fraction: float = 0.1) -> tuple[np.ndarray, int, np.ndarray]:
+    """Rows of a TRIDENT/CLAM feature file matched to the ST spots: (coords, level-0 patch size, features).
+
+    By barcode when the file has ``barcodes``; otherwise each spot takes the row whose patch centre is
+    nearest to the spot centre, within a quarter patch (spot-centred coordinates). Unmatched spots are
+    dropped from ``adata`` and listed in ``uns['st']['excluded']['no_features']``; more than
+    ``max_unmatched_fraction`` of them means the file does not cover the spots (an InputError).
+    """
+    from scipy.spatial import cKDTree
+
+    from eca_bio.slide_h5 import read_slide_h5
+
+    h5 = read_slide_h5(path, with_tokens=False)
+    _check_same_image(h5, dimensions)
+    size = float(h5.patch_size_level0)
+    if h5.barcodes is not None:
+        row_of = {b: i for i, b in enumerate(h5.barcodes)}
+        rows = np.array([row_of.get(b, -1) for b in adata.obs_names])
+        how = "barcode"
+    else:
+        centres = h5.coords.astype(np.float64) + size / 2.0
+        dist, nearest = cKDTree(centres).query(np.asarray(adata.obsm["spatial"], dtype=np.float64)) if len(centres) else \
+            (np.full(adata.n_obs, np.inf), np.zeros(adata.n_obs, dtype=int))
+        rows = np.where(dist <= size / 4.0, nearest, -1)
+        how = "patch centre within a quarter patch of the spot centre"
+    unmatched = rows < 0
+    if unmatched.sum() > max_unmatched_fraction * adata.n_obs:
+        raise InputError(f"{path}: its {len(h5.coords)} rows do not cover the spots: {int(unmatched.sum())} of {adata.n_obs} "
+                         f"spots have no row (matched by {how}), e.g. {list(adata.obs_names[unmatched][:3])}")
+    adata.uns["st"]["excluded"]["no_features"] = [str(b) for b in adata.obs_names[unmatched]]
+    if unmatched.any():
+        adata._inplace_subset_obs(~unmatched)
+        rows = rows[~unmatched]
+    return h5.coords[rows], int(round(size)), h5.features[rows]
+
+
+def precomputed_encoder(cfg: PreprocessConfig, plans: list[_Plan]) -> dict[str, Any]:
+    """The identity of features_dir's encoder: ``features_encoder``, else the one name all files give."""
+    from eca_bio.slide_h5 import read_slide_h5
+
+    if cfg.features_encoder:
+        name = cfg.features_encoder
+    else:
+        names = {read_slide_h5(p.features_file, with_tokens=False).encoder for p in plans if p.features_file}
+        if len(names) != 1 or "" in names:
+            raise PreprocessError(f"{cfg.features_dir}: the feature files name encoder(s) {sorted(names)}; "
+                                  f"set features_encoder to the one encoder that made them")
+        name = names.pop()
+    return {"name": name, "source": "precomputed features (TRIDENT/CLAM h5)"}
+
+
 def _input_files(p: _Plan) -> list[Path]:
     """The files a slide's outputs are made from: the image and, for ST sections, the counts and spot tables."""
-    files = [Path(p.reader.path)]
+    files = [Path(p.reader.path)] + ([p.features_file] if p.features_file else [])
     if p.adata is not None:
         st = p.adata.uns["st"]
         files += [Path(st[k]) for k in ("counts", "selection", "positions", "scalefactors") if st.get(k)]
@@ -300,6 +392,7 @@ def _slide_hash(cfg: PreprocessConfig, p: _Plan) -> str:
     payload = {
         "format": FORMAT_VERSION,
         "encoder": to_dict(cfg.encoder),
+        "features_encoder": cfg.features_encoder,
         "patch_um": cfg.patch_um,
         "patch_px": cfg.patch_px,
         "token_grid": cfg.token_grid,
@@ -342,7 +435,7 @@ def _coords_attrs(cfg: PreprocessConfig, p: _Plan, slides_dir: Path) -> dict[str
                                  overlap_px=overlap, savetodir="slides")  # relative: files do not depend on the run dir
 
 
-def _h5_attrs(cfg: PreprocessConfig, p: _Plan) -> dict[str, Any]:
+def _h5_attrs(cfg: PreprocessConfig, p: _Plan, encoder_cfg: dict[str, Any]) -> dict[str, Any]:
     return {
         "mpp": float(p.reader.mpp),
         "mpp_source": p.mpp_source,
@@ -352,8 +445,8 @@ def _h5_attrs(cfg: PreprocessConfig, p: _Plan) -> dict[str, Any]:
         "target_mpp": float(cfg.patch_um) / cfg.patch_px,
         "patch_level": 0,
         "token_grid": 0 if cfg.token_grid is None else int(cfg.token_grid),
-        "encoder": cfg.encoder.name,
-        "encoder_config": to_dict(cfg.encoder),
+        "encoder": encoder_cfg["name"],
+        "encoder_config": encoder_cfg,
         "slide": str(p.reader.path),
         "slide_id": p.slide_id,
         "level0_width": int(p.reader.dimensions[0]),
@@ -376,17 +469,22 @@ def _write_h5ad(p: _Plan, path: Path) -> None:
         adata.write_h5ad(tmp)
 
 
-def _write_empty_h5(job, info: dict[str, int], store_tokens: bool) -> None:
+def _write_rows_h5(job, info: dict[str, int], store_tokens: bool, features: np.ndarray | None = None) -> None:
+    """A slide file written in one go: no rows, or the precomputed ``features`` (features_dir)."""
     import h5py
 
     with atomic_path(job.out_path) as tmp:
         with h5py.File(tmp, "w") as f:
             slide_h5.create_slide_file(f, job.coords, job.coords_attrs, info["feature_dim"],
-                                       info["num_tokens"] if store_tokens else 0, encoder=str(job.attrs.get("encoder", "")))
+                                       info["num_tokens"] if store_tokens else 0, job.barcodes,
+                                       encoder=str(job.attrs.get("encoder", "")))
+            if features is not None and len(features):
+                f["features"][:] = np.asarray(features, dtype=slide_h5.FEATURES_DTYPE)
             slide_h5.write_file_attrs(f, job.attrs, info["feature_dim"])
 
 
-def _manifest(cfg: PreprocessConfig, out_dir: Path, plans: list[_Plan], encoder_info: dict | None) -> dict:
+def _manifest(cfg: PreprocessConfig, out_dir: Path, plans: list[_Plan], encoder_info: dict | None,
+              encoder_cfg: dict[str, Any]) -> dict:
     import h5py
 
     entries = []
@@ -417,7 +515,7 @@ def _manifest(cfg: PreprocessConfig, out_dir: Path, plans: list[_Plan], encoder_
         entries.append(entry)
     return {
         "format_version": FORMAT_VERSION,
-        "encoder": to_dict(cfg.encoder),
+        "encoder": encoder_cfg,
         "feature_dim": feature_dim,
         "num_tokens": num_tokens,
         "params": to_dict(cfg),
@@ -435,6 +533,8 @@ def _stage_inputs(ctx: StageContext) -> list[Path]:
     paths += [Path(s) for s in cfg.slides]
     if cfg.encoder.weights:
         paths.append(Path(cfg.encoder.weights))
+    if cfg.features_dir:
+        paths.append(Path(cfg.features_dir))
     return paths
 
 
