@@ -214,7 +214,7 @@ def _spot_diameter(pre_dir: Path | None, entry: dict[str, Any]) -> float | None:
 def export_predictions(train_dir: Path, pre_dir: Path | None, method: str, transform: str, collected: dict[str, Any],
                        out: Path, cfg: EvaluateConfig) -> list[str]:
     """One .h5ad + gene-map PNG per test slide of ``method`` under ``transform``."""
-    from eca_bio.export import plot_gene_maps, prediction_anndata, slide_images, top_genes, write_h5ad
+    from eca_bio.export import gene_metadata, plot_gene_maps, prediction_anndata, slide_images, top_genes, write_h5ad
 
     plan = collected["plan"]
     manifest = json.loads((pre_dir / "manifest.json").read_text()) if pre_dir and (pre_dir / "manifest.json").is_file() else {"slides": []}
@@ -238,7 +238,8 @@ def export_predictions(train_dir: Path, pre_dir: Path | None, method: str, trans
                    "config": json.dumps(plan["config"]), "encoder": json.dumps(plan["encoder"])}
             adata = prediction_anndata(z["pred"][rows], genes, list(z["barcodes"][rows]), z["centres"][rows], sid,
                                        truth=z["truth"][rows], images=images, scalefactors=scales,
-                                       spot_diameter_px=diameter, eca=eca)
+                                       spot_diameter_px=diameter, eca=eca,
+                                       var=gene_metadata(pre_dir / entry["h5ad"]) if pre_dir and entry.get("h5ad") else None)
             path = write_h5ad(adata, out / f"{sid}.h5ad")
             plot_gene_maps(adata, top_genes(adata, cfg.genes_to_plot), out / f"{sid}_genes.png",
                            title=f"{sid}: {method}, target {transform} (predicted | measured)")

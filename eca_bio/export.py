@@ -40,13 +40,14 @@ def slide_images(image: str | Path, mpp: float | None, hires_px: int = HIRES_PX,
 def prediction_anndata(pred: np.ndarray, genes: list[str], obs_names: list[str], centres: np.ndarray,
                        library_id: str, truth: np.ndarray | None = None, images: dict[str, np.ndarray] | None = None,
                        scalefactors: dict[str, float] | None = None, spot_diameter_px: float | None = None,
-                       eca: dict[str, Any] | None = None) -> ad.AnnData:
-    """AnnData of one slide's predictions with the DESIGN §3 fields."""
+                       eca: dict[str, Any] | None = None, var: pd.DataFrame | None = None) -> ad.AnnData:
+    """AnnData of one slide's predictions with the DESIGN §3 fields; ``var`` adds the genes' feature metadata."""
     pred = np.asarray(pred, dtype=np.float32)
     if pred.shape != (len(obs_names), len(genes)):
         raise ValueError(f"predictions {pred.shape} do not match {len(obs_names)} spots x {len(genes)} genes")
-    adata = ad.AnnData(X=pred, obs=pd.DataFrame(index=pd.Index([str(o) for o in obs_names], dtype=str)),
-                       var=pd.DataFrame(index=pd.Index([str(g) for g in genes], dtype=str)))
+    index = pd.Index([str(g) for g in genes], dtype=str)
+    var = pd.DataFrame(index=index) if var is None else var.reindex(index)
+    adata = ad.AnnData(X=pred, obs=pd.DataFrame(index=pd.Index([str(o) for o in obs_names], dtype=str)), var=var)
     adata.obs["slide_id"] = library_id
     if truth is not None:
         adata.layers["truth"] = np.asarray(truth, dtype=np.float32)
@@ -57,6 +58,18 @@ def prediction_anndata(pred: np.ndarray, genes: list[str], obs_names: list[str],
                                          "metadata": {"source": "eca_bio"}}}
     adata.uns["eca"] = _jsonable(eca or {})
     return adata
+
+
+def gene_metadata(h5ad_path: str | Path) -> pd.DataFrame | None:
+    """The ``var`` table (gene_ids, feature_types, genome, probe fields) of a slide's counts file, or None."""
+    path = Path(h5ad_path)
+    if not path.is_file():
+        return None
+    adata = ad.read_h5ad(path, backed="r")
+    try:
+        return adata.var.copy() if adata.var.shape[1] else None
+    finally:
+        adata.file.close()
 
 
 def _jsonable(obj: Any) -> Any:

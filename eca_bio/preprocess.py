@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -255,6 +256,8 @@ def _plan_section(cfg: PreprocessConfig, section: Any, log) -> _Plan:
         raise PreprocessError(f"{image}: image of section {section.section_id} not found")
     adata = read_section(section, image=image)
     st = adata.uns["st"]
+    if st.get("image_fallback"):
+        print(f"{section.section_id}: {st['image_fallback']}", file=sys.stderr)  # always said, progress or not
     reader = open_slide(st["image"], fallback_mpp=st["array_mpp"], allow_unusual_mpp=cfg.allow_unusual_mpp)
     source = reader.mpp_source if reader.mpp_source != "fallback" else st["array_mpp_source"]
     exclude_outside_image(adata, *reader.dimensions, max_outside_fraction=cfg.max_outside_fraction)
@@ -459,6 +462,13 @@ def _h5_attrs(cfg: PreprocessConfig, p: _Plan, encoder_cfg: dict[str, Any]) -> d
 
 def _write_h5ad(p: _Plan, path: Path) -> None:
     adata = p.adata.copy()
+    lib = adata.uns["spatial"][adata.uns["st"]["library_id"]]
+    if not lib.get("images"):  # legacy ST and the like: hires/lowres thumbnails, so scanpy.pl.spatial draws the slide
+        from eca_bio.export import slide_images
+
+        images, scales = slide_images(p.reader.path, p.reader.mpp)
+        lib["images"] = images
+        lib["scalefactors"] = dict(lib.get("scalefactors") or {}) | scales
     st = dict(adata.uns.pop("st"))
     excluded = st.pop("excluded")
     adata.uns["slide"] = {"slide_id": p.slide_id, "image": str(p.reader.path), "mpp": float(p.reader.mpp),

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import anndata as ad
 import numpy as np
@@ -257,12 +258,21 @@ def read_visium(folder: str | os.PathLike, image: str | os.PathLike | None = Non
     for col in ("in_tissue", "array_row", "array_col"):
         adata.obs[col] = pos[col].astype(int).to_numpy()
     adata.obsm["spatial"] = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
+    fallback = None
+    if image is None and not _image_candidates(folder):
+        image, fallback, scalefactors = _downscaled_image(spatial, scalefactors, sf_path)
+        adata.obsm["spatial_fullres"] = adata.obsm["spatial"].copy()
+        adata.obsm["spatial"] = adata.obsm["spatial"] * fallback["scale"]  # pixels of the image that is tiled
     image_path = Path(image) if image is not None else _find_image(folder, None)
     mpp = VISIUM_SPOT_DIAMETER_UM / float(scalefactors["spot_diameter_fullres"])
     _finish(adata, library_id, image_path, mpp,
             f"spot diameter {VISIUM_SPOT_DIAMETER_UM:g} um / {float(scalefactors['spot_diameter_fullres']):.2f} px",
             {"not_in_tissue": not_in_tissue}, scalefactors,
             {"counts": str(h5.resolve()), "positions": str(pos_path.resolve())})
+    if fallback is not None:
+        adata.uns["st"]["image_fallback"] = (
+            f"no full-resolution image in {folder}: tiling {fallback['name']} (its scale factor {fallback['scale']:.6g}) "
+            f"at {mpp:.3f} um/px")
     images = {}
     for key, name in (("hires", "tissue_hires_image.png"), ("lowres", "tissue_lowres_image.png")):
         if (spatial / name).exists():
@@ -275,31 +285,32 @@ def read_visium(folder: str | os.PathLike, image: str | os.PathLike | None = Non
 
 
 def read_10x_h5(path: str | os.PathLike, gex_only: bool = True) -> ad.AnnData:
-    """10x Genomics HDF5 feature-barcode matrix (Cell Ranger >= 3 layout) -> AnnData (barcodes x features)."""
-    import h5py
+    """10x Genomics HDF5 feature-barcode matrix -> AnnData (barcodes x features), read by ``scanpy.read_10x_h5``.
+
+    Every feature field Space Ranger writes is kept in ``var``: ``gene_ids``, ``feature_types``, ``genome``
+    and, for probe-based matrices, ``probe_ids``, ``gene_name``, ``probe_region``, ``filtered_probes``.
+    Counts are float32 CSR; duplicate feature names are made unique as scanpy does.
+    """
+    import scanpy as sc
 
     path = Path(path)
     try:
+        import h5py
+
         with h5py.File(path, "r") as f:
             if "matrix" not in f:
                 raise STError(f"{path}: no 'matrix' group (only the Cell Ranger >= 3 HDF5 layout is supported)")
-            g = f["matrix"]
-            n_features, n_barcodes = (int(v) for v in g["shape"][()])
-            mat = sp.csc_matrix((g["data"][()], g["indices"][()], g["indptr"][()]), shape=(n_features, n_barcodes))
-            barcodes = [b.decode() for b in g["barcodes"][()]]
-            feats = g["features"]
-            names = [b.decode() for b in feats["name"][()]]
-            ids = [b.decode() for b in feats["id"][()]]
-            ftype = [b.decode() for b in feats["feature_type"][()]] if "feature_type" in feats else ["Gene Expression"] * len(ids)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Variable names are not unique" (made unique below)
+            adata = sc.read_10x_h5(path, gex_only=gex_only)
     except STError:
         raise
-    except (OSError, KeyError, ValueError) as exc:
-        raise STError(f"{path}: not a readable 10x feature-barcode HDF5 file: {exc}") from exc
-    keep = np.array([t == "Gene Expression" for t in ftype]) if gex_only else np.ones(len(ids), dtype=bool)
-    names = ad.utils.make_index_unique(pd.Index(np.asarray(names)[keep]))  # scanpy's var_names_make_unique
-    var = pd.DataFrame({"gene_ids": np.asarray(ids)[keep], "feature_types": np.asarray(ftype)[keep]}, index=names)
-    X = mat.T.tocsr()[:, np.flatnonzero(keep)].astype(np.float32)
-    return ad.AnnData(X=X, obs=pd.DataFrame(index=pd.Index(barcodes)), var=var)
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise STError(f"{path}: not a readable 10x feature-barcode HDF5 file: {' '.join(str(exc).split())[:200]}") from exc
+    adata.var_names_make_unique()
+    adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
+    adata.obs_names = adata.obs_names.astype(str)
+    return adata
 
 
 def _read_positions(path: Path) -> pd.DataFrame:
@@ -393,8 +404,35 @@ def _finish(adata: ad.AnnData, library_id: str, image_path: Path, mpp: float, mp
                        "array_mpp_source": mpp_source, "excluded": excluded, **files}
 
 
+def _image_candidates(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _downscaled_image(spatial: Path, scalefactors: dict, sf_path: Path) -> tuple[Path, dict[str, Any], dict]:
+    """Without a full-resolution image: Space Ranger's hires (else lowres) PNG, with scale factors for its pixels.
+
+    Coordinates and the spot diameter are multiplied by the image's scale factor, so the PNG plays the
+    full-resolution image (its own hires scale factor becomes 1) and the microns per pixel follow.
+    """
+    for name, key in (("tissue_hires_image.png", "tissue_hires_scalef"), ("tissue_lowres_image.png", "tissue_lowres_scalef")):
+        if (spatial / name).is_file():
+            if key not in scalefactors or not float(scalefactors[key]) > 0:
+                raise STError(f"{sf_path}: no positive '{key}' for {spatial / name}")
+            scale = float(scalefactors[key])
+            sf = dict(scalefactors)
+            sf["spot_diameter_fullres"] = float(scalefactors["spot_diameter_fullres"]) * scale
+            if "fiducial_diameter_fullres" in sf:
+                sf["fiducial_diameter_fullres"] = float(sf["fiducial_diameter_fullres"]) * scale
+            for other in ("tissue_hires_scalef", "tissue_lowres_scalef"):
+                if other in sf:
+                    sf[other] = float(sf[other]) / scale
+            return spatial / name, {"name": f"spatial/{name}", "scale": scale}, sf
+    raise STError(f"{spatial.parent}: no full-resolution image ({', '.join(IMAGE_SUFFIXES)}) and no "
+                  f"spatial/tissue_hires_image.png or tissue_lowres_image.png; give the image path")
+
+
 def _find_image(folder: Path, section_id: str | None) -> Path:
-    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    images = _image_candidates(folder)
     if section_id is not None and len(images) > 1:
         named = [p for p in images if section_id in p.stem]
         images = named or images

@@ -171,8 +171,12 @@ def test_visium_image_given_explicitly(tmp_path):
     folder = make_visium(tmp_path / "visium" / "V1")
     moved = tmp_path / "elsewhere.tif"
     (folder / "tissue_fullres.tif").rename(moved)
-    with pytest.raises(STError, match="no full-resolution image"):
-        run_preprocess(cfg_for(st_dir=str(folder)), tmp_path / "a", CPU, progress=False)
+    hires = folder / "spatial" / "tissue_hires_image.png"
+    if hires.exists():  # without the full-resolution image the hires PNG is tiled (tests/bio/test_visium_real.py) ...
+        hires.rename(tmp_path / "hires.png")
+    (folder / "spatial" / "tissue_lowres_image.png").unlink(missing_ok=True)
+    with pytest.raises(STError, match="no full-resolution image .* and no spatial/tissue_hires_image.png"):
+        run_preprocess(cfg_for(st_dir=str(folder)), tmp_path / "a", CPU, progress=False)  # ... without any: an error
     with pytest.raises(PreprocessError, match="V9"):
         run_preprocess(cfg_for(st_dir=str(folder), images={"V9": str(moved)}), tmp_path / "b", CPU, progress=False)
     manifest = run_preprocess(cfg_for(st_dir=str(folder), images={"V1": str(moved)}), tmp_path / "c", CPU, progress=False)
