@@ -64,8 +64,8 @@ class PreprocessError(ConfigError):
 class PreprocessConfig:
     """Parameters of the preprocess stage (YAML ``preprocess:`` params; one source of truth for defaults)."""
 
-    st_dir: str | None = None                 # legacy-ST / Visium section folder, or a folder of them
-    st_format: Literal["auto", "legacy_st", "visium"] = "auto"
+    st_dir: str | None = None                 # legacy-ST / Visium section folder, a folder of them, or a HEST-1k folder
+    st_format: Literal["auto", "legacy_st", "visium", "hest"] = "auto"
     sections: list[str] | None = None         # subset of section ids in st_dir (default: all)
     images: dict[str, str] = field(default_factory=dict)  # section id -> full-res image (default: found in its folder)
     slides: list[str] = field(default_factory=list)  # WSIs without ST: tiled over detected tissue
@@ -385,7 +385,7 @@ def _input_files(p: _Plan) -> list[Path]:
     files = [Path(p.reader.path)] + ([p.features_file] if p.features_file else [])
     if p.adata is not None:
         st = p.adata.uns["st"]
-        files += [Path(st[k]) for k in ("counts", "selection", "positions", "scalefactors") if st.get(k)]
+        files += [Path(st[k]) for k in ("counts", "selection", "positions", "scalefactors", "metadata") if st.get(k)]
     return [f for f in files if f.is_file()]
 
 

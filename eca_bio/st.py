@@ -25,7 +25,8 @@ from eca_core.errors import InputError
 ST_SPOT_SPACING_UM = 200.0  # legacy ST array: spot centre-to-centre distance (Stahl et al. 2016)
 VISIUM_SPOT_DIAMETER_UM = 55.0  # 10x Visium spot diameter; scalefactors give it in full-res pixels
 IMAGE_SUFFIXES = (".tif", ".tiff", ".btf", ".svs", ".ndpi", ".jpg", ".jpeg", ".png")
-STFormat = Literal["auto", "legacy_st", "visium"]
+STFormat = Literal["auto", "legacy_st", "visium", "hest"]
+Layout = Literal["legacy_st", "visium", "hest"]
 
 
 class STError(InputError):
@@ -38,14 +39,17 @@ class Section:
 
     section_id: str
     path: Path
-    format: Literal["legacy_st", "visium"]
+    format: Layout
 
 
-def detect_layout(path: str | os.PathLike) -> Literal["legacy_st", "visium"] | None:
-    """'visium' for a Space Ranger output folder, 'legacy_st' for ``<id>.tsv.gz`` + ``<id>_selection.tsv``, else None."""
+def detect_layout(path: str | os.PathLike) -> Layout | None:
+    """'visium' for a Space Ranger output folder, 'legacy_st' for ``<id>.tsv.gz`` + ``<id>_selection.tsv``,
+    'hest' for a HEST-1k folder (``st/<id>.h5ad``, ``wsis/<id>.tif``, ``metadata/<id>.json``), else None."""
     path = Path(path)
     if not path.is_dir():
         return None
+    if (path / "st").is_dir() and (path / "wsis").is_dir() and any((path / "st").glob("*.h5ad")):
+        return "hest"
     if (path / "spatial").is_dir() and any((path / n).exists() for n in ("filtered_feature_bc_matrix.h5", "raw_feature_bc_matrix.h5")):
         return "visium"
     if _legacy_pairs(path):
@@ -67,11 +71,14 @@ def find_sections(st_dir: str | os.PathLike, fmt: STFormat = "auto", sections: l
             continue
         if layout == "legacy_st":
             found.extend(Section(sid, folder, "legacy_st") for sid in _legacy_pairs(folder))
+        elif layout == "hest":
+            found.extend(Section(p.stem, folder, "hest") for p in sorted((folder / "st").glob("*.h5ad")))
         else:
             found.append(Section(folder.name, folder, "visium"))
     if not found:
-        want = {"auto": "a Visium Space Ranger folder (filtered_feature_bc_matrix.h5 + spatial/) or a legacy ST "
-                        "folder (<id>.tsv.gz + <id>_selection.tsv + an H&E image)",
+        want = {"auto": "a Visium Space Ranger folder (filtered_feature_bc_matrix.h5 + spatial/), a legacy ST "
+                        "folder (<id>.tsv.gz + <id>_selection.tsv + an H&E image) or a HEST-1k folder (st/, wsis/, metadata/)",
+                "hest": "a HEST-1k folder (st/<id>.h5ad, wsis/<id>.tif, metadata/<id>.json)",
                 "visium": "a Visium Space Ranger folder (filtered_feature_bc_matrix.h5 + spatial/)",
                 "legacy_st": "a legacy ST folder (<id>.tsv.gz + <id>_selection.tsv + an H&E image)"}[fmt]
         raise STError(f"{st_dir}: not {want}, nor a folder of such folders")
@@ -91,6 +98,8 @@ def read_section(section: Section, image: str | os.PathLike | None = None) -> ad
     """Load a section found by ``find_sections``."""
     if section.format == "legacy_st":
         return read_legacy_st(section.path, section.section_id, image=image)
+    if section.format == "hest":
+        return read_hest(section.path, section.section_id, image=image)
     return read_visium(section.path, image=image, library_id=section.section_id)
 
 
@@ -334,6 +343,66 @@ def _read_positions(path: Path) -> pd.DataFrame:
     if missing:
         raise STError(f"{path}: missing column(s) {missing}")
     return pos.set_index(pos["barcode"].astype(str))
+
+
+# ----------------------------------------------------------------------------------------- HEST-1k
+
+
+def read_hest(hest_dir: str | os.PathLike, sample_id: str, image: str | os.PathLike | None = None) -> ad.AnnData:
+    """One HEST-1k sample as HEST's own reader finds it: ``st/<id>.h5ad``, ``wsis/<id>.tif``, ``metadata/<id>.json``.
+
+    Counts are the h5ad's ``X`` (raw); spot centres its ``obsm['spatial']`` (else ``pxl_col_in_fullres`` /
+    ``pxl_row_in_fullres``), in full-resolution pixels of the WSI; spots with ``in_tissue == 0`` are
+    excluded. Microns per pixel: the metadata's ``pixel_size_um_estimated`` (HEST's own estimate; the
+    WSI's embedded value is often absent or wrong), else ``pixel_size_um_embedded``; the spot diameter
+    (``spot_diameter``, µm) sets ``spot_diameter_fullres``.
+    """
+    hest_dir = Path(hest_dir)
+    h5ad_path = hest_dir / "st" / f"{sample_id}.h5ad"
+    meta_path = hest_dir / "metadata" / f"{sample_id}.json"
+    image_path = Path(image) if image is not None else hest_dir / "wsis" / f"{sample_id}.tif"
+    for path, what in ((h5ad_path, "expression"), (image_path, "whole-slide image"), (meta_path, "metadata")):
+        if not path.is_file():
+            raise STError(f"HEST sample {sample_id}: no {what} file {path} (HEST-1k keeps st/<id>.h5ad, wsis/<id>.tif "
+                          f"and metadata/<id>.json together)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise STError(f"{meta_path}: not valid JSON: {exc}") from exc
+    mpp_key = next((k for k in ("pixel_size_um_estimated", "pixel_size_um_embedded") if _positive(meta.get(k))), None)
+    if mpp_key is None:
+        raise STError(f"{meta_path}: no positive pixel_size_um_estimated or pixel_size_um_embedded (microns per pixel)")
+    mpp = float(meta[mpp_key])
+    try:
+        adata = ad.read_h5ad(h5ad_path)
+    except (OSError, KeyError, ValueError) as exc:
+        raise STError(f"{h5ad_path}: not a readable .h5ad file: {' '.join(str(exc).split())[:200]}") from exc
+    if "spatial" in adata.obsm:
+        xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
+    elif {"pxl_col_in_fullres", "pxl_row_in_fullres"} <= set(adata.obs.columns):
+        xy = adata.obs[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=np.float64)
+    else:
+        raise STError(f"{h5ad_path}: no spot positions (obsm['spatial'] or obs pxl_col_in_fullres/pxl_row_in_fullres)")
+    adata = ad.AnnData(X=sp.csr_matrix(adata.X, dtype=np.float32), obs=adata.obs.copy(), var=adata.var.copy())
+    adata.obsm["spatial"] = xy
+    not_in_tissue: list[str] = []
+    if "in_tissue" in adata.obs.columns:
+        keep = adata.obs["in_tissue"].astype(int).to_numpy() == 1
+        not_in_tissue = list(adata.obs_names[~keep].astype(str))
+        adata = adata[keep].copy()
+    spot_um = float(meta["spot_diameter"]) if _positive(meta.get("spot_diameter")) else VISIUM_SPOT_DIAMETER_UM
+    _finish(adata, sample_id, image_path, mpp, f"HEST metadata {mpp_key} ({meta_path.name})",
+            {"not_in_tissue": not_in_tissue}, {"spot_diameter_fullres": spot_um / mpp},
+            {"counts": str(h5ad_path.resolve()), "positions": str(h5ad_path.resolve()), "metadata": str(meta_path.resolve())})
+    adata.uns["st"]["technology"] = str(meta.get("st_technology", ""))
+    return adata
+
+
+def _positive(value: Any) -> bool:
+    try:
+        return float(value) > 0
+    except (TypeError, ValueError):
+        return False
 
 
 # ----------------------------------------------------------------------------------------- shared
