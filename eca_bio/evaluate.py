@@ -68,6 +68,9 @@ def collect(train_dir: Path) -> dict[str, Any]:
     if not folds_path.is_file():
         raise DataError(f"{train_dir}: no folds.json (run `eca-bio train` first)")
     plan = json.loads(folds_path.read_text())
+    if not plan["folds"]:
+        raise DataError(f"{folds_path}: the run has no cross-validation folds (cv: none); test its final model on "
+                        f"labeled sections with `eca-bio predict --st-dir DIR`")
     cfg = plan["config"]
     results: dict[str, Any] = {}
     for transform in cfg["transforms"]:

@@ -4,6 +4,11 @@ The slide is tiled over tissue and embedded with exactly the encoder and patch s
 was trained with (``eca_bio.preprocess.run_preprocess``), each tile gets its k exemplars from the
 training bank, and the model's predictions are written as ``<slide>.h5ad`` (DESIGN §3 layout, no
 ``truth`` layer) plus ``<slide>_genes.png`` heatmaps over the slide thumbnail.
+
+External test: labeled sections (``st_dir``, any layout preprocess reads) are predicted the same way
+at their spots and scored against their measured expression with the training statistics: the
+evaluate stage's metrics per section and pooled (``external_test.md`` / ``.json``), per-gene PCCs
+(``external_per_gene.csv``) and ``.h5ad`` files with a ``truth`` layer.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ class PredictConfig:
     """Parameters of the predict stage / command."""
 
     slides: list[str] = field(default_factory=list)  # WSIs (any OpenSlide format or plain image) to predict on
+    st_dir: str | None = None  # labeled sections (any supported layout) to test on: metrics against their measured expression
+    sections: list[str] | None = None  # subset of section ids in st_dir (default: all)
     mpp: float | None = None  # microns per pixel of the slides; wins over their metadata (with a warning)
     features_dir: str | None = None  # TRIDENT/CLAM feature files <slide id>.h5 of the slides (a model trained on such files needs them)
     allow_unusual_mpp: bool = False  # accept mpp outside 0.05-50 um/px and patches under 8 px
@@ -61,7 +68,7 @@ def preprocess_config_for(model_dir: Path, cfg: PredictConfig):
     params = dict(saved.get("params") or {})
     if not params:
         raise DataError(f"{model_dir}/preprocess.json has no preprocess parameters; cannot embed new slides consistently")
-    params.update(st_dir=None, sections=None, images={}, slides=[str(s) for s in cfg.slides], mpp=cfg.mpp,
+    params.update(st_dir=cfg.st_dir, sections=cfg.sections, images={}, slides=[str(s) for s in cfg.slides], mpp=cfg.mpp,
                   features_dir=cfg.features_dir,
                   allow_unusual_mpp=cfg.allow_unusual_mpp, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
     return from_dict(PreprocessConfig, params, f"{model_dir}/preprocess.json")
@@ -73,8 +80,8 @@ def predict_slides(model: Path, cfg: PredictConfig, out_dir: Path, options: dict
     from eca_bio.preprocess import run_preprocess
     from eca_bio.train import load_trained
 
-    if not cfg.slides:
-        raise DataError("predict: no slides given")
+    if not cfg.slides and not cfg.st_dir:
+        raise DataError("predict: no slides or st_dir given")
     for s in cfg.slides:
         if not Path(s).exists():
             raise DataError(f"{s}: slide file does not exist")
@@ -88,14 +95,16 @@ def predict_slides(model: Path, cfg: PredictConfig, out_dir: Path, options: dict
 
 def _predict_embedded(model_dir: Path, trained: Any, cfg: PredictConfig, manifest: dict[str, Any], out_dir: Path,
                       progress: bool) -> dict[str, Any]:
-    from eca_bio.export import plot_gene_maps, prediction_anndata, slide_images, top_genes, write_h5ad
+    from eca_bio.export import gene_metadata, plot_gene_maps, prediction_anndata, slide_images, top_genes, write_h5ad
+    from eca_bio.targets import make_targets
     from eca_bio.train import SpotSet, predict_spots
 
     encoder = json.loads(trained.encoder) if trained.encoder else manifest["encoder"]
     if canonical_encoder(manifest["encoder"]) != canonical_encoder(encoder):
         hint = " (give features_dir with the slides' feature files from that encoder)" if "source" in encoder else ""
         raise DataError(f"new slides were embedded with {manifest['encoder']}, the model expects {encoder}{hint}")
-    written = {}
+    written, tested = {}, {}
+    genes = list(trained.spec.genes)
     for entry in manifest["slides"]:
         slide = load_slide(out_dir / "preprocess", entry, encoder, with_tokens=trained.use_tokens)
         if slide.n_spots == 0:
@@ -110,36 +119,104 @@ def _predict_embedded(model_dir: Path, trained: Any, cfg: PredictConfig, manifes
                             np.zeros((slide.n_spots, len(trained.spec.genes)), np.float32), ex,
                             np.full(slide.n_spots, slide.slide_id), [], slide.centres)
             pred = predict_spots(trained.task, spots, trained.bank)
-        names = [f"{x}_{y}" for x, y in slide.coords]
-        images, scales = slide_images(slide.image, slide.mpp) if cfg.export_images else (None, None)
+        truth, var = None, None
         eca = {"method": trained.method, "target_transform": trained.spec.transform, "model": str(model_dir.resolve()),
                "train_slides": trained.spec.train_slides, "slide": slide.image, "encoder": canonical_encoder(encoder),
                "note": "X = predicted per-gene min-max scaled targets (training statistics); no measured expression"}
-        adata = prediction_anndata(pred, trained.spec.genes, names, slide.centres, slide.slide_id, images=images,
-                                   scalefactors=scales, spot_diameter_px=slide.patch_size_px, eca=eca)
+        if slide.counts is not None:  # a labeled section: score it as evaluate scores a test fold
+            if slide.slide_id in trained.spec.train_slides:
+                raise DataError(f"section {slide.slide_id} was a training slide of {model_dir}; an external test needs new sections")
+            truth, missing = make_targets(slide, trained.spec)
+            names = list(slide.counts.obs_names)
+            var = gene_metadata(out_dir / "preprocess" / entry["h5ad"])
+            tested[slide.slide_id] = external_scores(pred, truth, genes, missing)
+            eca["note"] = "X = predicted, layers['truth'] = measured; both per-gene min-max scaled with training statistics"
+            eca["metrics"] = {m: tested[slide.slide_id][m] for m in ("pcc_f", "pcc_s", "pcc_m", "mse", "mae")}
+        else:
+            names = [f"{x}_{y}" for x, y in slide.coords]
+        images, scales = slide_images(slide.image, slide.mpp) if cfg.export_images else (None, None)
+        adata = prediction_anndata(pred, genes, names, slide.centres, slide.slide_id, truth=truth, images=images,
+                                   scalefactors=scales, spot_diameter_px=slide.patch_size_px, eca=eca, var=var)
         path = write_h5ad(adata, out_dir / f"{slide.slide_id}.h5ad")
+        kind = "predicted | measured" if truth is not None else "predicted"
         png = plot_gene_maps(adata, top_genes(adata, cfg.genes_to_plot), out_dir / f"{slide.slide_id}_genes.png",
-                             title=f"{slide.slide_id}: predicted ({trained.method}, target {trained.spec.transform})")
+                             title=f"{slide.slide_id}: {kind} ({trained.method}, target {trained.spec.transform})")
         written[slide.slide_id] = {"h5ad": str(path), "png": str(png), "tiles": slide.n_spots}
         if progress:
             print(f"{slide.slide_id}: {slide.n_spots} tiles -> {path}")
     write_json_atomic(out_dir / "predictions.json", {"model": str(model_dir), "slides": written})
-    return {"slides": written}
+    if tested:
+        write_external_report(tested, trained, model_dir, out_dir)
+        written = {sid: w | ({"pcc_m": tested[sid]["pcc_m"]} if sid in tested else {}) for sid, w in written.items()}
+    return {"slides": written, "report": str(out_dir / "external_test.md") if tested else None}
+
+
+def external_scores(pred: np.ndarray, truth: np.ndarray, genes: list[str], missing: list[str]) -> dict[str, Any]:
+    """PCC@F/S/M, MSE, MAE of one labeled section over the genes it measures (absent genes are listed, not scored)."""
+    from eca_core.metrics import regression_report
+
+    keep = [j for j, g in enumerate(genes) if g not in set(missing)]
+    rep = regression_report(pred[:, keep], truth[:, keep], [genes[j] for j in keep])
+    return rep | {"missing_genes": list(missing), "pred": pred[:, keep], "truth": truth[:, keep], "genes": [genes[j] for j in keep]}
+
+
+def write_external_report(tested: dict[str, dict[str, Any]], trained: Any, model_dir: Path, out_dir: Path) -> None:
+    """``external_test.md`` / ``.json`` (per section and pooled) and ``external_per_gene.csv``."""
+    import csv
+    import io
+
+    from eca_core.metrics import regression_report
+    from eca_core.io import write_text_atomic
+
+    common = sorted(set.intersection(*(set(t["genes"]) for t in tested.values())))
+    pooled = regression_report(
+        np.concatenate([t["pred"][:, [t["genes"].index(g) for g in common]] for t in tested.values()]),
+        np.concatenate([t["truth"][:, [t["genes"].index(g) for g in common]] for t in tested.values()]), common)
+    rows = [(sid, t) for sid, t in tested.items()] + [("pooled", pooled)]
+    lines = [f"# External test of `{model_dir}`", "",
+             f"Model: {trained.method}, target transform `{trained.spec.transform}`, trained on {trained.spec.train_slides}; "
+             f"{len(trained.spec.genes)} genes. Tested on labeled sections never seen in training; truth and predictions are "
+             f"min-max scaled with the training statistics. PCC@F/S/M: 25th percentile / median / mean over genes with a "
+             f"defined PCC (genes constant on a section are not scored).", "",
+             "| section | spots | genes scored | PCC@F | PCC@S | PCC@M | MSE | MAE |", "|---|---|---|---|---|---|---|---|"]
+    for sid, t in rows:
+        lines.append(f"| {sid} | {t['n_samples']} | {t['n_outputs'] - t['n_constant']} | {t['pcc_f']:.4f} | {t['pcc_s']:.4f} | "
+                     f"{t['pcc_m']:.4f} | {t['mse']:.4f} | {t['mae']:.4f} |")
+    absent = {sid: t["missing_genes"] for sid, t in tested.items() if t["missing_genes"]}
+    if absent:
+        lines += ["", "Genes of the model absent from a section (not scored there): "
+                  + "; ".join(f"{sid}: {len(g)}" for sid, g in absent.items())]
+    write_text_atomic(out_dir / "external_test.md", "\n".join(lines) + "\n")
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["section", "gene", "pcc"])
+    for sid, t in tested.items():
+        for gene, r in t["per_output"].items():
+            w.writerow([sid, gene, "" if r is None else f"{r:.6f}"])
+    write_text_atomic(out_dir / "external_per_gene.csv", buf.getvalue())
+    keep = ("pcc_f", "pcc_s", "pcc_m", "mse", "mae", "n_samples", "n_outputs", "n_constant", "missing_genes")
+    write_json_atomic(out_dir / "external_test.json", {"model": str(model_dir), "method": trained.method,
+                                                      "sections": {sid: {k: t[k] for k in keep} for sid, t in tested.items()},
+                                                      "pooled": {k: pooled[k] for k in keep if k in pooled}})
 
 
 def _stage_run(ctx: StageContext) -> dict[str, Any]:
-    if not ctx.config.slides:
+    if not ctx.config.slides and not ctx.config.st_dir:
         return {"slides": {}, "note": "no slides to predict"}
     return predict_slides(ctx.stage_dir("train"), ctx.config, ctx.out_dir, ctx.options)
 
 
 def _stage_inputs(ctx: StageContext) -> list[Path]:
-    return [Path(s) for s in ctx.config.slides] + ([Path(ctx.config.features_dir)] if ctx.config.features_dir else [])
+    cfg = ctx.config
+    return [Path(s) for s in cfg.slides] + [Path(p) for p in (cfg.features_dir, cfg.st_dir) if p]
 
 
 def _report(result: dict[str, Any], args: Any) -> None:
     for sid, r in result.get("slides", {}).items():
-        print(f"{sid}: {r['tiles']} tiles\n  {r['h5ad']}\n  {r['png']}")
+        score = f", PCC@M {r['pcc_m']:.4f} against its measured expression" if "pcc_m" in r else ""
+        print(f"{sid}: {r['tiles']} tiles{score}\n  {r['h5ad']}\n  {r['png']}")
+    if result.get("report"):
+        print(f"external test report: {result['report']}")
 
 
 STAGE = Stage("predict", _stage_run, config=PredictConfig, inputs=_stage_inputs, needs=("train",),

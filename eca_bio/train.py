@@ -59,8 +59,9 @@ class TrainConfig:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     transforms: list[str] = field(default_factory=lambda: list(TRANSFORMS))
     n_genes: int = 250
-    cv: Literal["loso", "kfold"] = "loso"
+    cv: Literal["loso", "kfold", "fixed", "none"] = "loso"  # fixed: test_slides only (HEST-Benchmark style); none: only the final model
     n_folds: int = 4  # k-fold by slide (cv: kfold)
+    test_slides: list[str] = field(default_factory=list)  # cv: fixed: the held-out test slides
     k: int = 8  # exemplars per spot
     exemplar_backend: Literal["auto", "exact", "faiss"] = "auto"
     use_tokens: bool = True  # attend over stored patch tokens (else the CLS feature only)
@@ -97,21 +98,32 @@ class TrainConfig:
             raise ValueError(f"train.final_method {self.final_method!r} is not one of {list(METHODS)}")
         if self.final_transform is not None and self.final_transform not in TRANSFORMS:
             raise ValueError(f"train.final_transform {self.final_transform!r} is not one of {list(TRANSFORMS)}")
+        if (self.cv == "fixed") != bool(self.test_slides):
+            raise ValueError("train.test_slides names the test slides of cv: fixed (and only then)")
+        if self.cv == "none" and self.final_method is None:
+            raise ValueError("train.cv: none trains only the final model; set final_method")
 
 
 # ---------------------------------------------------------------------------------------- folds
 
-def plan_folds(slide_ids: list[str], cv: str, n_folds: int) -> list[dict[str, Any]]:
+def plan_folds(slide_ids: list[str], cv: str, n_folds: int, test_slides: list[str] | None = None) -> list[dict[str, Any]]:
     """Slide-level folds: test slides, training slides and the training slide used for early stopping."""
     ids = sorted(slide_ids)
-    if cv == "loso":
+    if cv == "none":
+        return []
+    if cv == "fixed":
+        missing = sorted(set(test_slides or []) - set(ids))
+        if missing or not test_slides:
+            raise DataError(f"cv fixed: test slide(s) {missing or '(none given)'} are not among the ST slides {ids}")
+        groups = [sorted(test_slides)]
+    elif cv == "loso":
         groups = [[s] for s in ids]
     elif cv == "kfold":
         if n_folds < 2 or n_folds > len(ids):
             raise DataError(f"k-fold by slide needs 2 <= n_folds <= {len(ids)} slides, got n_folds={n_folds}")
         groups = [ids[i::n_folds] for i in range(n_folds)]
     else:
-        raise ValueError(f"unknown cv {cv!r}; choose loso or kfold")
+        raise ValueError(f"unknown cv {cv!r}; choose loso, kfold, fixed or none")
     folds = []
     for i, test in enumerate(groups):
         train = [s for s in ids if s not in test]
@@ -403,7 +415,7 @@ def _train_all(cfg: TrainConfig, pre_dir: Path, out_dir: Path, options: dict[str
     quiet_lightning()
     manifest, slides = load_preprocessed(pre_dir, require_expression=True, with_tokens=cfg.use_tokens)
     by_id = {s.slide_id: s for s in slides}
-    folds = plan_folds(list(by_id), cfg.cv, cfg.n_folds)  # validates before anything is written
+    folds = plan_folds(list(by_id), cfg.cv, cfg.n_folds, cfg.test_slides)  # validates before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
     encoder = manifest["encoder"]
     base_key = {"encoder": canonical_encoder(encoder), "slides": {s.slide_id: _slide_key(s) for s in slides}}

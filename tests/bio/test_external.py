@@ -1,0 +1,54 @@
+"""Train on one cohort, test the final model on new labeled sections; cv: fixed and cv: none."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+import pytest
+
+from eca_bio.model import ModelConfig
+from eca_bio.predict import PredictConfig, predict_slides
+from eca_bio.preprocess import run_preprocess
+from eca_bio.targets import DataError
+from eca_bio.train import TrainConfig, plan_folds, train_all
+
+from .conftest import make_legacy_st
+from .test_preprocess import CPU, cfg_for
+
+
+def test_fixed_and_none_fold_plans():
+    assert plan_folds(["A", "B", "C", "D"], "fixed", 0, ["D", "B"]) == [{"fold": 0, "test": ["B", "D"], "train": ["A", "C"], "val": "A"}]
+    assert plan_folds(["A", "B"], "none", 0) == []
+    with pytest.raises(DataError, match=r"test slide\(s\) \['X'\] are not among the ST slides"):
+        plan_folds(["A", "B", "C"], "fixed", 0, ["X"])
+    with pytest.raises(ValueError, match="test_slides names the test slides of cv: fixed"):
+        TrainConfig(cv="fixed")
+
+
+def test_external_test_on_new_labeled_sections(tmp_path):
+    for k in range(4):
+        make_legacy_st(tmp_path / ("cohort_a" if k < 2 else "cohort_b") / f"S{k}", section=f"S{k}", n=5, origin=150.0 + 7 * k)
+    run_preprocess(cfg_for(st_dir=str(tmp_path / "cohort_a")), tmp_path / "pre", CPU, progress=False)
+    cfg = TrainConfig(methods=["ridge"], transforms=["egn"], cv="none", n_genes=6, k=2, epochs=1, patience=1, min_epochs=1,
+                      batch_size=8, model=ModelConfig(hidden=8, heads=2), final_method="eca", threads=1)
+    train_all(cfg, tmp_path / "pre", tmp_path / "train", CPU, progress=False)
+    result = predict_slides(tmp_path / "train", PredictConfig(st_dir=str(tmp_path / "cohort_b"), export_images=False),
+                            tmp_path / "test", CPU, progress=False)
+    assert set(result["slides"]) == {"S2", "S3"} and result["report"].endswith("external_test.md")
+    report = json.loads((tmp_path / "test" / "external_test.json").read_text())
+    assert set(report["sections"]) == {"S2", "S3"} and report["pooled"]["n_samples"] == 50
+    for sid, scores in report["sections"].items():
+        adata = ad.read_h5ad(tmp_path / "test" / f"{sid}.h5ad")
+        assert adata.shape == (25, 6) and "truth" in adata.layers and list(adata.obs_names)[:2] == ["1x1", "1x2"]
+        from eca_core.metrics import regression_report
+
+        again = regression_report(adata.X, adata.layers["truth"], list(adata.var_names))
+        assert again["pcc_m"] == pytest.approx(scores["pcc_m"], abs=1e-5)
+    md = (tmp_path / "test" / "external_test.md").read_text()
+    assert "| pooled | 50 |" in md and "never seen in training" in md
+    assert (tmp_path / "test" / "external_per_gene.csv").read_text().count("\n") == 1 + 2 * 6
+    with pytest.raises(DataError, match="S0 was a training slide"):
+        predict_slides(tmp_path / "train", PredictConfig(st_dir=str(tmp_path / "cohort_a"), export_images=False),
+                       tmp_path / "test2", CPU, progress=False)
