@@ -1,4 +1,6 @@
-"""Frozen patch encoders from timm: any timm name, ``hf-hub:`` ids, or a local .safetensors/.pth weights file.
+"""Frozen patch encoders from timm (any timm name, ``hf-hub:`` ids, or a local .safetensors/.pth weights
+file) or Hugging Face transformers (``backend: transformers``: a ViT-style ``AutoModel`` such as Phikon,
+from a hub name or a local folder).
 
 ``build_encoder(cfg, patch_px)`` returns a ``FrozenEncoder`` in eval mode without gradients whose forward
 maps normalised images (B, 3, P, P) to ``(pooled (B, D), tokens (B, T, D))``: the model's own pooled /
@@ -31,11 +33,12 @@ class EncoderError(InputError):
 class EncoderConfig:
     """Which frozen encoder embeds the patches."""
 
-    name: str = "vit_small_patch16_224"      # timm model name or "hf-hub:org/repo"
+    name: str = "vit_small_patch16_224"      # timm model name or "hf-hub:org/repo"; transformers: "org/repo" or a local folder
     pretrained: bool = True                  # load the name's pretrained weights (timm cache / hub)
     weights: str | None = None               # local .safetensors / .pth / .pt / .bin state dict (overrides pretrained)
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs, e.g. img_size, depth
     seed: int = 0                            # seed for random-init encoders (pretrained=False, no weights)
+    backend: str = "timm"                    # timm | transformers (ViT-style AutoModel: CLS = pooled, patch tokens)
 
 
 class FrozenEncoder(nn.Module):
@@ -45,7 +48,9 @@ class FrozenEncoder(nn.Module):
         super().__init__()
         self.model = model
         self.token_grid = token_grid
-        self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0) or 0)
+        config = getattr(model, "config", None)
+        self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0) or 0) if hasattr(model, "forward_features") \
+            else 1 + int(getattr(config, "num_register_tokens", 0) or 0)
         self.requires_grad_(False)
         self.eval()
 
@@ -54,8 +59,12 @@ class FrozenEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self.model.forward_features(x)                  # ViT: (B, prefix + N, D); CNN: (B, D, h, w)
-        pooled = self.model.forward_head(feats, pre_logits=True)  # (B, D)
+        if hasattr(self.model, "forward_features"):  # timm
+            feats = self.model.forward_features(x)                  # ViT: (B, prefix + N, D); CNN: (B, D, h, w)
+            pooled = self.model.forward_head(feats, pre_logits=True)  # (B, D)
+        else:  # transformers ViT-style: last_hidden_state (B, 1 [+ registers] + N, D), CLS first
+            feats = self.model(pixel_values=x, interpolate_pos_encoding=True).last_hidden_state
+            pooled = feats[:, 0]
         if feats.ndim == 4:
             grid = feats                                          # (B, D, h, w)
         elif feats.ndim == 3:
@@ -107,8 +116,33 @@ def _offline_if_unreachable(use_hub: bool) -> Iterator[bool]:
         constants.HF_HUB_OFFLINE = False
 
 
+def create_transformers_model(cfg: EncoderConfig) -> nn.Module:
+    """``AutoModel`` from a hub name or local folder (``pretrained``), or its config with random weights (seeded)."""
+    from transformers import AutoConfig, AutoModel
+
+    use_hub = not Path(cfg.name).is_dir()
+    try:
+        with _offline_if_unreachable(use_hub and cfg.pretrained) as offline:
+            if cfg.pretrained and cfg.weights is None:
+                model = AutoModel.from_pretrained(cfg.name, **cfg.kwargs)
+            else:
+                torch.manual_seed(cfg.seed)
+                model = AutoModel.from_config(AutoConfig.from_pretrained(cfg.name, **cfg.kwargs))
+    except (OSError, ValueError, KeyError) as exc:
+        if use_hub and offline:
+            raise EncoderError(_OFFLINE.format(name=cfg.name)) from exc
+        raise EncoderError(f"encoder '{cfg.name}' (transformers): cannot be loaded: {' '.join(str(exc).split())[:200]}") from exc
+    if cfg.weights is not None:
+        load_weights(model, cfg.weights)
+    return model.eval()
+
+
 def create_model(cfg: EncoderConfig) -> nn.Module:
-    """``timm.create_model`` with the config's weights source; errors name the model / file."""
+    """``timm.create_model`` (or transformers' ``AutoModel``) with the config's weights source; errors name the model / file."""
+    if cfg.backend == "transformers":
+        return create_transformers_model(cfg)
+    if cfg.backend != "timm":
+        raise EncoderError(f"encoder.backend {cfg.backend!r}: choose timm or transformers")
     import timm
 
     kwargs = dict(cfg.kwargs)
@@ -189,8 +223,17 @@ class Normalisation:
         return (t - mean) / std
 
 
-def resolve_normalisation(model: nn.Module) -> Normalisation:
-    """Mean/std/input size the model was trained with (``timm.data.resolve_data_config``)."""
+def resolve_normalisation(model: nn.Module, cfg: EncoderConfig | None = None) -> Normalisation:
+    """Mean/std/input size the model was trained with (timm's data config, or the transformers image processor)."""
+    if cfg is not None and cfg.backend == "transformers":
+        from transformers import AutoImageProcessor
+
+        size = int(getattr(model.config, "image_size", 224))
+        try:
+            proc = AutoImageProcessor.from_pretrained(cfg.name)
+            return Normalisation(tuple(float(v) for v in proc.image_mean), tuple(float(v) for v in proc.image_std), (3, size, size))
+        except (OSError, ValueError, AttributeError):  # no preprocessor_config.json: ImageNet statistics, as ViTs use
+            return Normalisation((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (3, size, size))
     from timm.data import resolve_data_config
 
     dc = resolve_data_config({}, model=model)
@@ -201,7 +244,7 @@ def resolve_normalisation(model: nn.Module) -> Normalisation:
 def build_encoder(cfg: EncoderConfig, patch_px: int, token_grid: int | None = None) -> tuple[FrozenEncoder, Normalisation, dict]:
     """Frozen encoder, its normalisation and ``{"feature_dim", "num_tokens"}`` probed with one forward pass."""
     model = create_model(cfg)
-    norm = resolve_normalisation(model)
+    norm = resolve_normalisation(model, cfg)
     encoder = FrozenEncoder(model, token_grid)
     try:
         pooled, tokens = encoder(torch.zeros(1, 3, patch_px, patch_px))

@@ -65,7 +65,8 @@ class PreprocessConfig:
     """Parameters of the preprocess stage (YAML ``preprocess:`` params; one source of truth for defaults)."""
 
     st_dir: str | None = None                 # legacy-ST / Visium section folder, a folder of them, or a HEST-1k folder
-    st_format: Literal["auto", "legacy_st", "visium", "hest"] = "auto"
+    st_format: Literal["auto", "legacy_st", "visium", "visium_hd", "hest"] = "auto"
+    visium_hd_bin: str = "square_016um"       # Visium HD: the binned_outputs/ folder whose bins are the spots
     sections: list[str] | None = None         # subset of section ids in st_dir (default: all)
     images: dict[str, str] = field(default_factory=dict)  # section id -> full-res image (default: found in its folder)
     slides: list[str] = field(default_factory=list)  # WSIs without ST: tiled over detected tissue
@@ -254,7 +255,7 @@ def _plan_section(cfg: PreprocessConfig, section: Any, log) -> _Plan:
     image = cfg.images.get(section.section_id)
     if image is not None and not Path(image).is_file():
         raise PreprocessError(f"{image}: image of section {section.section_id} not found")
-    adata = read_section(section, image=image)
+    adata = read_section(section, image=image, hd_bin=cfg.visium_hd_bin)
     st = adata.uns["st"]
     if st.get("image_fallback"):
         print(f"{section.section_id}: {st['image_fallback']}", file=sys.stderr)  # always said, progress or not

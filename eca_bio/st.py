@@ -25,8 +25,9 @@ from eca_core.errors import InputError
 ST_SPOT_SPACING_UM = 200.0  # legacy ST array: spot centre-to-centre distance (Stahl et al. 2016)
 VISIUM_SPOT_DIAMETER_UM = 55.0  # 10x Visium spot diameter; scalefactors give it in full-res pixels
 IMAGE_SUFFIXES = (".tif", ".tiff", ".btf", ".svs", ".ndpi", ".jpg", ".jpeg", ".png")
-STFormat = Literal["auto", "legacy_st", "visium", "hest"]
-Layout = Literal["legacy_st", "visium", "hest"]
+STFormat = Literal["auto", "legacy_st", "visium", "visium_hd", "hest"]
+Layout = Literal["legacy_st", "visium", "visium_hd", "hest"]
+VISIUM_HD_BIN = "square_016um"  # default bin of a Visium HD run (binned_outputs/square_002um | 008um | 016um)
 
 
 class STError(InputError):
@@ -50,6 +51,8 @@ def detect_layout(path: str | os.PathLike) -> Layout | None:
         return None
     if (path / "st").is_dir() and (path / "wsis").is_dir() and any((path / "st").glob("*.h5ad")):
         return "hest"
+    if (path / "binned_outputs").is_dir():
+        return "visium_hd"
     if (path / "spatial").is_dir() and any((path / n).exists() for n in ("filtered_feature_bc_matrix.h5", "raw_feature_bc_matrix.h5")):
         return "visium"
     if _legacy_pairs(path):
@@ -71,6 +74,8 @@ def find_sections(st_dir: str | os.PathLike, fmt: STFormat = "auto", sections: l
             continue
         if layout == "legacy_st":
             found.extend(Section(sid, folder, "legacy_st") for sid in _legacy_pairs(folder))
+        elif layout == "visium_hd":
+            found.append(Section(folder.name, folder, "visium_hd"))
         elif layout == "hest":
             found.extend(Section(p.stem, folder, "hest") for p in sorted((folder / "st").glob("*.h5ad")))
         else:
@@ -94,12 +99,14 @@ def find_sections(st_dir: str | os.PathLike, fmt: STFormat = "auto", sections: l
     return found
 
 
-def read_section(section: Section, image: str | os.PathLike | None = None) -> ad.AnnData:
+def read_section(section: Section, image: str | os.PathLike | None = None, hd_bin: str = VISIUM_HD_BIN) -> ad.AnnData:
     """Load a section found by ``find_sections``."""
     if section.format == "legacy_st":
         return read_legacy_st(section.path, section.section_id, image=image)
     if section.format == "hest":
         return read_hest(section.path, section.section_id, image=image)
+    if section.format == "visium_hd":
+        return read_visium_hd(section.path, image=image, library_id=section.section_id, bin_name=hd_bin)
     return read_visium(section.path, image=image, library_id=section.section_id)
 
 
@@ -273,9 +280,14 @@ def read_visium(folder: str | os.PathLike, image: str | os.PathLike | None = Non
         adata.obsm["spatial_fullres"] = adata.obsm["spatial"].copy()
         adata.obsm["spatial"] = adata.obsm["spatial"] * fallback["scale"]  # pixels of the image that is tiled
     image_path = Path(image) if image is not None else _find_image(folder, None)
-    mpp = VISIUM_SPOT_DIAMETER_UM / float(scalefactors["spot_diameter_fullres"])
-    _finish(adata, library_id, image_path, mpp,
-            f"spot diameter {VISIUM_SPOT_DIAMETER_UM:g} um / {float(scalefactors['spot_diameter_fullres']):.2f} px",
+    if "bin_size_um" in scalefactors and _positive(scalefactors.get("microns_per_pixel")):  # Visium HD: bins, not spots
+        mpp = float(scalefactors["microns_per_pixel"]) / (fallback["scale"] if fallback else 1.0)
+        source = f"Visium HD microns_per_pixel ({float(scalefactors['bin_size_um']):g} um bins)"
+        scalefactors = dict(scalefactors) | {"spot_diameter_fullres": float(scalefactors["bin_size_um"]) / mpp}
+    else:
+        mpp = VISIUM_SPOT_DIAMETER_UM / float(scalefactors["spot_diameter_fullres"])
+        source = f"spot diameter {VISIUM_SPOT_DIAMETER_UM:g} um / {float(scalefactors['spot_diameter_fullres']):.2f} px"
+    _finish(adata, library_id, image_path, mpp, source,
             {"not_in_tissue": not_in_tissue}, scalefactors,
             {"counts": str(h5.resolve()), "positions": str(pos_path.resolve())})
     if fallback is not None:
@@ -291,6 +303,27 @@ def read_visium(folder: str | os.PathLike, image: str | os.PathLike | None = Non
                 images[key] = np.asarray(im.convert("RGB"))
     adata.uns["spatial"][library_id]["images"] = images
     return adata
+
+
+def read_visium_hd(folder: str | os.PathLike, image: str | os.PathLike | None = None, library_id: str | None = None,
+                   bin_name: str = VISIUM_HD_BIN) -> ad.AnnData:
+    """A Visium HD Space Ranger output folder, one bin size: ``binned_outputs/<bin>/`` read as a Visium folder.
+
+    The bin folder holds what a Visium folder does (``filtered_feature_bc_matrix.h5``,
+    ``spatial/tissue_positions.parquet``, ``spatial/scalefactors_json.json`` with ``bin_size_um`` and
+    ``microns_per_pixel``); the microscope image is the run folder's own (or given). Each bin is a spot
+    whose side is the bin size. Read with scanpy (counts) and pandas/pyarrow (positions): the two files
+    10x documents, into AnnData, without the dask/zarr stack a SpatialData reader brings.
+    """
+    folder = Path(folder)
+    bins = sorted(p.name for p in (folder / "binned_outputs").iterdir() if p.is_dir())
+    if bin_name not in bins:
+        raise STError(f"{folder / 'binned_outputs'}: no bin folder {bin_name!r}; available: {bins}")
+    if image is None:
+        candidates = _image_candidates(folder)
+        if len(candidates) == 1:
+            image = candidates[0]
+    return read_visium(folder / "binned_outputs" / bin_name, image=image, library_id=library_id or folder.name)
 
 
 def read_10x_h5(path: str | os.PathLike, gex_only: bool = True) -> ad.AnnData:

@@ -56,6 +56,8 @@ def canonical_encoder(cfg: Any) -> str:
     """A comparable string for an encoder config (dict or JSON string)."""
     if isinstance(cfg, (str, bytes)):
         cfg = json.loads(cfg)
+    if isinstance(cfg, dict) and "pretrained" in cfg:  # an EncoderConfig: written before `backend` existed means timm
+        cfg = {"backend": "timm", **cfg}
     return json.dumps(cfg, sort_keys=True, default=str)
 
 

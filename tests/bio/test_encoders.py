@@ -112,3 +112,28 @@ def test_hub_download_failure_names_the_model(monkeypatch):
     with pytest.raises(EncoderError) as err:
         build_encoder(EncoderConfig("hf-hub:MahmoodLab/UNI", pretrained=True), 224)
     assert "hf-hub:MahmoodLab/UNI" in str(err.value) and "pretrained=false" in str(err.value)
+
+
+def test_transformers_vit_encoder_from_a_local_folder(tmp_path):
+    """A Phikon-class encoder (transformers ViTModel) from a folder the test writes: CLS pooled, patch tokens, its processor."""
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    from eca_bio.encoders import EncoderConfig, build_encoder
+
+    torch.manual_seed(0)
+    folder = tmp_path / "tiny_phikon"
+    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=32,
+                       patch_size=8), add_pooling_layer=False).save_pretrained(folder)
+    ViTImageProcessor(image_mean=[0.5, 0.5, 0.5], image_std=[0.25, 0.25, 0.25], size={"height": 32, "width": 32}).save_pretrained(folder)
+    encoder, norm, info = build_encoder(EncoderConfig(name=str(folder), backend="transformers"), patch_px=32, token_grid=2)
+    assert info == {"feature_dim": 32, "num_tokens": 4} and norm.mean == (0.5, 0.5, 0.5) and norm.std == (0.25, 0.25, 0.25)
+    x = torch.randn(3, 3, 32, 32)
+    pooled, tokens = encoder(x)
+    hidden = ViTModel.from_pretrained(folder)(pixel_values=x).last_hidden_state
+    torch.testing.assert_close(pooled, hidden[:, 0])  # the CLS token, as Phikon's users take it
+    grid = hidden[:, 1:].transpose(1, 2).reshape(3, 32, 4, 4)
+    torch.testing.assert_close(tokens, torch.nn.functional.adaptive_avg_pool2d(grid, 2).flatten(2).transpose(1, 2))
+    # a larger patch than the model's image size: positions are interpolated, as timm's dynamic_img_size does
+    assert build_encoder(EncoderConfig(name=str(folder), backend="transformers"), patch_px=64)[2]["num_tokens"] == 64
+    random, _, _ = build_encoder(EncoderConfig(name=str(folder), backend="transformers", pretrained=False, seed=1), patch_px=32)
+    assert not torch.allclose(random(x)[0], pooled)  # pretrained=False: same architecture, random weights
