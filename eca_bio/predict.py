@@ -78,7 +78,7 @@ def predict_slides(model: Path, cfg: PredictConfig, out_dir: Path, options: dict
                    progress: bool = True) -> dict[str, Any]:
     """Tile + embed ``cfg.slides``, predict every tile and write .h5ad + heatmap PNG per slide into ``out_dir``."""
     from eca_bio.preprocess import run_preprocess
-    from eca_bio.train import load_trained
+    from eca_bio.checkpoint import load_trained
 
     if not cfg.slides and not cfg.st_dir:
         raise DataError("predict: no slides or st_dir given")
@@ -97,7 +97,8 @@ def _predict_embedded(model_dir: Path, trained: Any, cfg: PredictConfig, manifes
                       progress: bool) -> dict[str, Any]:
     from eca_bio.export import gene_metadata, plot_gene_maps, prediction_anndata, slide_images, top_genes, write_h5ad
     from eca_bio.targets import make_targets
-    from eca_bio.train import SpotSet, predict_spots
+    from eca_bio.spots import SpotSet
+    from eca_bio.task import predict_spots
 
     encoder = json.loads(trained.encoder) if trained.encoder else manifest["encoder"]
     if canonical_encoder(manifest["encoder"]) != canonical_encoder(encoder):

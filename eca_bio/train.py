@@ -13,42 +13,31 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from eca_core import distributed
 from eca_core.cli import StageCommand
-from eca_core.config import check, from_dict, to_dict
+from eca_core.config import check, to_dict
 from eca_core.io import atomic_dir, write_json_atomic
-from eca_core.losses import ECAObjective, LossConfig
-from eca_core.metrics import pearson_per_column
+from eca_core.losses import LossConfig
 from eca_core.pipeline import Stage, StageContext, digest
 from eca_core.resume import RunLock, clean_temp_files, content_hash, item_is_current, write_item_marker
-from eca_core.trainer import call_trainer, make_trainer, quiet_lightning
-from eca_core.variants import VARIANTS
-from eca_bio.exemplars import ExemplarBank, ExemplarIndex
-from eca_bio.model import ExpressionModel, ModelConfig, RidgeBaseline
-from eca_bio.targets import TRANSFORMS, DataError, SlideData, TargetSpec, canonical_encoder, fit_targets, load_preprocessed, make_targets
+from eca_core.trainer import quiet_lightning
+from eca_bio.exemplars import ExemplarIndex
+from eca_bio.fit import fit_neural, select_ridge_alpha
+from eca_bio.folds import plan_folds
+from eca_bio.methods import METHOD_LABELS, METHODS
+from eca_bio.model import ModelConfig, RidgeBaseline
+from eca_bio.spots import SpotSet, build_spots, make_bank
+from eca_bio.targets import TRANSFORMS, SlideData, TargetSpec, canonical_encoder, fit_targets, load_preprocessed, make_targets
+from eca_bio.task import predict_spots
 
-# method -> (model overrides, PCC term of the loss); ridge is the closed-form baseline
-METHODS: dict[str, tuple[dict[str, Any], str] | None] = {
-    "ridge": None,
-    "ridge_cv": None,
-    "meanpool": ({"pool": "mean"}, "plain"),
-    **{name: ({"pool": "attention", "attention": name}, v.pcc) for name, v in VARIANTS.items()},  # the paper's variants
-}
-METHOD_LABELS = {
-    "ridge": "ridge (PCA-256, HEST)", "ridge_cv": "ridge (PCA-256, alpha on val slide)", "meanpool": "mean-pool MLP",
-    **{name: v.label for name, v in VARIANTS.items()},
-}
 log = logging.getLogger(__name__)
 
 
@@ -106,213 +95,9 @@ class TrainConfig:
 
 # ---------------------------------------------------------------------------------------- folds
 
-def plan_folds(slide_ids: list[str], cv: str, n_folds: int, test_slides: list[str] | None = None) -> list[dict[str, Any]]:
-    """Slide-level folds: test slides, training slides and the training slide used for early stopping."""
-    ids = sorted(slide_ids)
-    if cv == "none":
-        return []
-    if cv == "fixed":
-        missing = sorted(set(test_slides or []) - set(ids))
-        if missing or not test_slides:
-            raise DataError(f"cv fixed: test slide(s) {missing or '(none given)'} are not among the ST slides {ids}")
-        groups = [sorted(test_slides)]
-    elif cv == "loso":
-        groups = [[s] for s in ids]
-    elif cv == "kfold":
-        if n_folds < 2 or n_folds > len(ids):
-            raise DataError(f"k-fold by slide needs 2 <= n_folds <= {len(ids)} slides, got n_folds={n_folds}")
-        groups = [ids[i::n_folds] for i in range(n_folds)]
-    else:
-        raise ValueError(f"unknown cv {cv!r}; choose loso, kfold, fixed or none")
-    folds = []
-    for i, test in enumerate(groups):
-        train = [s for s in ids if s not in test]
-        if len(train) < 2:
-            raise DataError(f"fold {i} (test {test}) has {len(train)} training slide(s); slide-level CV needs at least 2 "
-                            f"(one is held out for early stopping and exemplars must come from another slide). "
-                            f"Found {len(ids)} ST slides: {ids}")
-        folds.append({"fold": i, "test": test, "train": train, "val": train[i % len(train)]})
-    return folds
-
-
 # ---------------------------------------------------------------------------------------- data
 
-@dataclass
-class SpotSet:
-    """Model inputs of a set of spots: features, tokens, targets and exemplar rows into a bank."""
-
-    features: np.ndarray
-    tokens: np.ndarray | None
-    targets: np.ndarray
-    exemplars: np.ndarray  # (N, k) rows of the bank
-    slide_ids: np.ndarray
-    barcodes: list[str]
-    centres: np.ndarray
-
-
-class SpotDataset(Dataset):
-    """Torch view of a :class:`SpotSet`; exemplar embeddings/targets are gathered from the bank per item."""
-
-    def __init__(self, spots: SpotSet, bank: ExemplarBank) -> None:
-        self.f = torch.from_numpy(spots.features)
-        self.t = torch.from_numpy(spots.tokens) if spots.tokens is not None else None
-        self.y = torch.from_numpy(spots.targets)
-        self.ex = torch.from_numpy(spots.exemplars)
-        self.bank_e = torch.from_numpy(bank.embeddings)
-        self.bank_y = torch.from_numpy(bank.targets)
-
-    def __len__(self) -> int:
-        return self.f.shape[0]
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        item = {"features": self.f[i], "ex_emb": self.bank_e[self.ex[i]], "ex_expr": self.bank_y[self.ex[i]], "y": self.y[i]}
-        if self.t is not None:
-            item["tokens"] = self.t[i]
-        return item
-
-
-def build_spots(slides: list[SlideData], spec: TargetSpec, index: ExemplarIndex | None, use_tokens: bool,
-                missing_report: dict[str, list[str]] | None = None) -> SpotSet:
-    """Targets and exemplars of all spots of ``slides``; each spot's own slide is never an exemplar source."""
-    ys, feats, toks, sids, bcs, cen = [], [], [], [], [], []
-    for s in slides:
-        y, missing = make_targets(s, spec)
-        if missing and missing_report is not None:
-            missing_report[s.slide_id] = missing
-        ys.append(y)
-        feats.append(s.features)
-        toks.append(s.tokens)
-        sids += [s.slide_id] * s.n_spots
-        bcs += list(s.counts.obs_names) if s.counts is not None else [str(i) for i in range(s.n_spots)]
-        cen.append(s.centres)
-    features = np.concatenate(feats).astype(np.float32)
-    tokens = np.concatenate(toks).astype(np.float32) if use_tokens and all(t is not None for t in toks) else None
-    sid_arr = np.asarray(sids)
-    ex = index.query(features, sid_arr)[0] if index is not None else np.zeros((len(sids), 1), dtype=np.int64)
-    return SpotSet(features, tokens, np.concatenate(ys), ex, sid_arr, bcs, np.concatenate(cen))
-
-
-def make_bank(slides: list[SlideData], spec: TargetSpec, encoder: Any) -> ExemplarBank:
-    """Exemplar bank of the training slides under a target spec."""
-    emb = np.concatenate([s.features for s in slides])
-    y = np.concatenate([make_targets(s, spec)[0] for s in slides])
-    sids = np.concatenate([[s.slide_id] * s.n_spots for s in slides])
-    return ExemplarBank(emb, y, sids, spec.genes, canonical_encoder(encoder))
-
-
 # ---------------------------------------------------------------------------------------- Lightning
-
-def epoch_scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    """(PCC@M over genes with a defined PCC, MSE) of one epoch's predictions."""
-    r = pearson_per_column(pred, truth)
-    pcc = float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")
-    return pcc, float(np.mean((pred - truth) ** 2))
-
-
-class ExpressionTask(L.LightningModule):
-    """Lightning wrapper: the DESIGN §2 objective, per-epoch PCC@M / MSE for train and validation."""
-
-    def __init__(self, in_dim: int, n_genes: int, model: dict[str, Any], loss: dict[str, Any], lr: float = 1e-3,
-                 weight_decay: float = 1e-4) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.model = ExpressionModel(in_dim, n_genes, from_dict(ModelConfig, model, "model"))
-        self.objective = ECAObjective(from_dict(LossConfig, loss, "loss"))
-        self.history: list[dict[str, float]] = []
-        self._buf: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"train": [], "val": []}
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.model(batch["features"], batch.get("tokens"), batch.get("ex_emb"), batch.get("ex_expr"))
-
-    def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
-        pred = self(batch)
-        total, parts = self.objective(pred, batch["y"], self.model)
-        self.log_dict({f"train_{k}": v for k, v in parts.items()}, on_step=False, on_epoch=True, batch_size=len(pred))
-        self._buf["train"].append((pred.detach().float().cpu().numpy(), batch["y"].float().cpu().numpy()))
-        return total
-
-    def validation_step(self, batch: dict[str, torch.Tensor], _: int) -> None:
-        pred = self(batch)
-        self._buf["val"].append((pred.float().cpu().numpy(), batch["y"].float().cpu().numpy()))
-
-    def _scores(self, split: str) -> dict[str, float]:
-        buf, self._buf[split] = self._buf[split], []
-        if not buf:
-            return {}
-        pcc, mse = epoch_scores(np.concatenate([b[0] for b in buf]), np.concatenate([b[1] for b in buf]))
-        return {f"{split}_pcc": pcc, f"{split}_mse": mse}
-
-    def on_validation_epoch_end(self) -> None:
-        scores = self._scores("val")
-        if scores and not self.trainer.sanity_checking:
-            self.log("val_pcc", -1.0 if math.isnan(scores["val_pcc"]) else scores["val_pcc"])
-            self._pending = scores
-
-    def on_train_epoch_end(self) -> None:
-        row = {"epoch": self.current_epoch + 1, **self._scores("train"), **getattr(self, "_pending", {})}
-        self._pending = {}
-        self.history.append(row)
-
-    def configure_optimizers(self):
-        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-
-
-def _trainer(options: dict[str, Any], max_epochs: int, callbacks: list, validate: bool, min_epochs: int = 1):
-    return make_trainer(options, max_epochs=max_epochs, min_epochs=min(min_epochs, max_epochs), callbacks=callbacks,
-                        limit_val_batches=1.0 if validate else 0, deterministic=False)
-
-
-def _loader(ds: Dataset, batch_size: int, shuffle: bool, options: dict[str, Any], seed: int) -> DataLoader:
-    gen = torch.Generator().manual_seed(seed)
-    workers = options.get("num_workers") or 0
-    # drop a trailing batch of 1 spot: batch PCC is undefined on one row
-    drop_last = shuffle and len(ds) % batch_size == 1
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=workers, drop_last=drop_last)
-
-
-def fit_neural(method: str, cfg: TrainConfig, fit: SpotSet, val: SpotSet | None, everything: SpotSet, bank: ExemplarBank,
-               work: Path, options: dict[str, Any]) -> tuple[ExpressionTask, list[dict[str, float]], int]:
-    """Early-stop on ``val`` (best validation PCC@M), then refit on ``everything`` for that many epochs."""
-    overrides, pcc = METHODS[method]
-    model_cfg = {**to_dict(cfg.model), **overrides, "use_exemplars": True}
-    loss_cfg = {**to_dict(cfg.loss), "pcc": pcc}
-    in_dim, n_genes = fit.features.shape[1], fit.targets.shape[1]
-
-    def new_task() -> ExpressionTask:
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
-        return ExpressionTask(in_dim, n_genes, model_cfg, loss_cfg, cfg.lr, cfg.weight_decay)
-
-    task = new_task()
-    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=work, filename="best", monitor="val_pcc", mode="max", save_top_k=1)
-    stop = L.pytorch.callbacks.EarlyStopping(monitor="val_pcc", mode="max", patience=cfg.patience)
-    trainer = _trainer(options, cfg.epochs, [ckpt, stop], validate=True, min_epochs=cfg.min_epochs)
-    call_trainer(trainer.fit, task, _loader(SpotDataset(fit, bank), cfg.batch_size, True, options, cfg.seed),
-                 _loader(SpotDataset(val, bank), cfg.batch_size, False, options, cfg.seed))
-    history = task.history
-    vals = [h.get("val_pcc", float("nan")) for h in history]
-    best_epoch = int(np.nanargmax(vals)) + 1 if np.isfinite(vals).any() else len(history)
-    if not cfg.refit:
-        best = ExpressionTask.load_from_checkpoint(ckpt.best_model_path, map_location="cpu", weights_only=True)
-        return best, history, best_epoch
-    final = new_task()
-    call_trainer(_trainer(options, best_epoch, [], validate=False).fit,
-                 final, _loader(SpotDataset(everything, bank), cfg.batch_size, True, options, cfg.seed))
-    return final, history, best_epoch
-
-
-@torch.no_grad()
-def predict_spots(task: ExpressionTask, spots: SpotSet, bank: ExemplarBank, batch_size: int = 512) -> np.ndarray:
-    """Predicted targets (N, G) of a spot set (eval mode, CPU/GPU wherever the model is)."""
-    task.eval()
-    device = next(task.parameters()).device
-    out = []
-    for batch in DataLoader(SpotDataset(spots, bank), batch_size=batch_size, shuffle=False):
-        out.append(task({k: v.to(device) for k, v in batch.items()}).float().cpu().numpy())
-    pred = np.concatenate(out)
-    if not np.isfinite(pred).all():
-        raise FloatingPointError("model produced NaN/inf predictions")
-    return pred
-
 
 # ---------------------------------------------------------------------------------------- the CV run
 
@@ -374,21 +159,6 @@ def train_method(method: str, cfg: TrainConfig, train_sl: list[SlideData], val_i
         write_json_atomic(tmp / "result.json", result)
         write_item_marker(tmp / "done.json", key, [p for p in tmp.rglob("*") if p.is_file()])
     return result
-
-
-def select_ridge_alpha(cfg: TrainConfig, train_sl: list[SlideData], val_id: str | None, spec: TargetSpec,
-                      result: dict[str, Any]) -> float:
-    """The ``ridge_alphas`` value with the best PCC@M on the held-out training slide (recorded in ``result``)."""
-    fit = [s for s in train_sl if s.slide_id != val_id]
-    val = [s for s in train_sl if s.slide_id == val_id]
-    x_fit = np.concatenate([s.features for s in fit])
-    y_fit = np.concatenate([make_targets(s, spec)[0] for s in fit])
-    x_val = np.concatenate([s.features for s in val])
-    y_val = np.concatenate([make_targets(s, spec)[0] for s in val])
-    scores = {a: epoch_scores(RidgeBaseline(cfg.ridge_components, a).fit(x_fit, y_fit).predict(x_val), y_val)[0]
-              for a in cfg.ridge_alphas}
-    result["alpha_val_pcc"] = {str(a): v for a, v in scores.items()}
-    return max(scores, key=lambda a: -np.inf if np.isnan(scores[a]) else scores[a])
 
 
 def train_all(cfg: TrainConfig, pre_dir: Path, out_dir: Path, options: dict[str, Any] | None = None,
@@ -503,50 +273,6 @@ def _slide_key(s: SlideData) -> dict[str, Any]:
     """Content key of a preprocessed slide: its embeddings and (ST) counts."""
     files = [s.h5] + ([s.h5.with_suffix(".h5ad")] if s.h5.with_suffix(".h5ad").is_file() else [])
     return {"n_spots": s.n_spots, "content": [content_hash(f) for f in files]}
-
-
-# ---------------------------------------------------------------------------------------- loading trained models
-
-@dataclass
-class TrainedModel:
-    """A trained model with everything prediction needs: targets, encoder, k, exemplar bank."""
-
-    method: str
-    spec: TargetSpec
-    encoder: str
-    k: int
-    use_tokens: bool
-    task: ExpressionTask | None
-    ridge: RidgeBaseline | None
-    bank: ExemplarBank | None
-
-
-def load_trained(item_dir: Path, bank: ExemplarBank | None = None) -> TrainedModel:
-    """Load ``model.pt``/``ridge.npz`` of a trained item; its bank must carry the same genes (else an error)."""
-    item_dir = Path(item_dir)
-    result_path = item_dir / "result.json"
-    if not result_path.is_file():
-        raise DataError(f"{item_dir}: not a trained model folder (no result.json)")
-    if bank is None and (item_dir / "bank.npz").is_file():
-        bank = ExemplarBank.load(item_dir / "bank.npz")
-    if (item_dir / "ridge.npz").is_file():
-        spec = TargetSpec.from_dict(json.loads((item_dir / "targets.json").read_text()))
-        result = json.loads(result_path.read_text())
-        return TrainedModel(result["method"], spec, result.get("encoder", ""), 0, False, None, RidgeBaseline.load(item_dir / "ridge.npz"), bank)
-    try:
-        ckpt = torch.load(item_dir / "model.pt", map_location="cpu", weights_only=True)  # never runs code from the file
-    except Exception as exc:  # noqa: BLE001 - pickle errors of every kind: refuse the file, name it
-        raise DataError(f"{item_dir / 'model.pt'}: not a model written by eca-bio train, refused without running it "
-                        f"({' '.join(str(exc).split())[:200]})") from exc
-    spec = TargetSpec.from_dict(ckpt["targets"])
-    hp = ckpt["hparams"]
-    task = ExpressionTask(hp["in_dim"], hp["n_genes"], hp["model"], hp["loss"], hp["lr"], hp["weight_decay"])
-    task.model.load_state_dict(ckpt["state_dict"])
-    task.eval()
-    if bank is None:
-        raise DataError(f"{item_dir}: no exemplar bank (bank.npz)")
-    bank.check_compatible(spec.genes, hp["in_dim"], ckpt["encoder"])
-    return TrainedModel(ckpt["method"], spec, ckpt["encoder"], int(ckpt["k"]), bool(ckpt["use_tokens"]), task, None, bank)
 
 
 # ---------------------------------------------------------------------------------------- stage / CLI

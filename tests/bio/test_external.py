@@ -12,7 +12,8 @@ from eca_bio.model import ModelConfig
 from eca_bio.predict import PredictConfig, predict_slides
 from eca_bio.preprocess import run_preprocess
 from eca_bio.targets import DataError
-from eca_bio.train import TrainConfig, plan_folds, train_all
+from eca_bio.folds import plan_folds
+from eca_bio.train import TrainConfig, train_all
 
 from .conftest import make_legacy_st
 from .test_preprocess import CPU, cfg_for

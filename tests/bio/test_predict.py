@@ -58,3 +58,13 @@ def test_predict_errors(model_run, tmp_path):
         find_model(tmp_path)
     assert find_model(model_run / "train") == model_run / "train" / "final"
     assert not (tmp_path / "o").exists()
+
+
+def test_loading_and_predicting_needs_no_training_code():
+    import subprocess
+    import sys
+
+    code = ("import sys, eca_bio.predict, eca_bio.checkpoint, eca_bio.task, eca_bio.spots; "
+            "from eca_bio.predict import predict_slides; "
+            "assert 'eca_bio.train' not in sys.modules and 'eca_bio.fit' not in sys.modules, sorted(m for m in sys.modules if m.startswith('eca_bio'))")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -11,7 +11,9 @@ import pytest
 from eca_bio.exemplars import BankMismatchError, ExemplarBank
 from eca_bio.model import ModelConfig
 from eca_bio.targets import DataError
-from eca_bio.train import TrainConfig, load_trained, plan_folds, train_all
+from eca_bio.checkpoint import load_trained
+from eca_bio.folds import plan_folds
+from eca_bio.train import TrainConfig, train_all
 from tests.bio.fixtures_model import make_preprocess_dir
 
 
@@ -123,7 +125,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
 def test_training_exemplars_come_from_other_training_slides_only(tmp_path):
     from eca_bio.exemplars import ExemplarIndex
     from eca_bio.targets import fit_targets, load_preprocessed
-    from eca_bio.train import build_spots, make_bank
+    from eca_bio.spots import build_spots, make_bank
 
     manifest, slides = load_preprocessed(make_preprocess_dir(tmp_path / "pre", n_slides=4, n_spots=15))
     train, test = slides[:3], slides[3:]

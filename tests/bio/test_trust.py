@@ -18,7 +18,8 @@ from eca_bio.preprocess import PreprocessError, run_preprocess
 from eca_bio.slides import SlideError, open_slide
 from eca_bio.st import STError, read_legacy_st
 from eca_bio.targets import DataError, load_preprocessed
-from eca_bio.train import load_trained, train_all
+from eca_bio.checkpoint import load_trained
+from eca_bio.train import train_all
 from tests.bio.conftest import make_legacy_st, tissue_image
 from tests.bio.fixtures_model import make_preprocess_dir
 from tests.bio.test_preprocess import CPU, cfg_for

@@ -1,0 +1,81 @@
+"""How one method is fitted on one fold: early stopping on the held-out training slide, refit, ridge's alpha."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from eca_core.config import to_dict
+from eca_core.trainer import call_trainer, make_trainer
+from eca_bio.exemplars import ExemplarBank
+from eca_bio.methods import METHODS
+from eca_bio.model import RidgeBaseline
+from eca_bio.spots import SpotDataset, SpotSet
+from eca_bio.targets import SlideData, TargetSpec, make_targets
+from eca_bio.task import ExpressionTask, epoch_scores
+
+if TYPE_CHECKING:
+    from eca_bio.train import TrainConfig
+
+
+def _trainer(options: dict[str, Any], max_epochs: int, callbacks: list, validate: bool, min_epochs: int = 1):
+    return make_trainer(options, max_epochs=max_epochs, min_epochs=min(min_epochs, max_epochs), callbacks=callbacks,
+                        limit_val_batches=1.0 if validate else 0, deterministic=False)
+
+
+def _loader(ds: Dataset, batch_size: int, shuffle: bool, options: dict[str, Any], seed: int) -> DataLoader:
+    gen = torch.Generator().manual_seed(seed)
+    workers = options.get("num_workers") or 0
+    # drop a trailing batch of 1 spot: batch PCC is undefined on one row
+    drop_last = shuffle and len(ds) % batch_size == 1
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=workers, drop_last=drop_last)
+
+
+def fit_neural(method: str, cfg: TrainConfig, fit: SpotSet, val: SpotSet | None, everything: SpotSet, bank: ExemplarBank,
+               work: Path, options: dict[str, Any]) -> tuple[ExpressionTask, list[dict[str, float]], int]:
+    """Early-stop on ``val`` (best validation PCC@M), then refit on ``everything`` for that many epochs."""
+    overrides, pcc = METHODS[method]
+    model_cfg = {**to_dict(cfg.model), **overrides, "use_exemplars": True}
+    loss_cfg = {**to_dict(cfg.loss), "pcc": pcc}
+    in_dim, n_genes = fit.features.shape[1], fit.targets.shape[1]
+
+    def new_task() -> ExpressionTask:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        return ExpressionTask(in_dim, n_genes, model_cfg, loss_cfg, cfg.lr, cfg.weight_decay)
+
+    task = new_task()
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=work, filename="best", monitor="val_pcc", mode="max", save_top_k=1)
+    stop = L.pytorch.callbacks.EarlyStopping(monitor="val_pcc", mode="max", patience=cfg.patience)
+    trainer = _trainer(options, cfg.epochs, [ckpt, stop], validate=True, min_epochs=cfg.min_epochs)
+    call_trainer(trainer.fit, task, _loader(SpotDataset(fit, bank), cfg.batch_size, True, options, cfg.seed),
+                 _loader(SpotDataset(val, bank), cfg.batch_size, False, options, cfg.seed))
+    history = task.history
+    vals = [h.get("val_pcc", float("nan")) for h in history]
+    best_epoch = int(np.nanargmax(vals)) + 1 if np.isfinite(vals).any() else len(history)
+    if not cfg.refit:
+        best = ExpressionTask.load_from_checkpoint(ckpt.best_model_path, map_location="cpu", weights_only=True)
+        return best, history, best_epoch
+    final = new_task()
+    call_trainer(_trainer(options, best_epoch, [], validate=False).fit,
+                 final, _loader(SpotDataset(everything, bank), cfg.batch_size, True, options, cfg.seed))
+    return final, history, best_epoch
+
+
+def select_ridge_alpha(cfg: TrainConfig, train_sl: list[SlideData], val_id: str | None, spec: TargetSpec,
+                      result: dict[str, Any]) -> float:
+    """The ``ridge_alphas`` value with the best PCC@M on the held-out training slide (recorded in ``result``)."""
+    fit = [s for s in train_sl if s.slide_id != val_id]
+    val = [s for s in train_sl if s.slide_id == val_id]
+    x_fit = np.concatenate([s.features for s in fit])
+    y_fit = np.concatenate([make_targets(s, spec)[0] for s in fit])
+    x_val = np.concatenate([s.features for s in val])
+    y_val = np.concatenate([make_targets(s, spec)[0] for s in val])
+    scores = {a: epoch_scores(RidgeBaseline(cfg.ridge_components, a).fit(x_fit, y_fit).predict(x_val), y_val)[0]
+              for a in cfg.ridge_alphas}
+    result["alpha_val_pcc"] = {str(a): v for a, v in scores.items()}
+    return max(scores, key=lambda a: -np.inf if np.isnan(scores[a]) else scores[a])

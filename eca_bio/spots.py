@@ -1,0 +1,76 @@
+"""Model inputs of a set of spots: features, tokens, targets and exemplar rows, and the exemplar bank."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from eca_bio.exemplars import ExemplarBank, ExemplarIndex
+from eca_bio.targets import SlideData, TargetSpec, canonical_encoder, make_targets
+
+
+@dataclass
+class SpotSet:
+    """Model inputs of a set of spots: features, tokens, targets and exemplar rows into a bank."""
+
+    features: np.ndarray
+    tokens: np.ndarray | None
+    targets: np.ndarray
+    exemplars: np.ndarray  # (N, k) rows of the bank
+    slide_ids: np.ndarray
+    barcodes: list[str]
+    centres: np.ndarray
+
+
+class SpotDataset(Dataset):
+    """Torch view of a :class:`SpotSet`; exemplar embeddings/targets are gathered from the bank per item."""
+
+    def __init__(self, spots: SpotSet, bank: ExemplarBank) -> None:
+        self.f = torch.from_numpy(spots.features)
+        self.t = torch.from_numpy(spots.tokens) if spots.tokens is not None else None
+        self.y = torch.from_numpy(spots.targets)
+        self.ex = torch.from_numpy(spots.exemplars)
+        self.bank_e = torch.from_numpy(bank.embeddings)
+        self.bank_y = torch.from_numpy(bank.targets)
+
+    def __len__(self) -> int:
+        return self.f.shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = {"features": self.f[i], "ex_emb": self.bank_e[self.ex[i]], "ex_expr": self.bank_y[self.ex[i]], "y": self.y[i]}
+        if self.t is not None:
+            item["tokens"] = self.t[i]
+        return item
+
+
+def build_spots(slides: list[SlideData], spec: TargetSpec, index: ExemplarIndex | None, use_tokens: bool,
+                missing_report: dict[str, list[str]] | None = None) -> SpotSet:
+    """Targets and exemplars of all spots of ``slides``; each spot's own slide is never an exemplar source."""
+    ys, feats, toks, sids, bcs, cen = [], [], [], [], [], []
+    for s in slides:
+        y, missing = make_targets(s, spec)
+        if missing and missing_report is not None:
+            missing_report[s.slide_id] = missing
+        ys.append(y)
+        feats.append(s.features)
+        toks.append(s.tokens)
+        sids += [s.slide_id] * s.n_spots
+        bcs += list(s.counts.obs_names) if s.counts is not None else [str(i) for i in range(s.n_spots)]
+        cen.append(s.centres)
+    features = np.concatenate(feats).astype(np.float32)
+    tokens = np.concatenate(toks).astype(np.float32) if use_tokens and all(t is not None for t in toks) else None
+    sid_arr = np.asarray(sids)
+    ex = index.query(features, sid_arr)[0] if index is not None else np.zeros((len(sids), 1), dtype=np.int64)
+    return SpotSet(features, tokens, np.concatenate(ys), ex, sid_arr, bcs, np.concatenate(cen))
+
+
+def make_bank(slides: list[SlideData], spec: TargetSpec, encoder: Any) -> ExemplarBank:
+    """Exemplar bank of the training slides under a target spec."""
+    emb = np.concatenate([s.features for s in slides])
+    y = np.concatenate([make_targets(s, spec)[0] for s in slides])
+    sids = np.concatenate([[s.slide_id] * s.n_spots for s in slides])
+    return ExemplarBank(emb, y, sids, spec.genes, canonical_encoder(encoder))
