@@ -37,23 +37,24 @@ def _loader(ds: Dataset, batch_size: int, shuffle: bool, options: dict[str, Any]
 
 
 def fit_neural(method: str, cfg: TrainConfig, fit: SpotSet, val: SpotSet | None, everything: SpotSet, bank: ExemplarBank,
-               work: Path, options: dict[str, Any]) -> tuple[ExpressionTask, list[dict[str, float]], int]:
-    """Early-stop on ``val`` (best validation PCC@M), then refit on ``everything`` for that many epochs."""
+               work: Path, options: dict[str, Any], seed: int = 0) -> tuple[ExpressionTask, list[dict[str, float]], int]:
+    """Early-stop on ``val`` (best validation PCC@M), then refit on ``everything`` for that many epochs; ``seed``
+    sets the initialisation, dropout and batch order."""
     overrides, pcc = METHODS[method]
     model_cfg = {**to_dict(cfg.model), **overrides, "use_exemplars": True}
     loss_cfg = {**to_dict(cfg.loss), "pcc": pcc}
     in_dim, n_genes = fit.features.shape[1], fit.targets.shape[1]
 
     def new_task() -> ExpressionTask:
-        L.seed_everything(cfg.seed, workers=True, verbose=False)
+        L.seed_everything(seed, workers=True, verbose=False)
         return ExpressionTask(in_dim, n_genes, model_cfg, loss_cfg, cfg.lr, cfg.weight_decay)
 
     task = new_task()
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=work, filename="best", monitor="val_pcc", mode="max", save_top_k=1)
     stop = L.pytorch.callbacks.EarlyStopping(monitor="val_pcc", mode="max", patience=cfg.patience)
     trainer = _trainer(options, cfg.epochs, [ckpt, stop], validate=True, min_epochs=cfg.min_epochs)
-    call_trainer(trainer.fit, task, _loader(SpotDataset(fit, bank), cfg.batch_size, True, options, cfg.seed),
-                 _loader(SpotDataset(val, bank), cfg.batch_size, False, options, cfg.seed))
+    call_trainer(trainer.fit, task, _loader(SpotDataset(fit, bank), cfg.batch_size, True, options, seed),
+                 _loader(SpotDataset(val, bank), cfg.batch_size, False, options, seed))
     history = task.history
     vals = [h.get("val_pcc", float("nan")) for h in history]
     best_epoch = int(np.nanargmax(vals)) + 1 if np.isfinite(vals).any() else len(history)
@@ -62,7 +63,7 @@ def fit_neural(method: str, cfg: TrainConfig, fit: SpotSet, val: SpotSet | None,
         return best, history, best_epoch
     final = new_task()
     call_trainer(_trainer(options, best_epoch, [], validate=False).fit,
-                 final, _loader(SpotDataset(everything, bank), cfg.batch_size, True, options, cfg.seed))
+                 final, _loader(SpotDataset(everything, bank), cfg.batch_size, True, options, seed))
     return final, history, best_epoch
 
 

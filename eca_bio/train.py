@@ -3,7 +3,8 @@
 For each transform and fold the targets (genes, min–max) and the exemplar bank are fitted on the
 fold's training slides only. Neural methods hold out one training slide for early stopping on
 validation PCC@M, then (``refit``) retrain on all training slides for the best number of epochs.
-Everything a fold/method produces lands in ``<out>/<transform>/fold_<i>/<method>/`` atomically,
+Neural methods run once per seed (``seeds``); ridge, being deterministic, once. Everything a
+fold/method/seed produces lands in ``<out>/<transform>/fold_<i>/<method>/seed_<k>/`` atomically,
 so an interrupted run resumes at the first unfinished item. ``final_method`` is also trained on all
 ST slides (``<out>/final/``) for ``eca-bio predict``.
 """
@@ -68,12 +69,14 @@ class TrainConfig:
     ridge_alphas: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6])  # ridge_cv grid
     final_method: str | None = "eca"  # trained on every ST slide for `eca-bio predict`; None to skip
     final_transform: str | None = None  # default: the first of `transforms`
-    seed: int = 0
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # neural methods run once per seed (ridge is deterministic: once); the final model uses the first
     threads: int | None = None  # torch CPU threads (default: torch's)
 
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("threads",)
 
     def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ValueError("train.seeds must list at least one seed")
         check(self, n_genes=">=1", n_folds=">=2", k=">=1", epochs=">=1", patience=">=0", min_epochs=">=1",
               batch_size=">=2", lr=">0", weight_decay=">=0", ridge_components=">=1", ridge_alpha=">0",
               ridge_alphas=">0", threads=">=1")
@@ -121,14 +124,14 @@ def _save_predictions(path: Path, pred: np.ndarray, spots: SpotSet) -> None:
 
 def train_method(method: str, cfg: TrainConfig, train_sl: list[SlideData], val_id: str | None, test_sl: list[SlideData],
                  spec: TargetSpec, encoder: Any, out: Path, options: dict[str, Any], key: str,
-                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                 extra: dict[str, Any] | None = None, seed: int = 0) -> dict[str, Any]:
     """Train one method on one fold and write model, history and test predictions into ``out`` atomically."""
     bank = make_bank(train_sl, spec, encoder)
     index = ExemplarIndex(bank, cfg.k, cfg.exemplar_backend)
     everything = build_spots(train_sl, spec, index, cfg.use_tokens)
     test = build_spots(test_sl, spec, index, cfg.use_tokens) if test_sl else None
     result: dict[str, Any] = {"method": method, "key": key, "transform": spec.transform, "train": spec.train_slides,
-                              "val": val_id, "test": [s.slide_id for s in test_sl]}
+                              "val": val_id, "test": [s.slide_id for s in test_sl], "seed": seed}
     with atomic_dir(out) as tmp:
         if method in ("ridge", "ridge_cv"):
             alpha = cfg.ridge_alpha if method == "ridge" else select_ridge_alpha(cfg, train_sl, val_id, spec, result)
@@ -139,7 +142,7 @@ def train_method(method: str, cfg: TrainConfig, train_sl: list[SlideData], val_i
         else:
             fit = build_spots([s for s in train_sl if s.slide_id != val_id], spec, index, cfg.use_tokens)
             val = build_spots([s for s in train_sl if s.slide_id == val_id], spec, index, cfg.use_tokens)
-            task, history, best_epoch = fit_neural(method, cfg, fit, val, everything, bank, tmp, options)
+            task, history, best_epoch = fit_neural(method, cfg, fit, val, everything, bank, tmp, options, seed)
             _write_history(tmp / "history.csv", history)
             for stale in tmp.glob("best*.ckpt"):
                 stale.rename(tmp / "early_stopping.ckpt")
@@ -203,27 +206,29 @@ def _train_all(cfg: TrainConfig, pre_dir: Path, out_dir: Path, options: dict[str
         write_json_atomic(out_dir / "folds.json", {"cv": cfg.cv, "folds": folds, "encoder": encoder,
                                                    "feature_dim": int(slides[0].features.shape[1]),
                                                    "config": to_dict(cfg), "labels": METHOD_LABELS})
-    items: list[tuple[str, Any, str]] = [(t, f, m) for t in cfg.transforms for f in folds for m in cfg.methods]
+    items: list[tuple[str, Any, str, int]] = [(t, f, m, k) for t in cfg.transforms for f in folds for m in cfg.methods
+                                              for k in method_seeds(cfg, m)]
     if cfg.final_method is not None:
-        items.append(("final", None, cfg.final_method))
+        items.append(("final", None, cfg.final_method, cfg.seeds[0]))
     done, skipped, error = 0, 0, None
     mine = distributed.shard(items)
     bar = tqdm(mine, desc="train", disable=not progress)
     try:
-        for transform, fold, method in bar:
+        for transform, fold, method, seed in bar:
             if transform == "final":
                 bar.set_postfix_str(f"final {method}")
                 trained = train_final(cfg, slides, manifest, out_dir / "final", options, base_key)
                 done, skipped = done + trained, skipped + (not trained)
                 continue
-            bar.set_postfix_str(f"{transform} fold {fold['fold']} {method}")
-            key = _digest({**base_key, "config": item_config(cfg, method), "fold": fold, "transform": transform, "method": method})
-            item_dir = out_dir / transform / f"fold_{fold['fold']}" / method
+            bar.set_postfix_str(f"{transform} fold {fold['fold']} {method} seed {seed}")
+            key = _digest({**base_key, "config": item_config(cfg, method), "fold": fold, "transform": transform, "method": method,
+                           "seed": seed})
+            item_dir = out_dir / transform / f"fold_{fold['fold']}" / method / f"seed_{seed}"
             if _is_done(item_dir, key):
                 skipped += 1
                 continue
             train_method(method, cfg, [by_id[s] for s in fold["train"]], fold["val"], [by_id[t] for t in fold["test"]],
-                         specs[(transform, fold["fold"])], encoder, item_dir, options, key)
+                         specs[(transform, fold["fold"])], encoder, item_dir, options, key, seed=seed)
             done += 1
     except Exception as exc:  # noqa: BLE001 - every rank must hear about it
         error = exc
@@ -241,18 +246,23 @@ def train_final(cfg: TrainConfig, slides: list[SlideData], manifest: dict[str, A
     Returns whether it was trained (False: up to date)."""
     transform = cfg.final_transform or cfg.transforms[0]
     key = _digest({**base_key, "config": item_config(cfg, cfg.final_method), "final": cfg.final_method, "transform": transform,
-                   "preprocess": {"encoder": manifest["encoder"], "params": manifest.get("params", {})}})
+                   "seed": cfg.seeds[0], "preprocess": {"encoder": manifest["encoder"], "params": manifest.get("params", {})}})
     if _is_done(out, key):
         return False
     ids = sorted(s.slide_id for s in slides)
     spec = fit_targets(slides, transform, cfg.n_genes)
-    train_method(cfg.final_method, cfg, slides, ids[-1], [], spec, manifest["encoder"], out, options, key,
+    train_method(cfg.final_method, cfg, slides, ids[-1], [], spec, manifest["encoder"], out, options, key, seed=cfg.seeds[0],
                  extra={"preprocess.json": {"encoder": manifest["encoder"], "params": manifest.get("params", {})}})
     return True
 
 
 _RUN_FIELDS = ("methods", "transforms", "final_method", "final_transform", "threads")
-_RIDGE_FIELDS = ("n_genes", "cv", "n_folds", "ridge_components", "ridge_alpha", "ridge_alphas", "seed")
+_RIDGE_FIELDS = ("n_genes", "cv", "n_folds", "test_slides", "ridge_components", "ridge_alpha", "ridge_alphas")
+
+
+def method_seeds(cfg: TrainConfig, method: str) -> list[int]:
+    """The seeds a method runs with: all of ``seeds`` for neural methods, the first for the deterministic ridge."""
+    return cfg.seeds[:1] if METHODS[method] is None else list(cfg.seeds)
 
 
 def item_config(cfg: TrainConfig, method: str) -> dict[str, Any]:
@@ -261,7 +271,7 @@ def item_config(cfg: TrainConfig, method: str) -> dict[str, Any]:
     d = to_dict(cfg)
     if method in ("ridge", "ridge_cv"):
         return {k: d[k] for k in _RIDGE_FIELDS if method == "ridge_cv" or k != "ridge_alphas"}
-    return {k: v for k, v in d.items() if k not in _RUN_FIELDS and not k.startswith("ridge_")}
+    return {k: v for k, v in d.items() if k not in (*_RUN_FIELDS, "seeds") and not k.startswith("ridge_")}
 
 
 def _is_done(item_dir: Path, key: str) -> bool:

@@ -21,7 +21,7 @@ from tests.bio.test_train import tiny_config
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     pre = make_preprocess_dir(root / "pre", n_slides=3, n_spots=20, n_genes=12)
-    cfg = tiny_config(methods=["ridge", "softmax", "eca"], transforms=["egn", "libsize"], final_method=None)
+    cfg = tiny_config(methods=["ridge", "softmax", "eca"], transforms=["egn", "libsize"], final_method=None, seeds=[0, 1])
     train_all(cfg, pre, root / "train", progress=False)
     return root
 
@@ -37,16 +37,25 @@ def test_report_side_by_side_with_transforms_named(trained):
         assert report.count(f"| {label} |") == 4  # overall + per-fold table, for each transform
     assert "random-init (no pretrained weights)" in report
     summary = json.loads((out / "summary.json").read_text())
-    # the reported fold metrics are exactly the metrics of the stored predictions
-    z = np.load(trained / "train" / "libsize" / "fold_1" / "eca" / "predictions.npz")
+    # the reported fold metrics are exactly the means over seeds of the stored predictions' metrics
     genes = json.loads((trained / "train" / "libsize" / "fold_1" / "targets.json").read_text())["genes"]
-    rep = regression_report(z["pred"], z["truth"], genes)
+    reps = []
+    for seed in (0, 1):
+        z = np.load(trained / "train" / "libsize" / "fold_1" / "eca" / f"seed_{seed}" / "predictions.npz")
+        reps.append(regression_report(z["pred"], z["truth"], genes))
+    assert reps[0]["pcc_m"] != reps[1]["pcc_m"]  # two seeds, two models
     fold = summary["results"]["libsize"]["eca"]["folds"][1]
     for m in ("pcc_f", "pcc_s", "pcc_m", "mse", "mae"):
-        assert fold[m] == pytest.approx(rep[m])
+        assert fold[m] == pytest.approx(np.mean([r[m] for r in reps]))
+        assert fold["seed_values"][m] == pytest.approx([r[m] for r in reps])
+    assert fold["seeds"] == [0, 1] and summary["results"]["libsize"]["ridge"]["folds"][1]["seeds"] == [0]
     overall = summary["results"]["libsize"]["eca"]["overall"]["pcc_m"]
     assert overall == pytest.approx(np.mean([f["pcc_m"] for f in summary["results"]["libsize"]["eca"]["folds"]]))
-    assert set(summary["claims"]["egn"]) == {"beats_ridge", "vs_softmax"}
+    assert set(summary["claims"]["egn"]) == {"vs_ridge", "vs_softmax"}
+    test = summary["claims"]["egn"]["vs_softmax"]["test"]
+    assert len(test["per_fold"]) == 3 and all(0 <= f["p"] <= 1 for f in test["per_fold"]) and test["per_fold"][0]["n"] > 0
+    assert "3 folds cannot reach p < 0.05 across folds (smallest possible p = 0.25)" in test["verdict"]
+    assert "Verdict:" in report and "rank-biserial" in report
     assert set(result["claims"]) == {"egn", "libsize"}
     with open(out / "per_gene" / "egn_ridge.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -64,10 +73,10 @@ def test_missing_predictions_is_a_clear_error_and_keeps_old_report(trained):
     out = trained / "evaluate2"
     evaluate_run(trained / "train", out, EvaluateConfig(export_method=None), trained / "pre")
     before = (out / "report.md").read_text()
-    victim = trained / "train" / "egn" / "fold_2" / "softmax" / "predictions.npz"
+    victim = trained / "train" / "egn" / "fold_2" / "softmax" / "seed_0" / "predictions.npz"
     victim.rename(victim.with_suffix(".bak"))
     try:
-        with pytest.raises(DataError, match=r"fold_2/softmax: no predictions.npz"):
+        with pytest.raises(DataError, match=r"fold_2/softmax/seed_0: no predictions.npz"):
             evaluate_run(trained / "train", out, EvaluateConfig(export_method=None), trained / "pre")
     finally:
         victim.with_suffix(".bak").rename(victim)

@@ -19,7 +19,7 @@ from tests.bio.fixtures_model import make_preprocess_dir
 
 def tiny_config(**kw) -> TrainConfig:
     base = dict(methods=["ridge", "eca"], transforms=["egn"], n_genes=10, k=3, epochs=2, patience=2, min_epochs=1,
-                batch_size=32, model=ModelConfig(hidden=8, heads=2), final_method="eca", threads=1)
+                batch_size=32, model=ModelConfig(hidden=8, heads=2), final_method="eca", threads=1, seeds=[0])
     base.update(kw)
     return TrainConfig(**base)
 
@@ -47,11 +47,11 @@ def test_train_writes_every_item_and_resumes(tmp_path):
         targets = json.loads((out / "egn" / f"fold_{fold['fold']}" / "targets.json").read_text())
         assert targets["train_slides"] == fold["train"] and len(targets["genes"]) == 10
         for method in ("ridge", "eca"):
-            z = np.load(out / "egn" / f"fold_{fold['fold']}" / method / "predictions.npz")
+            z = np.load(out / "egn" / f"fold_{fold['fold']}" / method / "seed_0" / "predictions.npz")
             assert z["pred"].shape == (24, 10) and set(z["slide_ids"]) == set(fold["test"])
-        hist = (out / "egn" / f"fold_{fold['fold']}" / "eca" / "history.csv").read_text().splitlines()
+        hist = (out / "egn" / f"fold_{fold['fold']}" / "eca" / "seed_0" / "history.csv").read_text().splitlines()
         assert hist[0] == "epoch,train_pcc,train_mse,val_pcc,val_mse" and len(hist) == 3
-        assert (out / "egn" / f"fold_{fold['fold']}" / "eca" / "early_stopping.ckpt").is_file()
+        assert (out / "egn" / f"fold_{fold['fold']}" / "eca" / "seed_0" / "early_stopping.ckpt").is_file()
     assert not list(out.rglob(".*tmp*"))
     again = train_all(tiny_config(), pre, out, progress=False)
     assert again["trained"] == 0 and again["skipped"] == 7
@@ -99,7 +99,7 @@ def test_ridge_cv_picks_alpha_on_the_validation_slide(tmp_path):
     pre = make_preprocess_dir(tmp_path / "pre", n_slides=3, n_spots=20, n_genes=12)
     cfg = tiny_config(methods=["ridge_cv"], final_method=None, ridge_alphas=[0.01, 1e6])
     train_all(cfg, pre, tmp_path / "train", progress=False)
-    res = json.loads((tmp_path / "train" / "egn" / "fold_0" / "ridge_cv" / "result.json").read_text())
+    res = json.loads((tmp_path / "train" / "egn" / "fold_0" / "ridge_cv" / "seed_0" / "result.json").read_text())
     scores = res["alpha_val_pcc"]
     assert set(scores) == {"0.01", "1000000.0"}
     assert res["alpha"] == float(max(scores, key=scores.get))
