@@ -195,6 +195,7 @@ def markdown_report(collected: dict[str, Any], checks: dict[str, Any], encoder: 
         for method, r in methods.items():
             lines.append(f"| {labels.get(method, method)} | " + " | ".join(
                 _fmt(f["pcc_m"], float(np.std(f["seed_values"]["pcc_m"])) if len(f["seeds"]) > 1 else None) for f in r["folds"]) + " |")
+        lines += [""] + lambda_tau_table(methods, labels)
         const = {m: sum(f["n_constant"] for f in r["folds"]) for m, r in methods.items()}
         if any(const.values()):
             lines += ["", f"Genes constant in a test slide's truth (no PCC, excluded from PCC@*): {max(const.values())} gene-folds."]
@@ -213,13 +214,15 @@ def markdown_report(collected: dict[str, Any], checks: dict[str, Any], encoder: 
 
 
 def plot_curves(folds: list[dict[str, Any]], path: Path, title: str) -> None:
-    """PNG with PCC@M and MSE per epoch, train (dashed) and validation (solid), one colour per fold."""
+    """PNG with PCC@M and MSE per epoch, train (dashed) and validation (solid), one colour per fold; for ECA
+    layers also λ (SRA) and τ (DATS) per epoch: mean (line) and min–max over the epoch's spots (band)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    stats = [k for k in ("lambda", "tau") if any(f"{k}_mean" in r for f in folds for r in f["history"])]
+    fig, axes = plt.subplots(1, 2 + len(stats), figsize=(5 * (2 + len(stats)), 3.6))
     for i, f in enumerate(folds):
         h = f["history"]
         if not h:
@@ -229,8 +232,13 @@ def plot_curves(folds: list[dict[str, Any]], path: Path, title: str) -> None:
         for ax, key in zip(axes, ("pcc", "mse")):
             ax.plot(ep, [r.get(f"train_{key}") for r in h], "--", color=color, alpha=0.7)
             ax.plot(ep, [r.get(f"val_{key}") for r in h], "-", color=color, label=f"fold {f['fold']} (val {f['val']})")
+        for ax, key in zip(axes[2:], stats):
+            ax.plot(ep, [r.get(f"{key}_mean") for r in h], "-", color=color)
+            ax.fill_between(ep, [r.get(f"{key}_min") for r in h], [r.get(f"{key}_max") for r in h], color=color, alpha=0.15)
     axes[0].set_ylabel("PCC@M")
     axes[1].set_ylabel("MSE")
+    for ax, key in zip(axes[2:], stats):
+        ax.set_ylabel({"lambda": "λ (SRA residual scale)", "tau": "τ (DATS temperature)"}[key])
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -239,6 +247,27 @@ def plot_curves(folds: list[dict[str, Any]], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def lambda_tau_table(methods: dict[str, Any], labels: dict[str, str]) -> list[str]:
+    """Markdown: λ and τ at the selected epoch of each ECA-layer method, over folds and seeds (mean, min, max)."""
+    rows = []
+    for method, r in methods.items():
+        runs = [lt for f in r["folds"] for lt in f.get("lambda_tau", [])]
+        if not runs:
+            continue
+        cells = []
+        for key in ("lambda", "tau"):
+            if f"{key}_mean" in runs[0]:
+                cells.append(f"{np.mean([x[f'{key}_mean'] for x in runs]):.3f} [{min(x[f'{key}_min'] for x in runs):.3f}, "
+                             f"{max(x[f'{key}_max'] for x in runs):.3f}]")
+            else:
+                cells.append("off")
+        rows.append(f"| {labels.get(method, method)} | {len(runs)} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return ["λ (SRA; 1 = plain attention, > 1 extrapolates) and τ (DATS; < 1 sharpens) at the selected epoch: "
+            "mean [min, max] over spots, folds and seeds:", "", "| method | runs | λ | τ |", "|---|---|---|---|", *rows, ""]
 
 
 def per_gene_csv(folds: list[dict[str, Any]]) -> str:

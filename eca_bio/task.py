@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from eca_core.attention import collect_attention_stats
 from eca_core.config import from_dict
 from eca_core.losses import ECAObjective, LossConfig
 from eca_core.metrics import pearson_per_column
@@ -36,12 +37,16 @@ class ExpressionTask(L.LightningModule):
         self.objective = ECAObjective(from_dict(LossConfig, loss, "loss"))
         self.history: list[dict[str, float]] = []
         self._buf: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {"train": [], "val": []}
+        self._stats: dict[str, list[torch.Tensor]] = {"lambda": [], "tau": []}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.model(batch["features"], batch.get("tokens"), batch.get("ex_emb"), batch.get("ex_expr"))
 
     def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
-        pred = self(batch)
+        with collect_attention_stats() as stats:
+            pred = self(batch)
+        for name in ("lambda", "tau"):
+            self._stats[name] += [t.float().cpu() for t in stats[name]]
         total, parts = self.objective(pred, batch["y"], self.model)
         self.log_dict({f"train_{k}": v for k, v in parts.items()}, on_step=False, on_epoch=True, batch_size=len(pred))
         self._buf["train"].append((pred.detach().float().cpu().numpy(), batch["y"].float().cpu().numpy()))
@@ -64,8 +69,18 @@ class ExpressionTask(L.LightningModule):
             self.log("val_pcc", -1.0 if math.isnan(scores["val_pcc"]) else scores["val_pcc"])
             self._pending = scores
 
+    def _attention_stats(self) -> dict[str, float]:
+        """Mean / min / max over the epoch's spots of λ (SRA) and τ (DATS) of the ECA layer, if it has them."""
+        out = {}
+        for name, values in self._stats.items():
+            if values:
+                v = torch.cat(values)
+                out |= {f"{name}_mean": float(v.mean()), f"{name}_min": float(v.min()), f"{name}_max": float(v.max())}
+        self._stats = {"lambda": [], "tau": []}
+        return out
+
     def on_train_epoch_end(self) -> None:
-        row = {"epoch": self.current_epoch + 1, **self._scores("train"), **getattr(self, "_pending", {})}
+        row = {"epoch": self.current_epoch + 1, **self._scores("train"), **getattr(self, "_pending", {}), **self._attention_stats()}
         self._pending = {}
         self.history.append(row)
 

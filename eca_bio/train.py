@@ -110,6 +110,7 @@ def _digest(obj: Any) -> str:
 
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:
     cols = ["epoch", "train_pcc", "train_mse", "val_pcc", "val_mse"]
+    cols += [c for c in ("lambda_mean", "lambda_min", "lambda_max", "tau_mean", "tau_min", "tau_max") if any(c in r for r in history)]
     with open(path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
@@ -151,6 +152,9 @@ def train_method(method: str, cfg: TrainConfig, train_sl: list[SlideData], val_i
                         "method": method}, tmp / "model.pt")
             pred = predict_spots(task, test, bank) if test is not None else None
             result.update(epochs=best_epoch, epochs_run=len(history), refit=cfg.refit)
+            at_best = history[best_epoch - 1] if 0 < best_epoch <= len(history) else {}
+            if "lambda_mean" in at_best or "tau_mean" in at_best:  # λ / τ at the selected epoch (early-stopping run)
+                result["lambda_tau"] = {k: v for k, v in at_best.items() if k.startswith(("lambda_", "tau_"))}
         if pred is not None:
             _save_predictions(tmp / "predictions.npz", pred, test)
         if not test_sl:

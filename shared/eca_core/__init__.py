@@ -4,7 +4,7 @@ The pipelines (runner, CLIs, diagnostics, synthetic benchmark) live in submodule
 ``[pipeline]`` extra; importing ``eca_core`` itself never imports them.
 """
 
-from eca_core.attention import AttentionAux, ECAAggregation, ECAConfig, ECACrossAttention, ECAPooling, collect_lambdas
+from eca_core.attention import AttentionAux, ECAAggregation, ECAConfig, ECACrossAttention, ECAPooling, collect_attention_stats, collect_lambdas
 from eca_core.convert import ECATimmAttention, from_timm, swap_attention
 from eca_core.losses import ECAObjective, LossConfig, dnpl_loss, pcc_loss, pcc_per_dim, sra_penalty
 from eca_core.metrics import pearson_per_column, regression_report
@@ -22,6 +22,7 @@ __all__ = [
     "ECATimmAttention",
     "LossConfig",
     "VARIANTS",
+    "collect_attention_stats",
     "collect_lambdas",
     "dnpl_loss",
     "from_timm",

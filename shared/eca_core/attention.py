@@ -257,6 +257,8 @@ class ECAAggregation(nn.Module):
             if torch.is_grad_enabled():  # read (and cleared) by sra_penalty; never kept from a no-grad forward
                 self.last_lambda = lam
                 _record_lambda(lam)
+        if _STAT_COLLECTORS:  # collect_attention_stats(): λ and τ for logs, detached
+            _record_stats(self, lam if self.residual_scale is not None else None, tau if self.temperature is not None else None)
         return out, AttentionAux(lam, tau, weights, d)
 
     def _value_mean(self, xbar: Tensor, v: Tensor, mask: Tensor) -> Tensor:
@@ -375,6 +377,31 @@ class ECACrossAttention(ECAAggregation):
 # ----------------------------------------------------------------------------------------- λ collection
 
 _COLLECTORS: list[list[Tensor]] = []
+_STAT_COLLECTORS: list[dict[str, list[Tensor]]] = []
+
+
+def _record_stats(layer: nn.Module, lam: Tensor | None, tau: Tensor | None) -> None:
+    for bucket in _STAT_COLLECTORS:
+        if lam is not None:
+            bucket["lambda"].append(lam.detach())
+        if tau is not None:
+            bucket["tau"].append(tau.detach())
+
+
+@contextmanager
+def collect_attention_stats() -> Iterator[dict[str, list[Tensor]]]:
+    """Detached λ (SRA) and τ (DATS) of every ECA layer that runs inside the block, for logging::
+
+        with collect_attention_stats() as stats:
+            model(x)
+        torch.cat(stats["lambda"]).mean(), torch.cat(stats["tau"]).min()
+    """
+    bucket: dict[str, list[Tensor]] = {"lambda": [], "tau": []}
+    _STAT_COLLECTORS.append(bucket)
+    try:
+        yield bucket
+    finally:
+        _STAT_COLLECTORS.remove(bucket)
 
 
 def _record_lambda(lam: Tensor) -> None:

@@ -50,7 +50,13 @@ def test_train_writes_every_item_and_resumes(tmp_path):
             z = np.load(out / "egn" / f"fold_{fold['fold']}" / method / "seed_0" / "predictions.npz")
             assert z["pred"].shape == (24, 10) and set(z["slide_ids"]) == set(fold["test"])
         hist = (out / "egn" / f"fold_{fold['fold']}" / "eca" / "seed_0" / "history.csv").read_text().splitlines()
-        assert hist[0] == "epoch,train_pcc,train_mse,val_pcc,val_mse" and len(hist) == 3
+        assert hist[0] == "epoch,train_pcc,train_mse,val_pcc,val_mse,lambda_mean,lambda_min,lambda_max,tau_mean,tau_min,tau_max"
+        assert len(hist) == 3
+        lam_mean, lam_min, lam_max, tau_mean, tau_min, tau_max = map(float, hist[1].split(",")[5:])
+        assert 1.0 <= lam_min <= lam_mean <= lam_max <= 2.0  # λ = 1 + softplus, capped at λ_max = 2
+        assert 0.3 <= tau_min <= tau_mean <= tau_max <= 1.0  # τ in [τ_min, 1]
+        result = json.loads((out / "egn" / f"fold_{fold['fold']}" / "eca" / "seed_0" / "result.json").read_text())
+        assert set(result["lambda_tau"]) == {"lambda_mean", "lambda_min", "lambda_max", "tau_mean", "tau_min", "tau_max"}
         assert (out / "egn" / f"fold_{fold['fold']}" / "eca" / "seed_0" / "early_stopping.ckpt").is_file()
     assert not list(out.rglob(".*tmp*"))
     again = train_all(tiny_config(), pre, out, progress=False)
