@@ -84,6 +84,9 @@ def collect(train_dir: Path) -> dict[str, Any]:
                 runs = np.array([v for f in folds for v in f["seed_values"][m]], dtype=float)  # every (fold, seed) run
                 overall[m] = float(np.nanmean(vals))
                 overall[f"{m}_std"] = float(np.nanstd(runs))
+            for m in ("moran_pred", "moran_truth", "moran_ratio"):
+                vals = np.array([f[m] for f in folds], dtype=float)
+                overall[m] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
             per_method[method] = {"folds": folds, "overall": overall, "seeds": sorted({k for f in folds for k in f["seeds"]})}
         results[transform] = per_method
     return {"plan": plan, "results": results}
@@ -109,11 +112,15 @@ def seed_dirs(item: Path, seeds: list[int]) -> list[Path]:
 def _fold_entry(item: Path, fold: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
     """One fold of one method: metrics as the mean over its seeds, per-seed values, per-gene PCC (mean over seeds)."""
     genes = json.loads((item.parent / "targets.json").read_text())["genes"]
-    reports, results = [], []
+    from eca_bio.spatial_fidelity import fidelity
+
+    reports, results, preds = [], [], []
     for d in seed_dirs(item, seeds):
         z = _load_npz(d / "predictions.npz")
         reports.append(regression_report(z["pred"], z["truth"], genes))
         results.append(json.loads((d / "result.json").read_text()))
+        preds.append(z["pred"])
+    moran = fidelity(np.mean(preds, axis=0), z["truth"], z["centres"], z["slide_ids"], genes)  # seed-averaged prediction
     per_gene = {g: [r["per_output"][g] for r in reports] for g in genes}
     per_gene = {g: (float(np.mean(v)) if all(x is not None for x in v) else None) for g, v in per_gene.items()}
     first = item / f"seed_{seeds[0]}"
@@ -123,7 +130,8 @@ def _fold_entry(item: Path, fold: dict[str, Any], seeds: list[int]) -> dict[str,
             "seed_values": {m: [r[m] for r in reports] for m in METRICS},
             "n_constant": reports[0]["n_constant"], "constant_genes": reports[0]["constant_outputs"],
             "n_spots": reports[0]["n_samples"], "per_gene": per_gene, "history": _history(first / "history.csv"),
-            "lambda_tau": [r.get("lambda_tau") for r in results if r.get("lambda_tau")]}
+            "lambda_tau": [r.get("lambda_tau") for r in results if r.get("lambda_tau")],
+            **{k: moran[k] for k in ("moran_pred", "moran_truth", "moran_ratio")}, "moran_per_gene": moran["per_gene"]}
 
 
 def claims(results: dict[str, Any], cfg: EvaluateConfig) -> dict[str, dict[str, Any]]:
@@ -195,6 +203,12 @@ def markdown_report(collected: dict[str, Any], checks: dict[str, Any], encoder: 
         for method, r in methods.items():
             lines.append(f"| {labels.get(method, method)} | " + " | ".join(
                 _fmt(f["pcc_m"], float(np.std(f["seed_values"]["pcc_m"])) if len(f["seeds"]) > 1 else None) for f in r["folds"]) + " |")
+        lines += ["", f"Spatial fidelity, `{transform}`: Moran's I on each test slide's 6-nearest-spot graph, median over "
+                  "genes, mean over folds; ratio = I(predicted) / I(measured) per gene (> 1: smoother than the tissue).", "",
+                  "| method | I predicted | I measured | ratio |", "|---|---|---|---|"]
+        for method, r in methods.items():
+            o = r["overall"]
+            lines.append(f"| {labels.get(method, method)} | {_fmt(o['moran_pred'])} | {_fmt(o['moran_truth'])} | {_fmt(o['moran_ratio'])} |")
         lines += [""] + lambda_tau_table(methods, labels)
         const = {m: sum(f["n_constant"] for f in r["folds"]) for m, r in methods.items()}
         if any(const.values()):

@@ -123,6 +123,14 @@ def plot_gene_maps(adata: ad.AnnData, genes: list[str], path: str | Path, image_
     scale = float(lib["scalefactors"].get(f"tissue_{image_key}_scalef", 1.0))
     xy = np.asarray(adata.obsm["spatial"]) * scale
     has_truth = "truth" in adata.layers
+    moran = {}
+    if len(xy) >= 3:  # spatial autocorrelation of each drawn map, so smooth predictions show in the titles
+        from eca_bio.spatial_fidelity import morans_i
+
+        cols_idx = [list(adata.var_names).index(g) for g in genes]
+        moran["predicted"] = morans_i(np.asarray(adata.X)[:, cols_idx], adata.obsm["spatial"])
+        if has_truth:
+            moran["measured"] = morans_i(np.asarray(adata.layers["truth"])[:, cols_idx], adata.obsm["spatial"])
     cols = 2 if has_truth else 1
     fig, axes = plt.subplots(len(genes), cols, figsize=(4.2 * cols, 3.8 * len(genes)), squeeze=False)
     diam = float(lib["scalefactors"].get("spot_diameter_fullres", 1.0)) * scale  # in image pixels
@@ -145,7 +153,8 @@ def plot_gene_maps(adata: ad.AnnData, genes: list[str], path: str | Path, image_
             sc = ax.scatter(xy[:, 0], xy[:, 1], c=values, cmap="viridis", vmin=vmin, vmax=vmax,
                             marker="o" if has_truth else "s", alpha=0.85, linewidths=0)
             drawn.append((ax, sc))
-            ax.set_title(f"{gene} {name}", fontsize=9)
+            i = moran.get(name, [np.nan] * len(genes))[row]
+            ax.set_title(f"{gene} {name}" + (f" (Moran's I {i:.2f})" if np.isfinite(i) else ""), fontsize=9)
             ax.set_axis_off()
             fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02)
     if title:

@@ -35,7 +35,8 @@ def test_report_side_by_side_with_transforms_named(trained):
         assert f"| method ({transform}) | PCC@F | PCC@S | PCC@M | MSE | MAE |" in report
     for label in ("ridge (PCA-256, HEST)", "softmax attention", "ECA full"):
         # overall + per-fold table for each transform, + the λ/τ table for the attention methods
-        assert report.count(f"| {label} |") == (6 if label == "ECA full" else 4)
+        # overall, per-fold and Moran's I tables for each transform, + the λ/τ table for ECA
+        assert report.count(f"| {label} |") == (8 if label == "ECA full" else 6)
     assert "| ECA full | 6 | 1.0" in report  # 3 folds x 2 seeds; λ starts near 1 (plain attention)
     assert "random-init (no pretrained weights)" in report
     summary = json.loads((out / "summary.json").read_text())
@@ -58,6 +59,9 @@ def test_report_side_by_side_with_transforms_named(trained):
     assert len(test["per_fold"]) == 3 and all(0 <= f["p"] <= 1 for f in test["per_fold"]) and test["per_fold"][0]["n"] > 0
     assert "3 folds cannot reach p < 0.05 across folds (smallest possible p = 0.25)" in test["verdict"]
     assert "Verdict:" in report and "rank-biserial" in report
+    eca = summary["results"]["egn"]["eca"]
+    assert -1 <= eca["overall"]["moran_pred"] <= 1 and -1 <= eca["overall"]["moran_truth"] <= 1
+    assert "| I predicted | I measured | ratio |" in report and len(eca["folds"][0]["moran_per_gene"]) == 10
     assert set(result["claims"]) == {"egn", "libsize"}
     with open(out / "per_gene" / "egn_ridge.csv") as fh:
         rows = list(csv.DictReader(fh))
