@@ -131,6 +131,8 @@ def _fold_entry(item: Path, fold: dict[str, Any], seeds: list[int]) -> dict[str,
             "n_constant": reports[0]["n_constant"], "constant_genes": reports[0]["constant_outputs"],
             "n_spots": reports[0]["n_samples"], "per_gene": per_gene, "history": _history(first / "history.csv"),
             "lambda_tau": [r.get("lambda_tau") for r in results if r.get("lambda_tau")],
+            "tuned": results[0].get("tuned", {}),
+            "tuning": json.loads((item / "tuning.json").read_text()) if (item / "tuning.json").is_file() else None,
             **{k: moran[k] for k in ("moran_pred", "moran_truth", "moran_ratio")}, "moran_per_gene": moran["per_gene"]}
 
 
@@ -209,7 +211,7 @@ def markdown_report(collected: dict[str, Any], checks: dict[str, Any], encoder: 
         for method, r in methods.items():
             o = r["overall"]
             lines.append(f"| {labels.get(method, method)} | {_fmt(o['moran_pred'])} | {_fmt(o['moran_truth'])} | {_fmt(o['moran_ratio'])} |")
-        lines += [""] + lambda_tau_table(methods, labels)
+        lines += [""] + lambda_tau_table(methods, labels) + tuning_table(methods, labels)
         const = {m: sum(f["n_constant"] for f in r["folds"]) for m, r in methods.items()}
         if any(const.values()):
             lines += ["", f"Genes constant in a test slide's truth (no PCC, excluded from PCC@*): {max(const.values())} gene-folds."]
@@ -261,6 +263,23 @@ def plot_curves(folds: list[dict[str, Any]], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def tuning_table(methods: dict[str, Any], labels: dict[str, str]) -> list[str]:
+    """Markdown: each method's validation-slide search (trials, knobs) and its choice per fold."""
+    rows = []
+    for method, r in methods.items():
+        tunings = [f["tuning"] for f in r["folds"] if f.get("tuning")]
+        if not tunings:
+            continue
+        chosen = "; ".join(f"fold {f['fold']}: " + (", ".join(f"{k}={v:g}" for k, v in f["tuned"].items()) or "defaults")
+                           for f in r["folds"])
+        rows.append(f"| {labels.get(method, method)} | {len(tunings[0]['trials'])} | {', '.join(tunings[0]['knobs'])} | {chosen} |")
+    if not rows:
+        return []
+    return ["Validation-slide search (the same number of trials for every neural method, each over its own knobs; "
+            "chosen on the held-out training slide, never on test):", "",
+            "| method | trials | knobs | chosen |", "|---|---|---|---|", *rows, ""]
 
 
 def lambda_tau_table(methods: dict[str, Any], labels: dict[str, str]) -> list[str]:

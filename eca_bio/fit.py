@@ -67,6 +67,24 @@ def fit_neural(method: str, cfg: TrainConfig, fit: SpotSet, val: SpotSet | None,
     return final, history, best_epoch
 
 
+def validation_score(method: str, cfg: TrainConfig, fit: SpotSet, val: SpotSet, bank: ExemplarBank,
+                     options: dict[str, Any], seed: int = 0) -> tuple[float, int]:
+    """(best validation PCC@M, its epoch) of one configuration trained with early stopping; nothing is kept."""
+    overrides, pcc = METHODS[method]
+    model_cfg = {**to_dict(cfg.model), **overrides, "use_exemplars": True}
+    loss_cfg = {**to_dict(cfg.loss), "pcc": pcc}
+    L.seed_everything(seed, workers=True, verbose=False)
+    task = ExpressionTask(fit.features.shape[1], fit.targets.shape[1], model_cfg, loss_cfg, cfg.lr, cfg.weight_decay)
+    stop = L.pytorch.callbacks.EarlyStopping(monitor="val_pcc", mode="max", patience=cfg.patience)
+    trainer = _trainer(options, cfg.epochs, [stop], validate=True, min_epochs=cfg.min_epochs)
+    call_trainer(trainer.fit, task, _loader(SpotDataset(fit, bank), cfg.batch_size, True, options, seed),
+                 _loader(SpotDataset(val, bank), cfg.batch_size, False, options, seed))
+    vals = np.array([h.get("val_pcc", np.nan) for h in task.history], dtype=float)
+    if not np.isfinite(vals).any():
+        return float("nan"), len(vals)
+    return float(np.nanmax(vals)), int(np.nanargmax(vals)) + 1
+
+
 def select_ridge_alpha(cfg: TrainConfig, train_sl: list[SlideData], val_id: str | None, spec: TargetSpec,
                       result: dict[str, Any]) -> float:
     """The ``ridge_alphas`` value with the best PCC@M on the held-out training slide (recorded in ``result``)."""

@@ -31,7 +31,8 @@ from eca_core.pipeline import Stage, StageContext, digest
 from eca_core.resume import RunLock, clean_temp_files, content_hash, item_is_current, write_item_marker
 from eca_core.trainer import quiet_lightning
 from eca_bio.exemplars import ExemplarIndex
-from eca_bio.fit import fit_neural, select_ridge_alpha
+from eca_bio import tuning
+from eca_bio.fit import fit_neural, select_ridge_alpha, validation_score
 from eca_bio.folds import plan_folds
 from eca_bio.methods import METHOD_LABELS, METHODS
 from eca_bio.model import ModelConfig, RidgeBaseline
@@ -64,6 +65,11 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     refit: bool = True  # retrain on all training slides for the early-stopped number of epochs
+    tune_trials: int = 1  # validation-slide search: configurations tried per neural method (1: the defaults only)
+    tune_grid: dict[str, list[float]] = field(default_factory=lambda: {
+        "lr": [3e-4, 1e-3, 3e-3], "weight_decay": [1e-5, 1e-4, 1e-2], "dropout": [0.0, 0.1, 0.3],
+        "tau_min": [0.2, 0.3, 0.5], "beta": [0.5, 1.0, 2.0], "lambda_max": [1.5, 2.0, 3.0],
+        "sra_weight": [1e-4, 1e-3, 1e-2]})  # each method draws from its own knobs (eca_bio.tuning)
     ridge_components: int = 256
     ridge_alpha: float | None = None  # None: HEST's 100 / (components · genes)
     ridge_alphas: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6])  # ridge_cv grid
@@ -77,7 +83,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not self.seeds:
             raise ValueError("train.seeds must list at least one seed")
-        check(self, n_genes=">=1", n_folds=">=2", k=">=1", epochs=">=1", patience=">=0", min_epochs=">=1",
+        unknown = sorted(set(self.tune_grid) - {"lr", "weight_decay", "dropout", "tau_min", "beta", "lambda_max", "sra_weight"})
+        if unknown:
+            raise ValueError(f"train.tune_grid: unknown knob(s) {unknown}")
+        check(self, tune_trials=">=1", n_genes=">=1", n_folds=">=2", k=">=1", epochs=">=1", patience=">=0", min_epochs=">=1",
               batch_size=">=2", lr=">0", weight_decay=">=0", ridge_components=">=1", ridge_alpha=">0",
               ridge_alphas=">0", threads=">=1")
         bad = [m for m in self.methods if m not in METHODS]
@@ -125,14 +134,17 @@ def _save_predictions(path: Path, pred: np.ndarray, spots: SpotSet) -> None:
 
 def train_method(method: str, cfg: TrainConfig, train_sl: list[SlideData], val_id: str | None, test_sl: list[SlideData],
                  spec: TargetSpec, encoder: Any, out: Path, options: dict[str, Any], key: str,
-                 extra: dict[str, Any] | None = None, seed: int = 0) -> dict[str, Any]:
-    """Train one method on one fold and write model, history and test predictions into ``out`` atomically."""
+                 extra: dict[str, Any] | None = None, seed: int = 0, tuned: dict[str, float] | None = None) -> dict[str, Any]:
+    """Train one method on one fold and write model, history and test predictions into ``out`` atomically;
+    ``tuned`` holds the validation-slide search's choice for a neural method (:mod:`eca_bio.tuning`)."""
+    if tuned:
+        cfg = tuning.apply(cfg, tuned)
     bank = make_bank(train_sl, spec, encoder)
     index = ExemplarIndex(bank, cfg.k, cfg.exemplar_backend)
     everything = build_spots(train_sl, spec, index, cfg.use_tokens)
     test = build_spots(test_sl, spec, index, cfg.use_tokens) if test_sl else None
     result: dict[str, Any] = {"method": method, "key": key, "transform": spec.transform, "train": spec.train_slides,
-                              "val": val_id, "test": [s.slide_id for s in test_sl], "seed": seed}
+                              "val": val_id, "test": [s.slide_id for s in test_sl], "seed": seed, "tuned": dict(tuned or {})}
     with atomic_dir(out) as tmp:
         if method in ("ridge", "ridge_cv"):
             alpha = cfg.ridge_alpha if method == "ridge" else select_ridge_alpha(cfg, train_sl, val_id, spec, result)
@@ -166,6 +178,27 @@ def train_method(method: str, cfg: TrainConfig, train_sl: list[SlideData], val_i
         write_json_atomic(tmp / "result.json", result)
         write_item_marker(tmp / "done.json", key, [p for p in tmp.rglob("*") if p.is_file()])
     return result
+
+
+def tune_method(method: str, cfg: TrainConfig, train_sl: list[SlideData], val_id: str, spec: TargetSpec, encoder: Any,
+                path: Path, options: dict[str, Any], key: str) -> dict[str, float]:
+    """Try the method's candidate configurations on the validation slide; write ``tuning.json``; return the choice."""
+    if item_is_current(path.with_name("tuning.done.json"), key):
+        return json.loads(path.read_text())["chosen"]
+    bank = make_bank(train_sl, spec, encoder)
+    index = ExemplarIndex(bank, cfg.k, cfg.exemplar_backend)
+    fit = build_spots([s for s in train_sl if s.slide_id != val_id], spec, index, cfg.use_tokens)
+    val = build_spots([s for s in train_sl if s.slide_id == val_id], spec, index, cfg.use_tokens)
+    trials = []
+    for overrides in tuning.candidates(method, cfg):
+        score, epoch = validation_score(method, tuning.apply(cfg, overrides), fit, val, bank, options, cfg.seeds[0])
+        trials.append({"overrides": overrides, "val_pcc_m": score, "epochs": epoch})
+    best = max(trials, key=lambda t: -np.inf if not np.isfinite(t["val_pcc_m"]) else t["val_pcc_m"])
+    write_json_atomic(path, {"method": method, "val": val_id, "knobs": list(tuning.method_knobs(method)),
+                             "grid": {k: cfg.tune_grid[k] for k in tuning.method_knobs(method) if k in cfg.tune_grid},
+                             "trials": trials, "chosen": best["overrides"], "seed": cfg.seeds[0]})
+    write_item_marker(path.with_name("tuning.done.json"), key, [path])
+    return best["overrides"]
 
 
 def train_all(cfg: TrainConfig, pre_dir: Path, out_dir: Path, options: dict[str, Any] | None = None,
@@ -210,13 +243,15 @@ def _train_all(cfg: TrainConfig, pre_dir: Path, out_dir: Path, options: dict[str
         write_json_atomic(out_dir / "folds.json", {"cv": cfg.cv, "folds": folds, "encoder": encoder,
                                                    "feature_dim": int(slides[0].features.shape[1]),
                                                    "config": to_dict(cfg), "labels": METHOD_LABELS})
-    items: list[tuple[str, Any, str, int]] = [(t, f, m, k) for t in cfg.transforms for f in folds for m in cfg.methods
-                                              for k in method_seeds(cfg, m)]
+    # one group per (transform, fold, method): its tuning, then its seeds, on one rank
+    groups: list[list[tuple[str, Any, str, int]]] = [[(t, f, m, k) for k in method_seeds(cfg, m)]
+                                                     for t in cfg.transforms for f in folds for m in cfg.methods]
     if cfg.final_method is not None:
-        items.append(("final", None, cfg.final_method, cfg.seeds[0]))
+        groups.append([("final", None, cfg.final_method, cfg.seeds[0])])
     done, skipped, error = 0, 0, None
-    mine = distributed.shard(items)
+    mine = [item for group in distributed.shard(groups) for item in group]
     bar = tqdm(mine, desc="train", disable=not progress)
+    tuned: dict[tuple[str, int, str], dict[str, float]] = {}
     try:
         for transform, fold, method, seed in bar:
             if transform == "final":
@@ -225,14 +260,19 @@ def _train_all(cfg: TrainConfig, pre_dir: Path, out_dir: Path, options: dict[str
                 done, skipped = done + trained, skipped + (not trained)
                 continue
             bar.set_postfix_str(f"{transform} fold {fold['fold']} {method} seed {seed}")
-            key = _digest({**base_key, "config": item_config(cfg, method), "fold": fold, "transform": transform, "method": method,
-                           "seed": seed})
+            group = (transform, fold["fold"], method)
+            item_key = {**base_key, "config": item_config(cfg, method), "fold": fold, "transform": transform, "method": method}
+            if group not in tuned:
+                tuned[group] = {} if METHODS[method] is None or cfg.tune_trials <= 1 else tune_method(
+                    method, cfg, [by_id[s] for s in fold["train"]], fold["val"], specs[(transform, fold["fold"])], encoder,
+                    out_dir / transform / f"fold_{fold['fold']}" / method / "tuning.json", options, _digest({**item_key, "tune": True}))
+            key = _digest({**item_key, "seed": seed, "tuned": tuned[group]})
             item_dir = out_dir / transform / f"fold_{fold['fold']}" / method / f"seed_{seed}"
             if _is_done(item_dir, key):
                 skipped += 1
                 continue
             train_method(method, cfg, [by_id[s] for s in fold["train"]], fold["val"], [by_id[t] for t in fold["test"]],
-                         specs[(transform, fold["fold"])], encoder, item_dir, options, key, seed=seed)
+                         specs[(transform, fold["fold"])], encoder, item_dir, options, key, seed=seed, tuned=tuned[group])
             done += 1
     except Exception as exc:  # noqa: BLE001 - every rank must hear about it
         error = exc
@@ -255,7 +295,12 @@ def train_final(cfg: TrainConfig, slides: list[SlideData], manifest: dict[str, A
         return False
     ids = sorted(s.slide_id for s in slides)
     spec = fit_targets(slides, transform, cfg.n_genes)
+    chosen = {}
+    if METHODS[cfg.final_method] is not None and cfg.tune_trials > 1:
+        chosen = tune_method(cfg.final_method, cfg, slides, ids[-1], spec, manifest["encoder"], out.with_name("final_tuning.json"),
+                             options, _digest({"final_tuning": key}))
     train_method(cfg.final_method, cfg, slides, ids[-1], [], spec, manifest["encoder"], out, options, key, seed=cfg.seeds[0],
+                 tuned=chosen,
                  extra={"preprocess.json": {"encoder": manifest["encoder"], "params": manifest.get("params", {})}})
     return True
 

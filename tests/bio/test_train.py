@@ -143,3 +143,29 @@ def test_training_exemplars_come_from_other_training_slides_only(tmp_path):
     assert not (bank.slide_ids[spots.exemplars] == spots.slide_ids[:, None]).any()
     test_spots = build_spots(test, spec, index, True)
     assert set(bank.slide_ids[test_spots.exemplars].ravel()) <= {"S0", "S1", "S2"}
+
+
+def test_every_neural_method_gets_the_same_validation_search(tmp_path):
+    from eca_bio.tuning import candidates, method_knobs
+
+    cfg = tiny_config(methods=["ridge", "softmax", "eca", "no_sra"], tune_trials=3, final_method=None, seeds=[0, 1])
+    assert method_knobs("softmax") == ("lr", "weight_decay", "dropout")
+    assert method_knobs("eca") == ("lr", "weight_decay", "dropout", "tau_min", "beta", "lambda_max", "sra_weight")
+    assert method_knobs("no_sra") == ("lr", "weight_decay", "dropout", "tau_min", "beta")
+    for m in ("softmax", "eca", "no_sra"):
+        c = candidates(m, cfg)
+        assert len(c) == 3 and c[0] == {} and c == candidates(m, cfg)  # the defaults first; reproducible draws
+        assert all(set(o) == set(method_knobs(m)) for o in c[1:])
+    pre = make_preprocess_dir(tmp_path / "pre", n_slides=3, n_spots=20, n_genes=12)
+    out = tmp_path / "train"
+    first = train_all(cfg, pre, out, progress=False)
+    tuning = json.loads((out / "egn" / "fold_0" / "eca" / "tuning.json").read_text())
+    assert len(tuning["trials"]) == 3 and tuning["val"] == "S1"  # fold 0 tests S0, early-stops on a training slide
+    best = max(tuning["trials"], key=lambda t: t["val_pcc_m"])
+    assert tuning["chosen"] == best["overrides"]
+    for seed in (0, 1):
+        result = json.loads((out / "egn" / "fold_0" / "eca" / f"seed_{seed}" / "result.json").read_text())
+        assert result["tuned"] == tuning["chosen"] and result["seed"] == seed
+    assert not (out / "egn" / "fold_0" / "ridge" / "tuning.json").exists()  # ridge: HEST's fixed alpha
+    again = train_all(cfg, pre, out, progress=False)
+    assert again["trained"] == 0 and again["skipped"] == first["trained"]

@@ -1,0 +1,60 @@
+"""The same small validation-slide search for every neural method, so no method wins by its defaults.
+
+Each method tries ``tune_trials`` configurations: the defaults, then random draws (seeded by the
+method's name, so a re-run tries the same ones) from the grid of *its own* knobs: learning rate,
+weight decay and dropout for every neural method; ``tau_min`` and ``beta`` where DATS is on;
+``lambda_max`` and the SRA penalty weight where SRA is on. Every trial is fitted on the fold's
+fitting slides with early stopping on the held-out training slide; the configuration with the best
+validation PCC@M wins. The test slides are never looked at. Ridge keeps its own search over alpha
+(``ridge_cv``) or HEST's fixed alpha (``ridge``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import zlib
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from eca_core.attention import ECAConfig
+from eca_bio.methods import METHODS
+
+if TYPE_CHECKING:
+    from eca_bio.train import TrainConfig
+
+SHARED_KNOBS = ("lr", "weight_decay", "dropout")
+DATS_KNOBS = ("tau_min", "beta")
+SRA_KNOBS = ("lambda_max", "sra_weight")
+
+
+def method_knobs(method: str) -> tuple[str, ...]:
+    """The knobs that exist for ``method`` (ECA's only where its DATS / SRA are on)."""
+    overrides, _ = METHODS[method]
+    knobs = SHARED_KNOBS
+    if overrides.get("pool") == "attention":
+        eca = ECAConfig.variant(overrides["attention"])
+        knobs += DATS_KNOBS if eca.use_dats else ()
+        knobs += SRA_KNOBS if eca.use_sra else ()
+    return knobs
+
+
+def candidates(method: str, cfg: TrainConfig) -> list[dict[str, float]]:
+    """``tune_trials`` configurations of ``method``: {} (the defaults) first, then seeded random grid draws."""
+    if cfg.tune_trials <= 1 or METHODS[method] is None:
+        return [{}]
+    knobs = [k for k in method_knobs(method) if cfg.tune_grid.get(k)]
+    grid = [dict(zip(knobs, values)) for values in itertools.product(*(cfg.tune_grid[k] for k in knobs))]
+    rng = np.random.default_rng(zlib.crc32(method.encode()))
+    order = rng.permutation(len(grid))
+    return [{}] + [grid[i] for i in order[: cfg.tune_trials - 1]]
+
+
+def apply(cfg: TrainConfig, overrides: dict[str, float]) -> TrainConfig:
+    """``cfg`` with one trial's values: lr / weight_decay on the config, dropout and DATS/SRA knobs on the model,
+    the SRA penalty weight on the loss."""
+    top = {k: v for k, v in overrides.items() if k in ("lr", "weight_decay")}
+    model = {k: v for k, v in overrides.items() if k in ("dropout", "tau_min", "beta", "lambda_max")}
+    loss = {"sra_weight": overrides["sra_weight"]} if "sra_weight" in overrides else {}
+    return replace(cfg, **top, model=replace(cfg.model, **model), loss=replace(cfg.loss, **loss))
