@@ -132,6 +132,7 @@ def _fold_entry(item: Path, fold: dict[str, Any], seeds: list[int]) -> dict[str,
             "n_spots": reports[0]["n_samples"], "per_gene": per_gene, "history": _history(first / "history.csv"),
             "lambda_tau": [r.get("lambda_tau") for r in results if r.get("lambda_tau")],
             "tuned": results[0].get("tuned", {}),
+            "homogeneity": results[0].get("homogeneity"),
             "tuning": json.loads((item / "tuning.json").read_text()) if (item / "tuning.json").is_file() else None,
             **{k: moran[k] for k in ("moran_pred", "moran_truth", "moran_ratio")}, "moran_per_gene": moran["per_gene"]}
 
@@ -211,7 +212,7 @@ def markdown_report(collected: dict[str, Any], checks: dict[str, Any], encoder: 
         for method, r in methods.items():
             o = r["overall"]
             lines.append(f"| {labels.get(method, method)} | {_fmt(o['moran_pred'])} | {_fmt(o['moran_truth'])} | {_fmt(o['moran_ratio'])} |")
-        lines += [""] + lambda_tau_table(methods, labels) + tuning_table(methods, labels)
+        lines += [""] + lambda_tau_table(methods, labels) + tuning_table(methods, labels) + homogeneity_table(methods)
         const = {m: sum(f["n_constant"] for f in r["folds"]) for m, r in methods.items()}
         if any(const.values()):
             lines += ["", f"Genes constant in a test slide's truth (no PCC, excluded from PCC@*): {max(const.values())} gene-folds."]
@@ -263,6 +264,23 @@ def plot_curves(folds: list[dict[str, Any]], path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def homogeneity_table(methods: dict[str, Any]) -> list[str]:
+    """Markdown: per fold, the homogeneity of the test spots' token and exemplar sets (``eca diagnose``)."""
+    folds = next((r["folds"] for r in methods.values() if any(f.get("homogeneity") for f in r["folds"])), None)
+    if not folds:
+        return []
+    rows = []
+    for f in folds:
+        for name, h in (f.get("homogeneity") or {}).items():
+            rows.append(f"| {','.join(f['test'])} | {name} ({h['elements']} per spot) | {h['d_rms']:.3f} | {h['R_rms']:.3f} | "
+                        f"{h['cross_dispersion']:.3f} | {h['homogeneity_ratio']:.3f} | {h['r_median']:.3f} | {100 * h['bound_applies']:.0f}% |")
+    return ["Homogeneity of the sets the attention aggregates (test spots; `eca diagnose`): in-sample dispersion d, hull "
+            "radius R (RMS over spots), spread of set means across spots, their ratio, and Theorem 2.2's r = R/σ̃ per gene "
+            "(median; the bound 2r/(1−r) on any convex attention's gain over mean pooling applies where r < 1):", "",
+            "| test | sets | d RMS | R RMS | cross | d/cross | r median | genes r < 1 |", "|---|---|---|---|---|---|---|---|",
+            *rows, ""]
 
 
 def tuning_table(methods: dict[str, Any], labels: dict[str, str]) -> list[str]:

@@ -132,6 +132,25 @@ def _save_predictions(path: Path, pred: np.ndarray, spots: SpotSet) -> None:
                         barcodes=np.asarray(spots.barcodes), centres=spots.centres)
 
 
+def set_homogeneity(spots: SpotSet, bank: Any) -> dict[str, Any]:
+    """Homogeneity of the test spots' sets (``eca diagnose``): patch tokens and exemplar embeddings, with the
+    Theorem 2.2 r against the targets (median over genes) and the share of genes where the bound applies."""
+    from eca_core.diagnostics import homogeneity_report
+
+    out = {}
+    sets = {"exemplars": bank.embeddings[spots.exemplars]}
+    if spots.tokens is not None:
+        sets["tokens"] = spots.tokens
+    for name, x in sets.items():
+        rep = homogeneity_report(np.asarray(x, dtype=np.float64), y=spots.targets)
+        r = np.array([o.r for o in rep.outputs], dtype=float)
+        out[name] = {"sets": rep.n_sets, "elements": rep.max_elements, "d_rms": rep.d_rms, "R_rms": rep.R_rms,
+                     "cross_dispersion": rep.cross_dispersion, "homogeneity_ratio": rep.homogeneity_ratio,
+                     "r_median": float(np.median(r)) if r.size else float("nan"),
+                     "bound_applies": float(np.mean(r < 1)) if r.size else float("nan")}
+    return out
+
+
 def train_method(method: str, cfg: TrainConfig, train_sl: list[SlideData], val_id: str | None, test_sl: list[SlideData],
                  spec: TargetSpec, encoder: Any, out: Path, options: dict[str, Any], key: str,
                  extra: dict[str, Any] | None = None, seed: int = 0, tuned: dict[str, float] | None = None) -> dict[str, Any]:
@@ -164,6 +183,8 @@ def train_method(method: str, cfg: TrainConfig, train_sl: list[SlideData], val_i
                         "method": method}, tmp / "model.pt")
             pred = predict_spots(task, test, bank) if test is not None else None
             result.update(epochs=best_epoch, epochs_run=len(history), refit=cfg.refit)
+            if test is not None and seed == cfg.seeds[0]:
+                result["homogeneity"] = set_homogeneity(test, bank)
             at_best = history[best_epoch - 1] if 0 < best_epoch <= len(history) else {}
             if "lambda_mean" in at_best or "tau_mean" in at_best:  # λ / τ at the selected epoch (early-stopping run)
                 result["lambda_tau"] = {k: v for k, v in at_best.items() if k.startswith(("lambda_", "tau_"))}

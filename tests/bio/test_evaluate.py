@@ -62,6 +62,9 @@ def test_report_side_by_side_with_transforms_named(trained):
     eca = summary["results"]["egn"]["eca"]
     assert -1 <= eca["overall"]["moran_pred"] <= 1 and -1 <= eca["overall"]["moran_truth"] <= 1
     assert "| I predicted | I measured | ratio |" in report and len(eca["folds"][0]["moran_per_gene"]) == 10
+    h = eca["folds"][0]["homogeneity"]
+    assert set(h) == {"exemplars", "tokens"} and h["tokens"]["elements"] == 4 and h["exemplars"]["elements"] == 3
+    assert "| r median |" in report and h["tokens"]["d_rms"] > 0
     assert set(result["claims"]) == {"egn", "libsize"}
     with open(out / "per_gene" / "egn_ridge.csv") as fh:
         rows = list(csv.DictReader(fh))
