@@ -125,6 +125,24 @@ class PipelineSpec:
     run_dir: Path
     stages: dict[str, dict[str, Any]]
     source: Path | None = None
+    uses: dict[str, str] = field(default_factory=dict)  # stage entry -> registry stage it runs (``use:``), default itself
+    sources: dict[str, dict[str, str]] = field(default_factory=dict)  # stage entry -> {needed stage: entry it reads} (``from:``)
+
+    def use(self, name: str) -> str:
+        """The registry stage that entry ``name`` runs."""
+        return self.uses.get(name, name)
+
+    def upstream_for(self, name: str, run_dir: Path) -> dict[str, Path]:
+        """Folders of the entries before ``name``, under their own names and under the registry name they run
+        (the last such entry, unless ``from:`` picks one), so several encoders' stages coexist in one run dir."""
+        names = list(self.stages)
+        earlier = names[: names.index(name)]
+        up = {n: run_dir / n for n in earlier}
+        for n in earlier:
+            up[self.use(n)] = run_dir / n
+        for need, entry in self.sources.get(name, {}).items():
+            up[need] = run_dir / entry
+        return up
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "PipelineSpec":
@@ -147,13 +165,22 @@ class PipelineSpec:
         stages = data["stages"]
         if not isinstance(stages, dict) or not stages:
             raise PipelineError(f"{where}: 'stages' must be a non-empty mapping of stage name -> parameters")
-        parsed = {}
+        parsed, uses, sources = {}, {}, {}
         for name, params in stages.items():
             if params is not None and not isinstance(params, dict):
                 raise PipelineError(f"{where}: parameters of stage '{name}' must be a mapping, got {params!r}")
-            parsed[str(name)] = expand_env(dict(params or {}), f"{where}: stages.{name}")
+            params = dict(params or {})
+            if "use" in params:  # e.g. preprocess_uni: {use: preprocess, encoder: ...}
+                uses[str(name)] = str(params.pop("use"))
+            if "from" in params:  # e.g. train_uni: {use: train, from: {preprocess: preprocess_uni}}
+                picked = params.pop("from")
+                if not isinstance(picked, dict) or not all(str(v) in stages for v in picked.values()):
+                    raise PipelineError(f"{where}: stages.{name}.from must map needed stages to entries of this pipeline, "
+                                        f"got {picked!r}")
+                sources[str(name)] = {str(k): str(v) for k, v in picked.items()}
+            parsed[str(name)] = expand_env(params, f"{where}: stages.{name}")
         run_dir = Path(expand_env(data.get("run_dir", f"runs/{data['name']}"), f"{where}: run_dir"))
-        return cls(str(data["name"]), str(data["stages_module"]), run_dir, parsed, source)
+        return cls(str(data["name"]), str(data["stages_module"]), run_dir, parsed, source, uses, sources)
 
     def with_overrides(self, overrides: list[str]) -> "PipelineSpec":
         """Apply ``stage.key=value`` overrides (value parsed as YAML) and return a new spec."""
@@ -231,11 +258,12 @@ def validate_pipeline(spec: PipelineSpec, registry: Mapping[str, Stage] | None =
     names = list(spec.stages)
     where = str(spec.source or spec.name)
     for i, name in enumerate(names):
-        if name not in registry:
-            raise PipelineError(f"{where}: unknown stage '{name}'; {spec.stages_module} has {sorted(registry)}")
-        stage = registry[name]
+        if spec.use(name) not in registry:
+            raise PipelineError(f"{where}: unknown stage '{spec.use(name)}'; {spec.stages_module} has {sorted(registry)}")
+        stage = registry[spec.use(name)]
         configs[name] = stage.parse(spec.stages[name], f"{where}: stages.{name}")
-        later = [n for n in stage.needs if n in names[i:]]
+        earlier = {spec.use(n) for n in names[:i]} | set(names[:i])
+        later = [n for n in stage.needs if n not in earlier and (n in names[i:] or n in {spec.use(m) for m in names[i:]})]
         if later:
             raise PipelineError(f"{where}: stage '{name}' reads {later}, which must come before it")
     return configs
@@ -268,8 +296,8 @@ def run_pipeline(
         log = _quiet
     with RunLock(run_dir):
         for i, name in enumerate(names[: last + 1]):
-            stage = registry[name]
-            upstream = {n: run_dir / n for n in names[:i]}
+            stage = registry[spec.use(name)]
+            upstream = spec.upstream_for(name, run_dir)
             ctx = StageContext(spec.name, name, run_dir / name, configs[name], dict(options or {}), upstream, run_dir)
             records[name] = run_stage(stage, ctx, run_dir / f"{name}.done.json",
                                       {n: records[n]["outputs_digest"] for n in names[:i]}, force=i >= forced, log=log,

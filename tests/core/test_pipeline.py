@@ -134,3 +134,23 @@ def test_repository_pipelines_parse():
         if f.name.startswith("msa_") and f.name != "msa_demo.yaml":
             preset = {"msa_mosi.yaml": "almt-mosi", "msa_mosei.yaml": "almt-mosei", "msa_sims.yaml": "almt-sims"}[f.name]
             assert configs["train"].preset == preset and configs["train"].dataset == preset.split("-")[1]
+
+
+def test_one_stage_twice_in_one_run_dir_under_its_own_names(tmp_path):
+    """Two preprocess-like entries (say two encoders) and the stages reading each: ``use:`` and ``from:``."""
+    (tmp_path / "in.txt").write_text("5")
+    spec = PipelineSpec.from_dict({
+        "name": "two", "stages_module": "tests.core.stage_fixtures", "run_dir": str(tmp_path / "run"),
+        "stages": {"make_a": {"use": "make", "input": str(tmp_path / "in.txt"), "factor": 2},
+                   "make_b": {"use": "make", "input": str(tmp_path / "in.txt"), "factor": 3},
+                   "scale_a": {"use": "scale", "from": {"make": "make_a"}, "epochs": 1},
+                   "scale_b": {"use": "scale", "epochs": 1}},  # no from: the last earlier `make`, make_b
+    })
+    records = run_pipeline(spec, log=lambda s: None)
+    assert list(records) == ["make_a", "make_b", "scale_a", "scale_b"]
+    assert (tmp_path / "run" / "scale_a" / "scaled.txt").read_text().startswith("10 ")
+    assert (tmp_path / "run" / "scale_b" / "scaled.txt").read_text().startswith("15 ")
+    assert (tmp_path / "run" / "make_a" / "value.txt").read_text() == "10"  # both kept, neither overwritten
+    with pytest.raises(PipelineError, match=r"stages.scale_a.from must map needed stages to entries"):
+        PipelineSpec.from_dict({"name": "x", "stages_module": "tests.core.stage_fixtures",
+                                "stages": {"scale_a": {"use": "scale", "from": {"make": "nope"}}}})
