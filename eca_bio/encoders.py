@@ -15,7 +15,7 @@ import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ class EncoderConfig:
     weights: str | None = None               # local .safetensors / .pth / .pt / .bin state dict (overrides pretrained)
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs, e.g. img_size, depth
     seed: int = 0                            # seed for random-init encoders (pretrained=False, no weights)
-    backend: str = "timm"                    # timm | transformers (ViT-style AutoModel: CLS = pooled, patch tokens)
+    backend: Literal["timm", "transformers"] = "timm"  # timm | transformers (ViT-style AutoModel: CLS = pooled, patch tokens)
 
 
 class FrozenEncoder(nn.Module):
