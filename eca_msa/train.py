@@ -222,6 +222,12 @@ def check_data(data, cfg: TrainConfig) -> None:
     if max(-lo, hi) > spec.label_max + 1e-4:
         raise InputError(f"{data.source}: labels span [{lo:g}, {hi:g}] but {cfg.dataset} labels lie in "
                          f"[-{spec.label_max:g}, {spec.label_max:g}]; set dataset (or preset) to the data's")
+    shapes = data.shapes()
+    looks_like = [d.name for d in DATASETS.values() if (d.audio[1], d.vision[1]) == (shapes["audio_dim"], shapes["vision_dim"])]
+    if looks_like and cfg.dataset not in looks_like:
+        warnings.warn(f"{data.source}: audio {shapes['audio_dim']} / vision {shapes['vision_dim']} features look like "
+                      f"{looks_like[0]}, but dataset is {cfg.dataset} (its metrics and label range are used); "
+                      f"set the preset almt-{looks_like[0]} or dataset: {looks_like[0]} if that is the data", stacklevel=2)
     if cfg.model.text_model and any(s.text_bert is None for s in data.splits.values()):
         raise InputError(f"{data.source}: model.text_model={cfg.model.text_model!r} fine-tunes BERT but the data has no "
                          f"'text_bert' ids (add option frozen-text to use the precomputed 'text' features)")

@@ -78,3 +78,11 @@ def test_published_sims_preset_fine_tunes_a_local_bert(tiny_sims, tmp_path):
     assert any(k.startswith("model.bert.encoder.") for k in state)  # the fine-tuned BERT is part of the checkpoint
     again = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert again["best_epoch"] == int(np.argmin([h["Loss"] for h in again["history"]]))
+
+
+def test_sims_shaped_data_under_a_mosi_preset_is_warned_about(tiny_sims):
+    from eca_msa.train import check_data
+
+    cfg = from_dict(TrainConfig, {"options": ["frozen-text"]})
+    with pytest.warns(UserWarning, match=r"audio 33 / vision 709 features look like sims, but dataset is mosi"):
+        check_data(from_mmsa_dict(tiny_sims, "sims.pkl"), cfg)
