@@ -118,3 +118,10 @@ def test_checkpoint_reproduces_reported_test_predictions(pipeline_run):
         pred = module(test.tensors).numpy()
     reported = json.loads((folder / "test_predictions.json").read_text())["pred"]
     np.testing.assert_allclose(pred, reported, atol=1e-5)
+
+
+def test_evaluate_names_a_broken_results_file(tmp_path, capsys):
+    (tmp_path / "results.json").write_text("{")
+    assert cli_main(["evaluate", "--train", str(tmp_path), "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "results.json: not valid JSON" in err
