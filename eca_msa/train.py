@@ -28,7 +28,6 @@ import lightning as L
 import numpy as np
 import torch
 
-from eca_core.attention import ECAConfig
 from eca_core import distributed
 from eca_core.cli import StageCommand
 from eca_core.config import check, from_dict, to_dict
