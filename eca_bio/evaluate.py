@@ -103,6 +103,9 @@ def expected_seeds(cfg: dict[str, Any], method: str) -> list[int]:
 def seed_dirs(item: Path, seeds: list[int]) -> list[Path]:
     """The ``seed_<k>`` folders of a fold/method item, one per expected seed, each with its predictions."""
     dirs = [item / f"seed_{k}" for k in seeds]
+    if (item / "predictions.npz").is_file() and not any(d.is_dir() for d in dirs):
+        raise DataError(f"{item}: written by an earlier eca-bio (one run, no seed_<k> folders); run `eca-bio train` "
+                        f"again on the same folder to train the seeds")
     for d in dirs:
         if not (d / "predictions.npz").is_file():
             raise DataError(f"{d}: no predictions.npz (training of this fold/method/seed did not finish)")
