@@ -93,11 +93,10 @@ def collect(train_dir: Path) -> dict[str, Any]:
 
 
 def expected_seeds(cfg: dict[str, Any], method: str) -> list[int]:
-    """The seeds the train run gave ``method`` (neural: every seed; the deterministic ridge: the first)."""
-    from eca_bio.methods import METHODS
+    """The seeds the train run (its ``folds.json`` config) gave ``method``."""
+    from eca_bio.methods import method_seeds
 
-    seeds = [int(k) for k in cfg.get("seeds", [cfg.get("seed", 0)])]
-    return seeds[:1] if METHODS.get(method, ()) is None else seeds
+    return method_seeds([int(k) for k in cfg.get("seeds", [cfg.get("seed", 0)])], method)
 
 
 def seed_dirs(item: Path, seeds: list[int]) -> list[Path]:
@@ -114,9 +113,9 @@ def seed_dirs(item: Path, seeds: list[int]) -> list[Path]:
 
 def _fold_entry(item: Path, fold: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
     """One fold of one method: metrics as the mean over its seeds, per-seed values, per-gene PCC (mean over seeds)."""
-    genes = json.loads((item.parent / "targets.json").read_text())["genes"]
     from eca_bio.spatial_fidelity import fidelity
 
+    genes = json.loads((item.parent / "targets.json").read_text())["genes"]
     reports, results, preds = [], [], []
     for d in seed_dirs(item, seeds):
         z = _load_npz(d / "predictions.npz")

@@ -36,32 +36,38 @@ def _loader(ds: Dataset, batch_size: int, shuffle: bool, options: dict[str, Any]
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=workers, drop_last=drop_last)
 
 
+def _new_task(method: str, cfg: TrainConfig, spots: SpotSet, seed: int) -> ExpressionTask:
+    """A freshly seeded model of ``method`` for ``spots``' feature and gene dimensions."""
+    overrides, pcc = METHODS[method]
+    model_cfg = {**to_dict(cfg.model), **overrides, "use_exemplars": True}
+    loss_cfg = {**to_dict(cfg.loss), "pcc": pcc}
+    L.seed_everything(seed, workers=True, verbose=False)
+    return ExpressionTask(spots.features.shape[1], spots.targets.shape[1], model_cfg, loss_cfg, cfg.lr, cfg.weight_decay)
+
+
+def _early_stopped(task: ExpressionTask, cfg: TrainConfig, fit: SpotSet, val: SpotSet, bank: ExemplarBank,
+                   options: dict[str, Any], seed: int, callbacks: list) -> list[dict[str, float]]:
+    """Train ``task`` on ``fit`` with early stopping on ``val``'s PCC@M; its per-epoch history."""
+    stop = L.pytorch.callbacks.EarlyStopping(monitor="val_pcc", mode="max", patience=cfg.patience)
+    trainer = _trainer(options, cfg.epochs, [*callbacks, stop], validate=True, min_epochs=cfg.min_epochs)
+    call_trainer(trainer.fit, task, _loader(SpotDataset(fit, bank), cfg.batch_size, True, options, seed),
+                 _loader(SpotDataset(val, bank), cfg.batch_size, False, options, seed))
+    return task.history
+
+
 def fit_neural(method: str, cfg: TrainConfig, fit: SpotSet, val: SpotSet | None, everything: SpotSet, bank: ExemplarBank,
                work: Path, options: dict[str, Any], seed: int = 0) -> tuple[ExpressionTask, list[dict[str, float]], int]:
     """Early-stop on ``val`` (best validation PCC@M), then refit on ``everything`` for that many epochs; ``seed``
     sets the initialisation, dropout and batch order."""
-    overrides, pcc = METHODS[method]
-    model_cfg = {**to_dict(cfg.model), **overrides, "use_exemplars": True}
-    loss_cfg = {**to_dict(cfg.loss), "pcc": pcc}
-    in_dim, n_genes = fit.features.shape[1], fit.targets.shape[1]
-
-    def new_task() -> ExpressionTask:
-        L.seed_everything(seed, workers=True, verbose=False)
-        return ExpressionTask(in_dim, n_genes, model_cfg, loss_cfg, cfg.lr, cfg.weight_decay)
-
-    task = new_task()
+    task = _new_task(method, cfg, fit, seed)
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=work, filename="best", monitor="val_pcc", mode="max", save_top_k=1)
-    stop = L.pytorch.callbacks.EarlyStopping(monitor="val_pcc", mode="max", patience=cfg.patience)
-    trainer = _trainer(options, cfg.epochs, [ckpt, stop], validate=True, min_epochs=cfg.min_epochs)
-    call_trainer(trainer.fit, task, _loader(SpotDataset(fit, bank), cfg.batch_size, True, options, seed),
-                 _loader(SpotDataset(val, bank), cfg.batch_size, False, options, seed))
-    history = task.history
+    history = _early_stopped(task, cfg, fit, val, bank, options, seed, [ckpt])
     vals = [h.get("val_pcc", float("nan")) for h in history]
     best_epoch = int(np.nanargmax(vals)) + 1 if np.isfinite(vals).any() else len(history)
     if not cfg.refit:
         best = ExpressionTask.load_from_checkpoint(ckpt.best_model_path, map_location="cpu", weights_only=True)
         return best, history, best_epoch
-    final = new_task()
+    final = _new_task(method, cfg, fit, seed)
     call_trainer(_trainer(options, best_epoch, [], validate=False).fit,
                  final, _loader(SpotDataset(everything, bank), cfg.batch_size, True, options, seed))
     return final, history, best_epoch
@@ -70,16 +76,8 @@ def fit_neural(method: str, cfg: TrainConfig, fit: SpotSet, val: SpotSet | None,
 def validation_score(method: str, cfg: TrainConfig, fit: SpotSet, val: SpotSet, bank: ExemplarBank,
                      options: dict[str, Any], seed: int = 0) -> tuple[float, int]:
     """(best validation PCC@M, its epoch) of one configuration trained with early stopping; nothing is kept."""
-    overrides, pcc = METHODS[method]
-    model_cfg = {**to_dict(cfg.model), **overrides, "use_exemplars": True}
-    loss_cfg = {**to_dict(cfg.loss), "pcc": pcc}
-    L.seed_everything(seed, workers=True, verbose=False)
-    task = ExpressionTask(fit.features.shape[1], fit.targets.shape[1], model_cfg, loss_cfg, cfg.lr, cfg.weight_decay)
-    stop = L.pytorch.callbacks.EarlyStopping(monitor="val_pcc", mode="max", patience=cfg.patience)
-    trainer = _trainer(options, cfg.epochs, [stop], validate=True, min_epochs=cfg.min_epochs)
-    call_trainer(trainer.fit, task, _loader(SpotDataset(fit, bank), cfg.batch_size, True, options, seed),
-                 _loader(SpotDataset(val, bank), cfg.batch_size, False, options, seed))
-    vals = np.array([h.get("val_pcc", np.nan) for h in task.history], dtype=float)
+    history = _early_stopped(_new_task(method, cfg, fit, seed), cfg, fit, val, bank, options, seed, [])
+    vals = np.array([h.get("val_pcc", np.nan) for h in history], dtype=float)
     if not np.isfinite(vals).any():
         return float("nan"), len(vals)
     return float(np.nanmax(vals)), int(np.nanargmax(vals)) + 1

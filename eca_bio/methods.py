@@ -17,3 +17,8 @@ METHOD_LABELS = {
     "ridge": "ridge (PCA-256, HEST)", "ridge_cv": "ridge (PCA-256, alpha on val slide)", "meanpool": "mean-pool MLP",
     **{name: v.label for name, v in VARIANTS.items()},
 }
+
+
+def method_seeds(seeds: list[int], method: str) -> list[int]:
+    """The seeds a method runs with: all of ``seeds`` for neural methods, the first for the deterministic ridge."""
+    return list(seeds[:1]) if METHODS[method] is None else list(seeds)

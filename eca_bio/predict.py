@@ -156,7 +156,8 @@ def external_scores(pred: np.ndarray, truth: np.ndarray, genes: list[str], missi
     """PCC@F/S/M, MSE, MAE of one labeled section over the genes it measures (absent genes are listed, not scored)."""
     from eca_core.metrics import regression_report
 
-    keep = [j for j, g in enumerate(genes) if g not in set(missing)]
+    absent = set(missing)
+    keep = [j for j, g in enumerate(genes) if g not in absent]
     rep = regression_report(pred[:, keep], truth[:, keep], [genes[j] for j in keep])
     return rep | {"missing_genes": list(missing), "pred": pred[:, keep], "truth": truth[:, keep], "genes": [genes[j] for j in keep]}
 

@@ -109,6 +109,7 @@ class _Plan:
     params_hash: str = ""
     features: np.ndarray | None = None  # precomputed (features_dir) rows, in coords order
     features_file: Path | None = None
+    features_encoder: str = ""  # the encoder the feature file names ('' if none)
 
 
 def config_from_params(params: dict[str, Any] | None, where: str = "preprocess") -> PreprocessConfig:
@@ -162,7 +163,7 @@ def _run_preprocess(cfg: PreprocessConfig, out_dir: Path, options: dict | None, 
         for p in todo:
             attrs = _h5_attrs(cfg, p, encoder_cfg)
             job = SlideJob(p.slide_id, p.reader, p.coords, p.size_px, slides_dir / f"{p.slide_id}.h5", attrs,
-                           list(p.adata.obs_names) if p.adata is not None else None, _coords_attrs(cfg, p, slides_dir))
+                           list(p.adata.obs_names) if p.adata is not None else None, _coords_attrs(cfg, p))
             if main:
                 if p.adata is not None:
                     _write_h5ad(p, slides_dir / f"{p.slide_id}.h5ad")
@@ -264,9 +265,11 @@ def _plan_section(cfg: PreprocessConfig, section: Any, log) -> _Plan:
     exclude_outside_image(adata, *reader.dimensions, max_outside_fraction=cfg.max_outside_fraction)
     thumb = reader.thumbnail(cfg.tissue.thumbnail_px)
     features = features_file = None
+    features_encoder = ""
     if cfg.features_dir is not None:
         features_file = _features_file(cfg, section.section_id)
-        coords, size, features = join_features_to_spots(features_file, adata, reader.dimensions, cfg.max_outside_fraction)
+        coords, size, features, features_encoder = join_features_to_spots(features_file, adata, reader.dimensions,
+                                                                          cfg.max_outside_fraction)
     else:
         size = _patch_px(cfg, reader)
         coords = spot_patches(adata.obsm["spatial"], size)
@@ -275,7 +278,8 @@ def _plan_section(cfg: PreprocessConfig, section: Any, log) -> _Plan:
         + (f" (excluded {excluded})" if excluded else "")
         + f"; {reader.mpp:.4f} um/px ({source}); "
         + (f"features from {features_file} (patch {size} px)" if features_file else f"patch {size} px -> {cfg.patch_px} px"))
-    return _Plan(section.section_id, reader, coords, size, thumb, None, adata, source, features=features, features_file=features_file)
+    return _Plan(section.section_id, reader, coords, size, thumb, None, adata, source, features=features,
+                 features_file=features_file, features_encoder=features_encoder)
 
 
 def _plan_slide(cfg: PreprocessConfig, path: str, log) -> _Plan:
@@ -295,7 +299,7 @@ def _plan_slide(cfg: PreprocessConfig, path: str, log) -> _Plan:
         size = int(round(h5.patch_size_level0))
         log(f"{reader.slide_id}: {len(h5.coords)} tiles of {size} px from {features_file}")
         return _Plan(slide_id_from_path(path), reader, h5.coords, size, thumb, None, None, source,
-                     features=h5.features, features_file=features_file)
+                     features=h5.features, features_file=features_file, features_encoder=h5.encoder)
     size = _patch_px(cfg, reader)
     mask = detect_tissue(thumb, reader.mpp * reader.dimensions[0] / thumb.size[0], cfg.tissue)
     stride = max(1, int(round(size * (1 - cfg.grid_overlap))))
@@ -330,8 +334,9 @@ def _check_same_image(h5: Any, dimensions: tuple[int, int]) -> None:
 
 
 def join_features_to_spots(path: Path, adata: Any, dimensions: tuple[int, int],
-                           max_unmatched_fraction: float = 0.1) -> tuple[np.ndarray, int, np.ndarray]:
-    """Rows of a TRIDENT/CLAM feature file matched to the ST spots: (coords, level-0 patch size, features).
+                           max_unmatched_fraction: float = 0.1) -> tuple[np.ndarray, int, np.ndarray, str]:
+    """Rows of a TRIDENT/CLAM feature file matched to the ST spots: (coords, level-0 patch size, features,
+    the encoder the file names).
 
     By barcode when the file has ``barcodes``; otherwise each spot takes the row whose patch centre is
     nearest to the spot centre, within a quarter patch (spot-centred coordinates). Unmatched spots are
@@ -363,17 +368,15 @@ def join_features_to_spots(path: Path, adata: Any, dimensions: tuple[int, int],
     if unmatched.any():
         adata._inplace_subset_obs(~unmatched)
         rows = rows[~unmatched]
-    return h5.coords[rows], int(round(size)), h5.features[rows]
+    return h5.coords[rows], int(round(size)), h5.features[rows], h5.encoder
 
 
 def precomputed_encoder(cfg: PreprocessConfig, plans: list[_Plan]) -> dict[str, Any]:
     """The identity of features_dir's encoder: ``features_encoder``, else the one name all files give."""
-    from eca_bio.slide_h5 import read_slide_h5
-
     if cfg.features_encoder:
         name = cfg.features_encoder
     else:
-        names = {read_slide_h5(p.features_file, with_tokens=False).encoder for p in plans if p.features_file}
+        names = {p.features_encoder for p in plans if p.features_file}
         if len(names) != 1 or "" in names:
             raise PreprocessError(f"{cfg.features_dir}: the feature files name encoder(s) {sorted(names)}; "
                                   f"set features_encoder to the one encoder that made them")
@@ -433,7 +436,7 @@ def _slide_done(slides_dir: Path, p: _Plan) -> bool:
 # ----------------------------------------------------------------------------------------- writing
 
 
-def _coords_attrs(cfg: PreprocessConfig, p: _Plan, slides_dir: Path) -> dict[str, Any]:
+def _coords_attrs(cfg: PreprocessConfig, p: _Plan) -> dict[str, Any]:
     overlap = 0 if p.adata is not None else int(round(cfg.grid_overlap * cfg.patch_px))  # spots are not a grid
     return slide_h5.coords_attrs(p.slide_id, cfg.patch_px, p.size_px, p.reader.mpp, *p.reader.dimensions,
                                  overlap_px=overlap, savetodir="slides")  # relative: files do not depend on the run dir

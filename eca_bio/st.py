@@ -8,7 +8,6 @@ Spots are never dropped silently: ``uns['st']['excluded']`` lists them by reason
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from eca_core.errors import InputError
+from eca_core.io import read_json
 
 ST_SPOT_SPACING_UM = 200.0  # legacy ST array: spot centre-to-centre distance (Stahl et al. 2016)
 VISIUM_SPOT_DIAMETER_UM = 55.0  # 10x Visium spot diameter; scalefactors give it in full-res pixels
@@ -255,10 +255,7 @@ def read_visium(folder: str | os.PathLike, image: str | os.PathLike | None = Non
     sf_path = spatial / "scalefactors_json.json"
     if not sf_path.exists():
         raise STError(f"{spatial}: no scalefactors_json.json")
-    try:
-        scalefactors = json.loads(sf_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise STError(f"{sf_path}: not valid JSON: {exc}") from exc
+    scalefactors = read_json(sf_path, STError)
     if "spot_diameter_fullres" not in scalefactors:
         raise STError(f"{sf_path}: missing 'spot_diameter_fullres'")
 
@@ -398,10 +395,7 @@ def read_hest(hest_dir: str | os.PathLike, sample_id: str, image: str | os.PathL
         if not path.is_file():
             raise STError(f"HEST sample {sample_id}: no {what} file {path} (HEST-1k keeps st/<id>.h5ad, wsis/<id>.tif "
                           f"and metadata/<id>.json together)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise STError(f"{meta_path}: not valid JSON: {exc}") from exc
+    meta = read_json(meta_path, STError)
     mpp_key = next((k for k in ("pixel_size_um_estimated", "pixel_size_um_embedded") if _positive(meta.get(k))), None)
     if mpp_key is None:
         raise STError(f"{meta_path}: no positive pixel_size_um_estimated or pixel_size_um_embedded (microns per pixel)")
@@ -518,7 +512,7 @@ def _downscaled_image(spatial: Path, scalefactors: dict, sf_path: Path) -> tuple
     """
     for name, key in (("tissue_hires_image.png", "tissue_hires_scalef"), ("tissue_lowres_image.png", "tissue_lowres_scalef")):
         if (spatial / name).is_file():
-            if key not in scalefactors or not float(scalefactors[key]) > 0:
+            if not _positive(scalefactors.get(key)):
                 raise STError(f"{sf_path}: no positive '{key}' for {spatial / name}")
             scale = float(scalefactors[key])
             sf = dict(scalefactors)

@@ -20,6 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from eca_core.errors import InputError
+from eca_core.io import read_json
 from eca_bio.slide_h5 import read_slide_h5
 
 TRANSFORMS = ("egn", "libsize")
@@ -66,10 +67,7 @@ def read_manifest(pre_dir: Path) -> dict[str, Any]:
     path = Path(pre_dir) / "manifest.json"
     if not path.is_file():
         raise DataError(f"{path}: no preprocess manifest (run `eca-bio preprocess` first)")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON: {exc}") from exc
+    manifest = read_json(path, DataError)
     for key in ("encoder", "slides"):
         if key not in manifest:
             raise DataError(f"{path}: manifest has no '{key}'")

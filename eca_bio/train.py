@@ -34,7 +34,7 @@ from eca_bio.exemplars import ExemplarIndex
 from eca_bio import tuning
 from eca_bio.fit import fit_neural, select_ridge_alpha, validation_score
 from eca_bio.folds import plan_folds
-from eca_bio.methods import METHOD_LABELS, METHODS
+from eca_bio.methods import METHOD_LABELS, METHODS, method_seeds
 from eca_bio.model import ModelConfig, RidgeBaseline
 from eca_bio.spots import SpotSet, build_spots, make_bank
 from eca_bio.targets import TRANSFORMS, SlideData, TargetSpec, canonical_encoder, fit_targets, load_preprocessed, make_targets
@@ -265,7 +265,7 @@ def _train_all(cfg: TrainConfig, pre_dir: Path, out_dir: Path, options: dict[str
                                                    "feature_dim": int(slides[0].features.shape[1]),
                                                    "config": to_dict(cfg), "labels": METHOD_LABELS})
     # one group per (transform, fold, method): its tuning, then its seeds, on one rank
-    groups: list[list[tuple[str, Any, str, int]]] = [[(t, f, m, k) for k in method_seeds(cfg, m)]
+    groups: list[list[tuple[str, Any, str, int]]] = [[(t, f, m, k) for k in method_seeds(cfg.seeds, m)]
                                                      for t in cfg.transforms for f in folds for m in cfg.methods]
     if cfg.final_method is not None:
         groups.append([("final", None, cfg.final_method, cfg.seeds[0])])
@@ -328,11 +328,6 @@ def train_final(cfg: TrainConfig, slides: list[SlideData], manifest: dict[str, A
 
 _RUN_FIELDS = ("methods", "transforms", "final_method", "final_transform", "threads")
 _RIDGE_FIELDS = ("n_genes", "cv", "n_folds", "test_slides", "ridge_components", "ridge_alpha", "ridge_alphas")
-
-
-def method_seeds(cfg: TrainConfig, method: str) -> list[int]:
-    """The seeds a method runs with: all of ``seeds`` for neural methods, the first for the deterministic ridge."""
-    return cfg.seeds[:1] if METHODS[method] is None else list(cfg.seeds)
 
 
 def item_config(cfg: TrainConfig, method: str) -> dict[str, Any]:

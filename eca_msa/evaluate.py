@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,12 +10,12 @@ import numpy as np
 
 from eca_core.cli import StageCommand
 from eca_core.config import check, from_dict
-from eca_core.errors import InputError
-from eca_core.io import atomic_path, write_json_atomic, write_text_atomic
+from eca_core.io import atomic_path, read_json, write_json_atomic, write_text_atomic
 from eca_core.pipeline import Stage, StageContext
 from eca_msa.metrics import HIGHER_IS_BETTER
 from eca_msa.train import SETTING_LABELS, TrainConfig
 
+RERUN = "re-run `eca-msa train`"
 SHORT = {"Non0_F1_score": "F1 (Non0)", "Corr": "Corr", "MAE": "MAE", "Has0_acc_2": "Acc-2 (Has0)", "Has0_F1_score": "F1 (Has0)",
          "Non0_acc_2": "Acc-2 (Non0)", "Mult_acc_5": "Acc-5", "Mult_acc_7": "Acc-7", "Mult_acc_2": "Acc-2", "Mult_acc_3": "Acc-3",
          "F1_score": "F1"}
@@ -35,17 +34,6 @@ class EvaluateConfig:
         check(self, std_ddof="[0,1]")
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from ``path``; InputError naming the file when it is not one (truncated, edited by hand)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc}); re-run `eca-msa train`") from exc
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
 def load_runs(train_dir: str | Path) -> list[dict[str, Any]]:
     """Every ``<setting>/seed<k>/metrics.json`` listed in ``results.json`` (with its per-epoch history)."""
     train_dir = Path(train_dir)
@@ -53,11 +41,11 @@ def load_runs(train_dir: str | Path) -> list[dict[str, Any]]:
     if not index.is_file():
         raise FileNotFoundError(f"{index}: no training results (run `eca-msa train` first)")
     runs = []
-    for entry in read_json(index).get("runs", []):
+    for entry in read_json(index, hint=RERUN).get("runs", []):
         path = train_dir / entry["dir"] / "metrics.json"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: listed in {index} but missing")
-        runs.append(read_json(path))
+        runs.append(read_json(path, hint=RERUN))
     if not runs:
         raise ValueError(f"{index}: lists no runs")
     return runs
@@ -175,7 +163,7 @@ def evaluate(train_dir: str | Path, out_dir: str | Path, cfg: EvaluateConfig | N
     train_dir, out_dir = Path(train_dir), Path(out_dir)
     runs = load_runs(train_dir)
     agg = aggregate(runs, cfg.std_ddof)
-    results = read_json(train_dir / "results.json")
+    results = read_json(train_dir / "results.json", hint=RERUN)
     table = markdown_table(agg, cfg.baseline)
     selection = runs[0]["selection"]
     train_cfg = from_dict(TrainConfig, results["config"], str(train_dir / "results.json"))

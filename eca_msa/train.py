@@ -102,9 +102,9 @@ class TrainConfig:
 
     def provenance(self) -> str:
         """Preset, options and every key set on top of them, in one line (reports print it)."""
-        base = to_dict(from_dict(TrainConfig, {"preset": self.preset, "options": list(self.options)}))
+        base = flatten(to_dict(from_dict(TrainConfig, {"preset": self.preset, "options": list(self.options)})))
         overrides = {k: v for k, v in flatten(to_dict(self)).items()
-                     if k.split(".")[0] not in (*self.RUNTIME_FIELDS, *self.LABEL_FIELDS) and flatten(base).get(k) != v}
+                     if k.split(".")[0] not in (*self.RUNTIME_FIELDS, *self.LABEL_FIELDS) and base.get(k) != v}
         return presets.describe(self.preset, list(self.options), overrides)
 
 

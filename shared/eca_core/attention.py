@@ -258,7 +258,7 @@ class ECAAggregation(nn.Module):
                 self.last_lambda = lam
                 _record_lambda(lam)
         if _STAT_COLLECTORS:  # collect_attention_stats(): λ and τ for logs, detached
-            _record_stats(self, lam if self.residual_scale is not None else None, tau if self.temperature is not None else None)
+            _record_stats(lam if self.residual_scale is not None else None, tau if self.temperature is not None else None)
         return out, AttentionAux(lam, tau, weights, d)
 
     def _value_mean(self, xbar: Tensor, v: Tensor, mask: Tensor) -> Tensor:
@@ -380,7 +380,7 @@ _COLLECTORS: list[list[Tensor]] = []
 _STAT_COLLECTORS: list[dict[str, list[Tensor]]] = []
 
 
-def _record_stats(layer: nn.Module, lam: Tensor | None, tau: Tensor | None) -> None:
+def _record_stats(lam: Tensor | None, tau: Tensor | None) -> None:
     for bucket in _STAT_COLLECTORS:
         if lam is not None:
             bucket["lambda"].append(lam.detach())

@@ -1,4 +1,5 @@
-"""Atomic file and directory writes: a crash or Ctrl-C leaves either the old file or the new one, never half of one."""
+"""Atomic file and directory writes (a crash or Ctrl-C leaves either the old file or the new one, never half of
+one), and the JSON reading that names the file when it is broken."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from eca_core.errors import InputError
 
 
 @contextmanager
@@ -68,6 +71,18 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON atomically (numpy scalars and paths are converted)."""
     return write_text_atomic(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def read_json(path: str | os.PathLike, error: type[Exception] = InputError, hint: str = "") -> dict[str, Any]:
+    """The JSON object in ``path``; ``error`` naming the file (and ``hint``: what to do) when it is not one."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: not valid JSON: {exc}" + (f"; {hint}" if hint else "")) from exc
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _json_default(obj: Any) -> Any:
