@@ -264,6 +264,7 @@ def validate_pipeline(spec: PipelineSpec, registry: Mapping[str, Stage] | None =
         configs[name] = stage.parse(spec.stages[name], f"{where}: stages.{name}")
         earlier = {spec.use(n) for n in names[:i]} | set(names[:i])
         later = [n for n in stage.needs if n not in earlier and (n in names[i:] or n in {spec.use(m) for m in names[i:]})]
+        later += [entry for entry in spec.sources.get(name, {}).values() if entry not in names[:i]]
         if later:
             raise PipelineError(f"{where}: stage '{name}' reads {later}, which must come before it")
     return configs

@@ -151,6 +151,11 @@ def test_one_stage_twice_in_one_run_dir_under_its_own_names(tmp_path):
     assert (tmp_path / "run" / "scale_a" / "scaled.txt").read_text().startswith("10 ")
     assert (tmp_path / "run" / "scale_b" / "scaled.txt").read_text().startswith("15 ")
     assert (tmp_path / "run" / "make_a" / "value.txt").read_text() == "10"  # both kept, neither overwritten
+    later = PipelineSpec.from_dict({"name": "x", "stages_module": "tests.core.stage_fixtures", "stages": {
+        "make_a": {"use": "make", "input": "x"}, "scale_a": {"use": "scale", "from": {"make": "make_b"}},
+        "make_b": {"use": "make", "input": "x"}}})
+    with pytest.raises(PipelineError, match=r"stage 'scale_a' reads \['make_b'\], which must come before it"):
+        validate_pipeline(later)  # a later entry's folder may hold a stale earlier run: never read it
     with pytest.raises(PipelineError, match=r"stages.scale_a.from must map needed stages to entries"):
         PipelineSpec.from_dict({"name": "x", "stages_module": "tests.core.stage_fixtures",
                                 "stages": {"scale_a": {"use": "scale", "from": {"make": "nope"}}}})
