@@ -111,13 +111,19 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * w).sum(1) / count.view(-1, *([1] * (x.dim() - 2)))
 
 
-@torch.no_grad()
-def _dispersion_statistic(x: Tensor, xbar: Tensor, mask: Tensor) -> Tensor:
-    """d_i = sqrt(mean_j ‖x_ij‖² − ‖x̄_i‖²) without autograd: the cheap form used to set τ."""
-    w = mask.to(x.dtype).unsqueeze(1)  # (B,1,N)
-    sq = torch.linalg.vector_norm(x, dim=-1).square_().unsqueeze(2)  # (B,N,1) ‖x_ij‖² (one fused reduction pass)
-    mean_sq = torch.bmm(w, sq).view(-1) / w.sum(2).view(-1).clamp_min(1.0)  # (B,) masked mean, no masked_fill pass
-    return (mean_sq - xbar.square().sum(-1)).clamp_min_(0.0).add_(_EPS).sqrt_()
+def _set_statistics(x: Tensor, mask: Tensor, with_dispersion: bool) -> tuple[Tensor, Tensor | None]:
+    """x̄ (B, D) of a masked set (differentiable) and, if asked, d (B,) = sqrt(max(mean_j ‖x_ij‖² − ‖x̄_i‖², eps))
+    without autograd: the cheap forms used for λ's input and τ (few kernels: ECA's fixed cost on small sets)."""
+    w = mask.to(x.dtype)
+    w = w.div_(w.sum(1, keepdim=True).clamp_min_(1.0)).unsqueeze(1)  # (B,1,N) weights of the masked mean
+    xbar = torch.bmm(w, x)  # (B,1,D)
+    if not with_dispersion:
+        return xbar.squeeze(1), None
+    with torch.no_grad():
+        sq = torch.linalg.vector_norm(x, dim=-1).square_().unsqueeze(2)  # (B,N,1) ‖x_ij‖², one fused pass
+        var = torch.baddbmm(torch.bmm(w, sq), xbar, xbar.transpose(1, 2), alpha=-1.0)  # (B,1,1) mean ‖x‖² − ‖x̄‖²
+        d = var.view(-1).clamp_min_(_EPS).sqrt_()  # ≥ sqrt(eps): rounding can make the difference slightly negative
+    return xbar.squeeze(1), d
 
 
 def set_dispersion(x: Tensor, mask: Tensor, with_radius: bool = True, eps: float = _EPS) -> tuple[Tensor, ...]:
@@ -151,15 +157,16 @@ class DispersionTemperature(nn.Module):
 
     @torch.no_grad()
     def forward(self, d: Tensor) -> Tensor:
-        d = d.detach() if d.dtype == torch.float32 else d.detach().float()
-        if self.training:  # running mean, first batch copied; tensor ops only (no host sync, compiles whole)
-            weight = torch.where(self.initialised, self.momentum, 1.0)  # the first batch replaces d_ref
-            self.d_ref.lerp_(d.mean().to(self.d_ref.dtype), weight.to(self.d_ref.dtype))
+        d = d if d.dtype == torch.float32 else d.float()
+        ref = self.d_ref
+        if self.training:  # running mean, the first batch copied; tensor ops only (no host sync, compiles whole)
+            mean, weight = d.mean(), torch.where(self.initialised, self.momentum, 1.0)  # weight 1: replace d_ref
+            ref.lerp_(mean, weight) if ref.dtype == torch.float32 else ref.lerp_(mean.to(ref.dtype), weight.to(ref.dtype))
             self.initialised.fill_(True)
-            ref = self.d_ref.float()
         else:  # frozen; an untrained layer uses each sample's own d so samples never affect each other
-            ref = torch.where(self.initialised, self.d_ref.float(), d)
-        tau = torch.tanh(d * (self.beta / (ref + _EPS)))  # fresh tensors from here on: the caller's d is kept
+            ref = torch.where(self.initialised, ref, d)
+        tau = d / (ref + _EPS) if ref.dtype == torch.float32 else d / (ref.float() + _EPS)  # a fresh tensor: d is kept
+        tau = tau.tanh_() if self.beta == 1.0 else tau.mul_(self.beta).tanh_()
         tau = tau.mul_(1.0 - self.tau_min).add_(self.tau_min)
         return tau.clamp_min_(_TAU_FLOOR) if self.tau_min < _TAU_FLOOR else tau  # tanh >= 0, so τ >= τ_min
 
@@ -176,8 +183,9 @@ class ResidualScale(nn.Module):
         nn.init.constant_(self.mlp[2].bias, cfg.lambda_bias_init)
 
     def forward(self, xbar: Tensor) -> Tensor:
-        dtype = self.mlp[0].weight.dtype
-        raw = self.mlp(xbar if xbar.dtype == dtype else xbar.to(dtype)).squeeze(-1)
+        first, last = self.mlp[0], self.mlp[2]  # the MLP unrolled: three module calls cost more than its math here
+        xbar = xbar if xbar.dtype == first.weight.dtype else xbar.to(first.weight.dtype)
+        raw = F.linear(F.gelu(F.linear(xbar, first.weight, first.bias), approximate="tanh"), last.weight, last.bias).squeeze(-1)
         raw = raw if raw.dtype == torch.float32 else raw.float()
         return F.softplus(raw).add_(1.0).clamp_max_(self.lambda_max)  # in place: softplus/clamp backward need no output
 
@@ -224,18 +232,20 @@ class ECAAggregation(nn.Module):
                    attn_bias: Tensor | None = None) -> tuple[Tensor, AttentionAux]:
         # q (B,H,L,dh)  k, v (B,H,N,dh)  elements (B,N,D)  mask (B,N) keep  attn_bias (B|1,H|1,L,N) additive -> out (B,H,L,dh)
         b = q.shape[0]
-        x = elements.float()
+        temperature, residual_scale = self.temperature, self.residual_scale
+        x = elements if elements.dtype in (torch.float32, torch.float64) else elements.float()
         # x̄ (B,D), differentiable, is λ's MLP input; d (B,), a statistic (no gradient flows through τ's d), sets τ.
         # Each is computed only where it is used (d also for the aux of need_weights/return_aux calls).
-        xbar = masked_mean(x, mask) if self.temperature is not None or self.residual_scale is not None or need_weights else None
-        if self.temperature is not None or need_weights:
-            d = _dispersion_statistic(x, xbar, mask)
+        if temperature is not None or residual_scale is not None or need_weights:
+            xbar, d = _set_statistics(x, mask, temperature is not None or need_weights)
         else:
+            xbar = d = None
+        if d is None:
             d = q.new_full((b,), float("nan"), dtype=torch.float32)
-        ones = None if self.temperature is not None and self.residual_scale is not None else q.new_ones(b, dtype=torch.float32)
-        tau = self.temperature(d) if self.temperature is not None else ones
-        lam = self.residual_scale(xbar) if self.residual_scale is not None else ones
-        if self.temperature is not None:
+        ones = None if temperature is not None and residual_scale is not None else q.new_ones(b, dtype=torch.float32)
+        tau = temperature(d) if temperature is not None else ones
+        lam = residual_scale(xbar) if residual_scale is not None else ones
+        if temperature is not None:
             q = q / tau.to(q.dtype).view(b, 1, 1, 1)
         attn_mask = mask[:, None, None, :]  # (B,1,1,N), True = attend
         scale = self.scale if self.scale is not None else 1.0 / math.sqrt(self.head_dim)
@@ -251,14 +261,14 @@ class ECAAggregation(nn.Module):
             out = F.dropout(weights, p, self.training) @ v
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, scale=self.scale)
-        if self.residual_scale is not None:
+        if residual_scale is not None:
             vbar = self._value_mean(xbar, v, mask)  # (B,H,1,dh)
             out = torch.lerp(vbar.expand_as(out), out, lam.to(out.dtype).view(b, 1, 1, 1))  # v̄ + λ·(Σα v − v̄), one kernel
             if torch.is_grad_enabled():  # read (and cleared) by sra_penalty; never kept from a no-grad forward
                 self.last_lambda = lam
                 _record_lambda(lam)
         if _STAT_COLLECTORS:  # collect_attention_stats(): λ and τ for logs, detached
-            _record_stats(lam if self.residual_scale is not None else None, tau if self.temperature is not None else None)
+            _record_stats(lam if residual_scale is not None else None, tau if temperature is not None else None)
         return out, AttentionAux(lam, tau, weights, d)
 
     def _value_mean(self, xbar: Tensor, v: Tensor, mask: Tensor) -> Tensor:

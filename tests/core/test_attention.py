@@ -204,16 +204,20 @@ def test_variant_names():
         ECAConfig.variant("bogus")
 
 
-def test_fast_dispersion_statistic_matches_careful_form():
-    from eca_core.attention import _dispersion_statistic, masked_mean
+def test_fast_set_statistics_match_careful_form():
+    from eca_core.attention import _set_statistics
 
     torch.manual_seed(0)
     x = 3.0 + 0.05 * torch.randn(6, 11, 32)  # homogeneous sets far from the origin
     mask = torch.ones(6, 11, dtype=torch.bool)
     mask[2, 4:] = False
     xbar, d_careful = set_dispersion(x, mask, with_radius=False)
-    torch.testing.assert_close(masked_mean(x, mask), xbar)
-    torch.testing.assert_close(_dispersion_statistic(x, xbar, mask), d_careful, rtol=2e-3, atol=1e-4)
+    fast_xbar, fast_d = _set_statistics(x, mask, with_dispersion=True)
+    torch.testing.assert_close(fast_xbar, xbar)
+    torch.testing.assert_close(fast_d, d_careful, rtol=2e-3, atol=1e-4)
+    only_xbar, no_d = _set_statistics(x, mask, with_dispersion=False)
+    assert no_d is None
+    torch.testing.assert_close(only_xbar, xbar)
 
 
 def test_lambda_of_a_layer_that_did_not_run_is_never_reused():
