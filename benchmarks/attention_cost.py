@@ -3,15 +3,19 @@
 
 For each shape the layers are timed in interleaved rounds (A, B, C, A, B, C, ...) in one process, so
 drift in machine load hits all alike; the script prints the median time of each and the ratios
-ECA / softmax (target <= 1.15 on every shape) and ECA / nn.MultiheadAttention. The pooling shapes
-give nn.MultiheadAttention the same learned queries (expanded over the batch).
+ECA / softmax (target <= 1.15 on every shape) and ECA / nn.MultiheadAttention, each the median over
+rounds of the ratio within a round. The pooling shapes give nn.MultiheadAttention the same learned
+queries (expanded over the batch).
 
-On the smallest pooling shape (about 6 ms a step on one CPU thread) ECA's fixed cost per call, about
-0.3 ms for its ~60 small tensor operations (set statistics, τ, the λ MLP, v̄, the lerp) and their
-autograd nodes, is what remains; larger shapes amortise it. glibc's allocator makes single runs of
-that shape bimodal (page faults of freshly mapped buffers hit the layers unevenly); for repeatable
-ratios pin it: ``MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 python ...``
-(the small pooling shape then reads higher, 1.13-1.18 on our 2-core CPU, against 1.06-1.10 unpinned).
+On the smallest pooling shape (about 5.5 ms a step on one CPU thread) ECA's fixed cost per call is
+what remains: about 0.28 ms for its ~35 small kernels (set statistics, τ, the λ MLP, v̄, the lerp) and
+their autograd nodes, measured on a 4-element set; between the large kernels of a real step each
+small one runs slower (caches refilled), so it reads 0.55-0.75 ms there. Larger shapes amortise it.
+glibc's allocator makes single runs bimodal (page faults of freshly mapped buffers hit the layers
+unevenly); for repeatable ratios pin it:
+``MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 python ...``
+On our 2-core CPU the small pooling shape then reads 1.11-1.14 in six runs (1.07-1.10 unpinned);
+the other shapes 1.05-1.08; compiled, 1.03-1.05.
 
 Usage: python benchmarks/attention_cost.py [--rounds 15] [--iters 10] [--threads 1] [--device cpu] [--compile]
 """
