@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"{args.rounds} interleaved rounds x {args.iters} forward+backward steps")
-    print(f"| shape | mode | softmax ms | ECA ms | nn.MHA ms | ECA/softmax | ECA/nn.MHA |")
+    print("| shape | mode | softmax ms | ECA ms | nn.MHA ms | ECA/softmax | ECA/nn.MHA |")
     print("|---|---|---|---|---|---|---|")
     ok = True
     for compiled in ([False, True] if args.compile else [False]):
