@@ -29,7 +29,7 @@ def wilcoxon_paired(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
         return out | {"rank_biserial": 0.0, "p": float("nan")}
     ranks = rankdata(np.abs(nz))
     r = float((ranks[nz > 0].sum() - ranks[nz < 0].sum()) / ranks.sum())  # matched-pairs rank-biserial correlation
-    p = float(wilcoxon(nz, alternative="two-sided", zero_method="wilcox").pvalue) if nz.size >= 1 else float("nan")
+    p = float(wilcoxon(nz, alternative="two-sided", zero_method="wilcox").pvalue)
     return out | {"rank_biserial": r, "p": p}
 
 

@@ -111,18 +111,26 @@ def seed_dirs(item: Path, seeds: list[int]) -> list[Path]:
     return dirs
 
 
+def seed_predictions(item: Path, seeds: list[int]) -> list[dict[str, np.ndarray]]:
+    """The ``predictions.npz`` arrays of each expected seed of a fold/method item."""
+    return [_load_npz(d / "predictions.npz") for d in seed_dirs(item, seeds)]
+
+
+def seed_mean(runs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One run's arrays with ``pred`` replaced by the prediction averaged over the seeds' runs."""
+    return dict(runs[0], pred=np.mean([r["pred"] for r in runs], axis=0))
+
+
 def _fold_entry(item: Path, fold: dict[str, Any], seeds: list[int]) -> dict[str, Any]:
     """One fold of one method: metrics as the mean over its seeds, per-seed values, per-gene PCC (mean over seeds)."""
     from eca_bio.spatial_fidelity import fidelity
 
     genes = json.loads((item.parent / "targets.json").read_text())["genes"]
-    reports, results, preds = [], [], []
-    for d in seed_dirs(item, seeds):
-        z = _load_npz(d / "predictions.npz")
-        reports.append(regression_report(z["pred"], z["truth"], genes))
-        results.append(json.loads((d / "result.json").read_text()))
-        preds.append(z["pred"])
-    moran = fidelity(np.mean(preds, axis=0), z["truth"], z["centres"], z["slide_ids"], genes)  # seed-averaged prediction
+    runs = seed_predictions(item, seeds)
+    reports = [regression_report(z["pred"], z["truth"], genes) for z in runs]
+    results = [json.loads((item / f"seed_{k}" / "result.json").read_text()) for k in seeds]
+    z = seed_mean(runs)
+    moran = fidelity(z["pred"], z["truth"], z["centres"], z["slide_ids"], genes)  # seed-averaged prediction
     per_gene = {g: [r["per_output"][g] for r in reports] for g in genes}
     per_gene = {g: (float(np.mean(v)) if all(x is not None for x in v) else None) for g, v in per_gene.items()}
     first = item / f"seed_{seeds[0]}"
@@ -357,8 +365,7 @@ def export_predictions(train_dir: Path, pre_dir: Path | None, method: str, trans
     written = []
     for fold, res in zip(plan["folds"], collected["results"][transform][method]["folds"]):
         item = Path(train_dir) / transform / f"fold_{fold['fold']}" / method
-        runs = [_load_npz(d / "predictions.npz") for d in seed_dirs(item, expected_seeds(plan["config"], method))]
-        z = dict(runs[0], pred=np.mean([r["pred"] for r in runs], axis=0))  # the prediction averaged over seeds
+        z = seed_mean(seed_predictions(item, expected_seeds(plan["config"], method)))
         genes = json.loads((item.parent / "targets.json").read_text())["genes"]
         for sid in fold["test"]:
             rows = z["slide_ids"] == sid

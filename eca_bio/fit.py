@@ -62,8 +62,7 @@ def fit_neural(method: str, cfg: TrainConfig, fit: SpotSet, val: SpotSet | None,
     task = _new_task(method, cfg, fit, seed)
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=work, filename="best", monitor="val_pcc", mode="max", save_top_k=1)
     history = _early_stopped(task, cfg, fit, val, bank, options, seed, [ckpt])
-    vals = [h.get("val_pcc", float("nan")) for h in history]
-    best_epoch = int(np.nanargmax(vals)) + 1 if np.isfinite(vals).any() else len(history)
+    _, best_epoch = best_validation(history)
     if not cfg.refit:
         best = ExpressionTask.load_from_checkpoint(ckpt.best_model_path, map_location="cpu", weights_only=True)
         return best, history, best_epoch
@@ -76,7 +75,11 @@ def fit_neural(method: str, cfg: TrainConfig, fit: SpotSet, val: SpotSet | None,
 def validation_score(method: str, cfg: TrainConfig, fit: SpotSet, val: SpotSet, bank: ExemplarBank,
                      options: dict[str, Any], seed: int = 0) -> tuple[float, int]:
     """(best validation PCC@M, its epoch) of one configuration trained with early stopping; nothing is kept."""
-    history = _early_stopped(_new_task(method, cfg, fit, seed), cfg, fit, val, bank, options, seed, [])
+    return best_validation(_early_stopped(_new_task(method, cfg, fit, seed), cfg, fit, val, bank, options, seed, []))
+
+
+def best_validation(history: list[dict[str, float]]) -> tuple[float, int]:
+    """(best validation PCC@M, its 1-based epoch) of a training history; (NaN, last epoch) if none is finite."""
     vals = np.array([h.get("val_pcc", np.nan) for h in history], dtype=float)
     if not np.isfinite(vals).any():
         return float("nan"), len(vals)

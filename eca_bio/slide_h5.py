@@ -127,10 +127,6 @@ class SlideH5:
         """The encoder named in the file (ours: ``encoder``; TRIDENT: features attribute ``encoder``), or ''."""
         return str(self.attrs.get("encoder") or self.features_attrs.get("encoder") or "")
 
-    @property
-    def is_trident(self) -> bool:
-        return "encoder_config" not in self.attrs
-
 
 def _plain(value: Any) -> Any:
     if isinstance(value, bytes):

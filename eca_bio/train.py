@@ -30,7 +30,7 @@ from eca_core.losses import LossConfig
 from eca_core.pipeline import Stage, StageContext, digest
 from eca_core.resume import RunLock, clean_temp_files, content_hash, item_is_current, write_item_marker
 from eca_core.trainer import quiet_lightning
-from eca_bio.exemplars import ExemplarIndex
+from eca_bio.exemplars import ExemplarBank, ExemplarIndex
 from eca_bio import tuning
 from eca_bio.fit import fit_neural, select_ridge_alpha, validation_score
 from eca_bio.folds import plan_folds
@@ -105,12 +105,6 @@ class TrainConfig:
             raise ValueError("train.cv: none trains only the final model; set final_method")
 
 
-# ---------------------------------------------------------------------------------------- folds
-
-# ---------------------------------------------------------------------------------------- data
-
-# ---------------------------------------------------------------------------------------- Lightning
-
 # ---------------------------------------------------------------------------------------- the CV run
 
 def _digest(obj: Any) -> str:
@@ -151,6 +145,19 @@ def set_homogeneity(spots: SpotSet, bank: Any) -> dict[str, Any]:
     return out
 
 
+def _bank_index(cfg: TrainConfig, train_sl: list[SlideData], spec: TargetSpec, encoder: Any) -> tuple[ExemplarBank, ExemplarIndex]:
+    """The exemplar bank of the training slides and its k-NN index."""
+    bank = make_bank(train_sl, spec, encoder)
+    return bank, ExemplarIndex(bank, cfg.k, cfg.exemplar_backend)
+
+
+def _fit_val_spots(cfg: TrainConfig, train_sl: list[SlideData], val_id: str | None, spec: TargetSpec,
+                   index: ExemplarIndex) -> tuple[SpotSet, SpotSet]:
+    """The spots that fit a neural model and those of the held-out training slide that early-stop it."""
+    fit = build_spots([s for s in train_sl if s.slide_id != val_id], spec, index, cfg.use_tokens)
+    return fit, build_spots([s for s in train_sl if s.slide_id == val_id], spec, index, cfg.use_tokens)
+
+
 def train_method(method: str, cfg: TrainConfig, train_sl: list[SlideData], val_id: str | None, test_sl: list[SlideData],
                  spec: TargetSpec, encoder: Any, out: Path, options: dict[str, Any], key: str,
                  extra: dict[str, Any] | None = None, seed: int = 0, tuned: dict[str, float] | None = None) -> dict[str, Any]:
@@ -158,8 +165,7 @@ def train_method(method: str, cfg: TrainConfig, train_sl: list[SlideData], val_i
     ``tuned`` holds the validation-slide search's choice for a neural method (:mod:`eca_bio.tuning`)."""
     if tuned:
         cfg = tuning.apply(cfg, tuned)
-    bank = make_bank(train_sl, spec, encoder)
-    index = ExemplarIndex(bank, cfg.k, cfg.exemplar_backend)
+    bank, index = _bank_index(cfg, train_sl, spec, encoder)
     everything = build_spots(train_sl, spec, index, cfg.use_tokens)
     test = build_spots(test_sl, spec, index, cfg.use_tokens) if test_sl else None
     result: dict[str, Any] = {"method": method, "key": key, "transform": spec.transform, "train": spec.train_slides,
@@ -172,8 +178,7 @@ def train_method(method: str, cfg: TrainConfig, train_sl: list[SlideData], val_i
             pred = ridge.predict(test.features) if test is not None else None
             result.update(epochs=0, alpha=float(ridge.params["alpha"]), components=int(ridge.params["components"].shape[0]))
         else:
-            fit = build_spots([s for s in train_sl if s.slide_id != val_id], spec, index, cfg.use_tokens)
-            val = build_spots([s for s in train_sl if s.slide_id == val_id], spec, index, cfg.use_tokens)
+            fit, val = _fit_val_spots(cfg, train_sl, val_id, spec, index)
             task, history, best_epoch = fit_neural(method, cfg, fit, val, everything, bank, tmp, options, seed)
             _write_history(tmp / "history.csv", history)
             for stale in tmp.glob("best*.ckpt"):
@@ -206,10 +211,8 @@ def tune_method(method: str, cfg: TrainConfig, train_sl: list[SlideData], val_id
     """Try the method's candidate configurations on the validation slide; write ``tuning.json``; return the choice."""
     if item_is_current(path.with_name("tuning.done.json"), key):
         return json.loads(path.read_text())["chosen"]
-    bank = make_bank(train_sl, spec, encoder)
-    index = ExemplarIndex(bank, cfg.k, cfg.exemplar_backend)
-    fit = build_spots([s for s in train_sl if s.slide_id != val_id], spec, index, cfg.use_tokens)
-    val = build_spots([s for s in train_sl if s.slide_id == val_id], spec, index, cfg.use_tokens)
+    bank, index = _bank_index(cfg, train_sl, spec, encoder)
+    fit, val = _fit_val_spots(cfg, train_sl, val_id, spec, index)
     trials = []
     for overrides in tuning.candidates(method, cfg):
         score, epoch = validation_score(method, tuning.apply(cfg, overrides), fit, val, bank, options, cfg.seeds[0])

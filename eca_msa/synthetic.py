@@ -142,14 +142,19 @@ def generate_mmsa(cfg: SyntheticConfig | None = None, progress: bool = False) ->
     mu, sd = raws["train"].mean(), raws["train"].std() + 1e-8
     for name, raw in raws.items():
         y = np.clip(cfg.label_std * (raw - mu) / sd, -spec.label_max, spec.label_max)
-        y = np.round(y / spec.label_step) * spec.label_step + 0.0  # averaged annotator ratings (+0.0 drops -0.0)
+        y = _ratings(y, spec.label_step)
         out[name]["regression_labels"] = y.astype(np.float32)
         out[name]["classification_labels"] = np.sign(y).astype(np.float32) + 1.0  # MMSA: 0 neg, 1 neu, 2 pos
         if cfg.dataset == "sims":  # CH-SIMS also carries unimodal labels (text, audio, vision annotations)
             for m in ("T", "A", "V"):
                 noisy = np.clip(y + 0.2 * rng.standard_normal(len(y)), -1.0, 1.0)
-                out[name][f"regression_labels_{m}"] = (np.round(noisy / spec.label_step) * spec.label_step + 0.0).astype(np.float32)
+                out[name][f"regression_labels_{m}"] = _ratings(noisy, spec.label_step).astype(np.float32)
     return out
+
+
+def _ratings(y: np.ndarray, step: float) -> np.ndarray:
+    """``y`` rounded to multiples of ``step``, as averaged annotator ratings are (+0.0 turns -0.0 into 0.0)."""
+    return np.round(y / step) * step + 0.0
 
 
 def write_mmsa_pickle(path: str | Path, cfg: SyntheticConfig | None = None, progress: bool = False) -> Path:

@@ -315,12 +315,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     files = [Path(args.file)]
     if Path(args.file).is_dir():  # a bio preprocess folder: every slide of its manifest
-        import json
+        from eca_core.io import read_json
 
         manifest = Path(args.file) / "manifest.json"
         if not manifest.is_file():
             raise FileNotFoundError(f"{args.file}: a folder without manifest.json (give a sets file or a bio preprocess folder)")
-        files = [Path(args.file) / e["h5"] for e in json.loads(manifest.read_text())["slides"]]
+        files = [Path(args.file) / e["h5"] for e in read_json(manifest)["slides"]]
     reports = [diagnose_file(f, args) for f in files]
     if args.json is not None:
         from eca_core.io import write_json_atomic
