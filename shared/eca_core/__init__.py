@@ -5,7 +5,7 @@ The pipelines (runner, CLIs, diagnostics, synthetic benchmark) live in submodule
 """
 
 from eca_core.attention import AttentionAux, ECAAggregation, ECAConfig, ECACrossAttention, ECAPooling, collect_attention_stats, collect_lambdas
-from eca_core.convert import ECATimmAttention, from_timm, swap_attention
+from eca_core.convert import ECARTDLAttention, ECATimmAttention, from_rtdl, from_timm, swap_attention
 from eca_core.losses import ECAObjective, LossConfig, dnpl_loss, pcc_loss, pcc_per_dim, sra_penalty
 from eca_core.metrics import pearson_per_column, regression_report
 from eca_core.mha import ECAMultiheadAttention
@@ -19,12 +19,14 @@ __all__ = [
     "ECAMultiheadAttention",
     "ECAObjective",
     "ECAPooling",
+    "ECARTDLAttention",
     "ECATimmAttention",
     "LossConfig",
     "VARIANTS",
     "collect_attention_stats",
     "collect_lambdas",
     "dnpl_loss",
+    "from_rtdl",
     "from_timm",
     "layer_config",
     "pcc_loss",

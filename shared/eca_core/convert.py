@@ -3,18 +3,22 @@
 - :func:`from_timm` turns a timm ``Attention`` (ViT, DeiT, DINOv2, UNI, ...) into :class:`ECATimmAttention`.
 - :func:`swap_attention` walks a model and swaps every ``nn.MultiheadAttention``
   (→ :class:`~eca_core.mha.ECAMultiheadAttention`, e.g. inside ``nn.TransformerEncoder``), every timm
-  ``Attention``, and every Hugging Face transformers self-attention that dispatches through
+  ``Attention``, every ``MultiheadAttention`` of the FT-Transformer authors' package
+  ``rtdl_revisiting_models`` (→ :class:`ECARTDLAttention`), and every Hugging Face transformers
+  self-attention that dispatches through
   ``ALL_ATTENTION_FUNCTIONS`` (BERT, ViT, ...: an :class:`~eca_core.attention.ECAAggregation` is attached
   to the module and the model's attention implementation is set to ``"eca"``).
 
 With ``ECAConfig(mode="softmax")`` a swapped model reproduces the original outputs (to float
 tolerance); with ``mode="eca"`` DATS starts at τ = τ_min + (1 − τ_min)·tanh β and SRA at λ ≈ 1, so
-fine-tuning starts close to the original model. timm and transformers are imported only when used.
+fine-tuning starts close to the original model. timm, transformers and rtdl_revisiting_models are
+imported only when used.
 """
 
 from __future__ import annotations
 
 import copy
+import sys
 from typing import Any
 
 import torch
@@ -68,6 +72,44 @@ def from_timm(attn: nn.Module, cfg: ECAConfig | None = None) -> ECATimmAttention
     return ECATimmAttention(attn, cfg).train(attn.training)
 
 
+class ECARTDLAttention(ECAAggregation):
+    """``rtdl_revisiting_models.MultiheadAttention`` (FT-Transformer) with ECA aggregation.
+
+    Same forward as the original: ``forward(x_q, x_kv)``; the set is ``x_kv`` (the feature tokens and
+    [CLS]), so its dispersion sets τ and its mean feeds λ. The last FT-Transformer block queries with
+    [CLS] alone (``x_q = x[:, :1]``): that is ECA pooling the feature tokens into the prediction.
+    Parameter names stay ``W_q``, ``W_k``, ``W_v``, ``W_out``. Linformer compression is not supported.
+    """
+
+    def __init__(self, src: nn.Module, cfg: ECAConfig | None = None) -> None:
+        if getattr(src, "key_compression", None) is not None:
+            raise ValueError("rtdl MultiheadAttention with Linformer key/value compression: ECA needs the full set of tokens")
+        dim, heads = src.W_q.in_features, src._n_heads
+        super().__init__(dim, heads, dim // heads, src.dropout.p if src.dropout is not None else 0.0, cfg)
+        for name in ("W_q", "W_k", "W_v", "W_out"):
+            setattr(self, name, copy.deepcopy(getattr(src, name)))
+        ref = next(src.parameters())
+        self.to(device=ref.device, dtype=ref.dtype)
+
+    @property
+    def v_proj(self) -> nn.Linear:  # v̄ = W_v(x̄) (see ECAAggregation._value_mean); not a second registration
+        return self.W_v
+
+    def forward(self, x_q: Tensor, x_kv: Tensor) -> Tensor:
+        b, l, _ = x_q.shape                                                          # (B, L, D), L = N or 1 ([CLS])
+        q = self._split(self.W_q(x_q))                                               # (B, H, L, dh)
+        k, v = self._split(self.W_k(x_kv)), self._split(self.W_v(x_kv))              # (B, H, N, dh)
+        keep = torch.ones(x_kv.shape[:2], dtype=torch.bool, device=x_kv.device)     # every token is real
+        out, _ = self._aggregate(q, k, v, x_kv, keep, False)
+        out = out.transpose(1, 2).reshape(b, l, -1)                                  # (B, L, D)
+        return self.W_out(out) if self.W_out is not None else out
+
+
+def from_rtdl(attn: nn.Module, cfg: ECAConfig | None = None) -> ECARTDLAttention:
+    """ECA version of an ``rtdl_revisiting_models.MultiheadAttention``, its weights copied."""
+    return ECARTDLAttention(attn, cfg).train(attn.training)
+
+
 def _eca_hf_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, attention_mask: Tensor | None,
                       scaling: float | None = None, dropout: float = 0.0, **kwargs: Any) -> tuple[Tensor, Tensor | None]:
     """transformers attention function: q, k, v (B, H, L|S, dh) → ((B, L, H, dh), weights)."""
@@ -113,12 +155,15 @@ def _is_hf_attention(m: nn.Module) -> bool:
 def swap_attention(model: nn.Module, cfg: ECAConfig | None = None) -> nn.Module:
     """Swap the attention layers of ``model`` for ECA ones in place (weights kept); returns the model.
 
-    Handles ``nn.MultiheadAttention`` (incl. inside ``nn.TransformerEncoderLayer``), timm ``Attention``
-    and transformers self-attention modules. Raises if nothing was swapped.
+    Handles ``nn.MultiheadAttention`` (incl. inside ``nn.TransformerEncoderLayer``), timm ``Attention``,
+    FT-Transformer's (``rtdl_revisiting_models``) ``MultiheadAttention`` and transformers self-attention
+    modules. Raises if nothing was swapped.
     """
     cfg = cfg or ECAConfig()
     swapped = 0
     timm_attention = _timm_attention_class()
+    rtdl = sys.modules.get("rtdl_revisiting_models")  # a model holding its attention has imported it
+    rtdl_attention = getattr(rtdl, "MultiheadAttention", None)
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             replacement = None
@@ -126,6 +171,8 @@ def swap_attention(model: nn.Module, cfg: ECAConfig | None = None) -> nn.Module:
                 replacement = ECAMultiheadAttention.from_torch(child, cfg)
             elif timm_attention is not None and type(child) is timm_attention:
                 replacement = from_timm(child, cfg)
+            elif rtdl_attention is not None and type(child) is rtdl_attention:
+                replacement = from_rtdl(child, cfg)
             if replacement is not None:
                 setattr(module, child_name, replacement)
                 swapped += 1
@@ -146,7 +193,8 @@ def swap_attention(model: nn.Module, cfg: ECAConfig | None = None) -> nn.Module:
             if config is not None and hasattr(config, "_attn_implementation"):
                 config._attn_implementation = "eca"
     if not swapped:
-        raise ValueError(f"{type(model).__name__}: no nn.MultiheadAttention, timm Attention or transformers attention found")
+        raise ValueError(f"{type(model).__name__}: no nn.MultiheadAttention, timm Attention, rtdl (FT-Transformer) "
+                         f"MultiheadAttention or transformers attention found")
     return model
 
 

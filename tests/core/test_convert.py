@@ -110,6 +110,36 @@ def test_transformers_bert_and_vit_swap():
                                    vit(pixel_values=px).last_hidden_state, **TOL)
 
 
+def test_rtdl_ft_transformer_swap():
+    """The FT-Transformer of its authors' package: ECA off reproduces it (every block, incl. the [CLS]-only last one)."""
+    rtdl = pytest.importorskip("rtdl_revisiting_models")
+    from eca_core.convert import ECARTDLAttention
+
+    torch.manual_seed(4)
+    model = rtdl.FTTransformer(n_cont_features=5, cat_cardinalities=[3, 4], d_out=1,
+                               **rtdl.FTTransformer.get_default_kwargs(n_blocks=2)).eval()
+    x, c = torch.randn(16, 5), torch.randint(0, 3, (16, 2))
+    with torch.no_grad():
+        ref = model(x, c)
+        swapped = swap_attention(copy.deepcopy(model), OFF).eval()
+        out = swapped(x, c)
+    torch.testing.assert_close(out, ref, **TOL)
+    assert (out - ref).abs().max() < 1e-5
+    assert all(isinstance(b["attention"], ECARTDLAttention) for b in swapped.backbone.blocks)
+    assert set(swapped.state_dict()) == set(model.state_dict())  # W_q, W_k, W_v, W_out kept by name
+    eca = swap_attention(copy.deepcopy(model), ECAConfig(tau_min=0.05)).train()
+    with torch.no_grad():
+        assert (eca.eval()(x, c) - ref).abs().max() > 1e-4  # DATS sharpens the attention
+    loss = eca.train()(x, c).square().mean() + sra_penalty(eca)
+    loss.backward()
+    block = eca.backbone.blocks[1]["attention"]
+    assert block.W_q.weight.grad is not None and block.residual_scale.mlp[0].weight.grad is not None
+    linformer = rtdl.MultiheadAttention(d_embedding=16, n_heads=2, dropout=0.0, n_tokens=6,
+                                        linformer_kv_compression_ratio=0.5, linformer_kv_compression_sharing="headwise")
+    with pytest.raises(ValueError, match="Linformer"):
+        swap_attention(nn.Sequential(linformer))
+
+
 def test_nothing_to_swap_is_an_error():
     with pytest.raises(ValueError, match="Linear: no nn.MultiheadAttention"):
         swap_attention(nn.Linear(2, 2))
