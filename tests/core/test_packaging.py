@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("openslide", "faiss", "scanpy", "anndata", "transformers", "lightning", "timm", "h5py", "yaml", "matplotlib",
-         "sklearn", "pandas")
+         "sklearn", "pandas", "rtdl_revisiting_models")
 
 
 def test_importing_the_core_imports_no_pipeline_dependency():
@@ -23,4 +23,4 @@ def test_core_dependencies_are_torch_and_numpy_only():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert sorted(d.split(">")[0].split("=")[0] for d in project["dependencies"]) == ["numpy", "torch"]
     extras = project["optional-dependencies"]
-    assert {"pipeline", "bio", "msa", "all", "test"} <= set(extras)
+    assert {"pipeline", "bio", "msa", "tab", "all", "test"} <= set(extras)

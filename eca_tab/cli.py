@@ -1,0 +1,23 @@
+"""``eca-tab``: the tabular regression pipeline's commands (FT-Transformer with ECA on CSV / UCI data)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+from eca_core.cli import lazy_cli
+
+COMMANDS = {
+    "preprocess": ("eca_tab.preprocess", "CSV with a numeric target -> seeded split, scaled features (UCI presets)"),
+    "train": ("eca_tab.train", "FT-Transformer and its ECA variants × seeds, early stopping on validation"),
+    "evaluate": ("eca_tab.evaluate", "MAE / MSE / PCC ± std over seeds, paired tests, PCC-plateau curves (PNG)"),
+    "run": ("eca_core.pipeline", "run a pipeline YAML from pipelines/ (tab_appliances.yaml, ...)"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return lazy_cli("eca-tab", "Tabular regression with the FT-Transformer and Extrapolative Correlation Attention.", COMMANDS, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
