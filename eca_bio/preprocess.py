@@ -421,11 +421,14 @@ def _slide_done(slides_dir: Path, p: _Plan) -> bool:
     """A slide is done when its marker matches its key and its h5 / thumbnail (/ h5ad) are intact.
 
     A complete h5 with the right ``params_hash`` but no marker (the run was killed after writing it)
-    gets its marker now, so finished slides are never embedded twice.
+    gets its marker now, so finished slides are never embedded twice. A marker that no longer matches
+    its outputs (an edited, truncated or replaced file) is never re-blessed: the slide is redone.
     """
     marker = slides_dir / f"{p.slide_id}.done.json"
     if item_is_current(marker, p.params_hash):
         return True
+    if marker.exists():
+        return False
     files = [f"{p.slide_id}.h5", f"{p.slide_id}.thumb.png"] + ([f"{p.slide_id}.h5ad"] if p.adata is not None else [])
     if slide_h5.is_complete(slides_dir / files[0], p.params_hash) and all((slides_dir / f).is_file() for f in files):
         write_item_marker(marker, p.params_hash, files)

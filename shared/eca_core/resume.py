@@ -1,7 +1,9 @@
 """Resume machinery shared by every stage: content keys, output records, stale temp files, a run-directory lock.
 
 - :func:`content_hash` keys an input by its bytes (streamed SHA-256), cached by path + size +
-  mtime_ns so a large WSI is hashed once, not on every run.
+  mtime + ctime + inode so a large WSI is hashed once, not on every run. ctime and the inode are what
+  ``cp -p``, ``rsync -a``, ``tar x`` or ``touch -r`` cannot set: a file replaced by another of the same
+  size and mtime is hashed again.
 - :func:`record_outputs` / :func:`check_outputs` write and verify what a finished stage produced
   (relative path, size, hash): a deleted, truncated or edited output makes the stage run again.
 - :func:`clean_temp_files` removes what a killed run left (``.name.tmp-*`` / ``.name.old-*``).
@@ -25,7 +27,7 @@ from eca_core.errors import InputError, LockError
 TEMP_MARKERS = (".tmp-", ".old-")
 LOCK_NAME = ".eca.lock"
 _CHUNK = 4 << 20
-_memo: dict[tuple[str, int, int], str] = {}
+_memo: dict[tuple[str, int, int, int, int], str] = {}
 _db_lock = threading.Lock()
 
 
@@ -38,39 +40,44 @@ def _cache_path() -> Path | None:
     return Path(root) / "content-hashes.sqlite"
 
 
-def _db_get(key: tuple[str, int, int]) -> str | None:
+_TABLE = ("CREATE TABLE IF NOT EXISTS files (path TEXT, size INT, mtime INT, ctime INT, inode INT, sha TEXT, "
+          "PRIMARY KEY (path, size, mtime, ctime, inode))")
+
+
+def _db_get(key: tuple[str, int, int, int, int]) -> str | None:
     path = _cache_path()
     if path is None:
         return None
     try:
         with _db_lock, sqlite3.connect(path, timeout=10) as db:
-            db.execute("CREATE TABLE IF NOT EXISTS h (path TEXT, size INT, mtime INT, sha TEXT, PRIMARY KEY (path, size, mtime))")
-            row = db.execute("SELECT sha FROM h WHERE path=? AND size=? AND mtime=?", key).fetchone()
+            db.execute(_TABLE)
+            row = db.execute("SELECT sha FROM files WHERE path=? AND size=? AND mtime=? AND ctime=? AND inode=?", key).fetchone()
         return row[0] if row else None
     except sqlite3.Error:
         return None
 
 
-def _db_put(key: tuple[str, int, int], sha: str) -> None:
+def _db_put(key: tuple[str, int, int, int, int], sha: str) -> None:
     path = _cache_path()
     if path is None:
         return
     try:
         with _db_lock, sqlite3.connect(path, timeout=10) as db:
-            db.execute("DELETE FROM h WHERE path=?", key[:1])
-            db.execute("INSERT OR REPLACE INTO h VALUES (?, ?, ?, ?)", (*key, sha))
+            db.execute(_TABLE)
+            db.execute("DELETE FROM files WHERE path=?", key[:1])
+            db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)", (*key, sha))
     except sqlite3.Error:
         pass
 
 
 def file_hash(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes, streamed; cached by (absolute path, size, mtime_ns)."""
+    """SHA-256 of a file's bytes, streamed; cached by (absolute path, size, mtime_ns, ctime_ns, inode)."""
     path = Path(path)
     try:
         st = path.stat()
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
-    key = (str(path.resolve()), int(st.st_size), int(st.st_mtime_ns))
+    key = (str(path.resolve()), int(st.st_size), int(st.st_mtime_ns), int(st.st_ctime_ns), int(st.st_ino))
     sha = _memo.get(key) or _db_get(key)
     if sha is None:
         h = hashlib.sha256()
@@ -149,10 +156,15 @@ def clean_temp_files(root: str | os.PathLike) -> list[Path]:
 
 
 def _is_secondary_rank() -> bool:
-    """A rank other than 0 of a distributed run (the process group's rank once it exists, else the launcher's env)."""
+    """A rank other than 0 of a distributed run: the same rule that decides who writes (:func:`distributed.is_main`).
+
+    Locks are taken after :func:`distributed.launch`, so a launched rank knows its rank from the process
+    group. ``LOCAL_RANK`` or ``NODE_RANK`` left in the environment of a single process does not make it a
+    secondary rank: it writes as rank 0, so it must hold the lock like one.
+    """
     from eca_core import distributed
 
-    return distributed.rank() > 0 or any(int(os.environ.get(v, "0") or 0) > 0 for v in ("LOCAL_RANK", "NODE_RANK"))
+    return not distributed.is_main()
 
 
 def _pid_alive(pid: int) -> bool:

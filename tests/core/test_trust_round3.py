@@ -1,0 +1,64 @@
+"""Reliability round 3, core: the lock follows the rank that writes; a swapped file of the same size and date is new."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eca_core.errors import LockError
+from eca_core.resume import LOCK_NAME, RunLock, content_hash
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_local_rank_in_the_environment_still_takes_the_lock(tmp_path, monkeypatch):
+    """A single process with LOCAL_RANK=1 left in its environment writes as rank 0, so it holds the lock too."""
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("NODE_RANK", "1")
+    with RunLock(tmp_path / "run"):
+        assert (tmp_path / "run" / LOCK_NAME).is_file()
+        code = ("import sys; from eca_core.resume import RunLock\n"
+                f"try:\n    RunLock({str(tmp_path / 'run')!r}).__enter__()\nexcept Exception as e:\n    print(type(e).__name__, e); sys.exit(3)")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "LOCAL_RANK": "1"})
+        assert out.returncode == 3 and "LockError" in out.stdout and "in use by another run" in out.stdout
+    assert not (tmp_path / "run" / LOCK_NAME).exists()
+
+
+def test_same_size_same_mtime_replacement_is_hashed_again(tmp_path):
+    """What ``cp -p`` / ``rsync -a`` / ``tar x`` leave: other bytes, the same size and mtime."""
+    path = tmp_path / "slide.bin"
+    path.write_bytes(b"A" * 4096)
+    st = path.stat()
+    first = content_hash(path)
+    assert content_hash(path) == first  # cached, same answer
+    replacement = tmp_path / "other.bin"
+    replacement.write_bytes(b"B" * 4096)
+    os.utime(replacement, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(replacement, path)  # rsync -a / tar x: a new file put in place
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    assert content_hash(path) != first
+    path.write_bytes(b"C" * 4096)  # cp -p onto the existing file: same inode, same size, mtime set back
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    import hashlib
+
+    assert content_hash(path) == hashlib.sha256(b"C" * 4096).hexdigest()
+
+
+def test_a_pipeline_input_swapped_with_cp_p_reruns_its_stage(tmp_path):
+    from eca_core.pipeline import PipelineSpec, run_pipeline
+
+    (tmp_path / "input.txt").write_text("21")
+    spec = PipelineSpec.from_dict({"name": "t", "stages_module": "tests.core.stage_fixtures", "run_dir": str(tmp_path / "run"),
+                                   "stages": {"make": {"input": str(tmp_path / "input.txt")}, "scale": {}}})
+    run_pipeline(spec, log=lambda s: None)
+    st = (tmp_path / "input.txt").stat()
+    (tmp_path / "input.txt").write_text("42")
+    os.utime(tmp_path / "input.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    lines: list[str] = []
+    run_pipeline(spec, log=lines.append)
+    assert (tmp_path / "run/make/value.txt").read_text() == "42"
+    assert not any("make: up to date" in line for line in lines), lines
