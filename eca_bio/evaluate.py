@@ -19,10 +19,10 @@ import numpy as np
 
 from eca_core.cli import StageCommand
 from eca_core.config import check, to_dict
-from eca_core.io import atomic_dir, write_json_atomic, write_text_atomic
+from eca_core.io import atomic_dir, plain_name, read_json, write_json_atomic, write_text_atomic
 from eca_core.metrics import regression_report
 from eca_core.pipeline import Stage, StageContext
-from eca_bio.targets import DataError
+from eca_bio.targets import DataError, read_manifest
 
 METRICS = ("pcc_f", "pcc_s", "pcc_m", "mse", "mae")
 TRANSFORM_NOTES = {
@@ -67,7 +67,10 @@ def collect(train_dir: Path) -> dict[str, Any]:
     folds_path = train_dir / "folds.json"
     if not folds_path.is_file():
         raise DataError(f"{train_dir}: no folds.json (run `eca-bio train` first)")
-    plan = json.loads(folds_path.read_text())
+    plan = read_json(folds_path, DataError, "run `eca-bio train` again")
+    for fold in plan.get("folds", []):  # test slide ids become .h5ad / PNG file names
+        for sid in fold.get("test", []):
+            plain_name(sid, f"{folds_path}: fold {fold.get('fold')} test slide", DataError)
     if not plan["folds"]:
         raise DataError(f"{folds_path}: the run has no cross-validation folds (cv: none); test its final model on "
                         f"labeled sections with `eca-bio predict --st-dir DIR`")
@@ -360,7 +363,7 @@ def export_predictions(train_dir: Path, pre_dir: Path | None, method: str, trans
     from eca_bio.export import gene_metadata, plot_gene_maps, prediction_anndata, slide_images, top_genes, write_h5ad
 
     plan = collected["plan"]
-    manifest = json.loads((pre_dir / "manifest.json").read_text()) if pre_dir and (pre_dir / "manifest.json").is_file() else {"slides": []}
+    manifest = read_manifest(pre_dir) if pre_dir and (pre_dir / "manifest.json").is_file() else {"slides": []}
     entries = {e["slide_id"]: e for e in manifest["slides"]}
     written = []
     for fold, res in zip(plan["folds"], collected["results"][transform][method]["folds"]):
@@ -372,7 +375,8 @@ def export_predictions(train_dir: Path, pre_dir: Path | None, method: str, trans
             entry = entries.get(sid, {})
             images, scales = None, None
             if cfg.export_images and entry.get("image") and Path(entry["image"]).exists():
-                images, scales = slide_images(entry["image"], entry.get("mpp"))
+                images, scales = slide_images(entry["image"], entry.get("mpp"),
+                                              max_megapixels=(manifest.get("params") or {}).get("max_image_megapixels"))
             rep = regression_report(z["pred"][rows], z["truth"][rows], genes)
             diameter = _spot_diameter(pre_dir, entry)
             eca = {"method": method, "target_transform": transform, "target_note": TRANSFORM_NOTES.get(transform, ""),

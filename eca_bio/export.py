@@ -22,12 +22,12 @@ HIRES_PX = 2000
 LOWRES_PX = 600
 
 
-def slide_images(image: str | Path, mpp: float | None, hires_px: int = HIRES_PX,
-                 lowres_px: int = LOWRES_PX) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+def slide_images(image: str | Path, mpp: float | None, hires_px: int = HIRES_PX, lowres_px: int = LOWRES_PX,
+                 max_megapixels: float | None = None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Hires/lowres RGB thumbnails of a slide and their scale factors relative to level-0 pixels."""
-    from eca_bio.slides import open_slide
+    from eca_bio.slides import DEFAULT_MAX_MEGAPIXELS, open_slide
 
-    with open_slide(image, mpp=mpp) as reader:
+    with open_slide(image, mpp=mpp, max_megapixels=max_megapixels or DEFAULT_MAX_MEGAPIXELS) as reader:
         width = reader.dimensions[0]
         images, scales = {}, {}
         for name, size in (("hires", hires_px), ("lowres", lowres_px)):

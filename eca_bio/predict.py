@@ -26,6 +26,7 @@ from eca_core.config import check, from_dict
 from eca_core.io import write_json_atomic
 from eca_core.pipeline import Stage, StageContext
 from eca_bio.exemplars import ExemplarIndex
+from eca_bio.slides import DEFAULT_MAX_MEGAPIXELS
 from eca_bio.targets import DataError, canonical_encoder, load_slide
 
 
@@ -39,12 +40,13 @@ class PredictConfig:
     mpp: float | None = None  # microns per pixel of the slides; wins over their metadata (with a warning)
     features_dir: str | None = None  # TRIDENT/CLAM feature files <slide id>.h5 of the slides (a model trained on such files needs them)
     allow_unusual_mpp: bool = False  # accept mpp outside 0.05-50 um/px and patches under 8 px
+    max_image_megapixels: float = DEFAULT_MAX_MEGAPIXELS  # plain images (JPEG/PNG/TIFF) decoded whole: larger ones are refused
     genes_to_plot: int = 4  # heatmaps of the most variable predicted genes
     batch_size: int = 16  # embedding batch size
     num_workers: int = 0
     export_images: bool = True  # embed hires/lowres slide images in the .h5ad
 
-    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("batch_size", "num_workers")
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("batch_size", "num_workers", "max_image_megapixels")
 
     def __post_init__(self) -> None:
         check(self, mpp=">0", genes_to_plot=">=0", batch_size=">=1", num_workers=">=0")
@@ -70,7 +72,8 @@ def preprocess_config_for(model_dir: Path, cfg: PredictConfig):
         raise DataError(f"{model_dir}/preprocess.json has no preprocess parameters; cannot embed new slides consistently")
     params.update(st_dir=cfg.st_dir, sections=cfg.sections, images={}, slides=[str(s) for s in cfg.slides], mpp=cfg.mpp,
                   features_dir=cfg.features_dir,
-                  allow_unusual_mpp=cfg.allow_unusual_mpp, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+                  allow_unusual_mpp=cfg.allow_unusual_mpp, max_image_megapixels=cfg.max_image_megapixels,
+                  batch_size=cfg.batch_size, num_workers=cfg.num_workers)
     return from_dict(PreprocessConfig, params, f"{model_dir}/preprocess.json")
 
 
@@ -135,7 +138,8 @@ def _predict_embedded(model_dir: Path, trained: Any, cfg: PredictConfig, manifes
             eca["metrics"] = {m: tested[slide.slide_id][m] for m in ("pcc_f", "pcc_s", "pcc_m", "mse", "mae")}
         else:
             names = [f"{x}_{y}" for x, y in slide.coords]
-        images, scales = slide_images(slide.image, slide.mpp) if cfg.export_images else (None, None)
+        images, scales = slide_images(slide.image, slide.mpp, max_megapixels=cfg.max_image_megapixels) \
+            if cfg.export_images else (None, None)
         adata = prediction_anndata(pred, genes, names, slide.centres, slide.slide_id, truth=truth, images=images,
                                    scalefactors=scales, spot_diameter_px=slide.patch_size_px, eca=eca, var=var)
         path = write_h5ad(adata, out_dir / f"{slide.slide_id}.h5ad")

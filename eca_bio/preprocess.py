@@ -50,6 +50,7 @@ from eca_core.pipeline import Stage, StageContext
 from eca_core.resume import RunLock, clean_temp_files, content_hash, item_is_current, write_item_marker
 from eca_bio import slide_h5
 from eca_bio.encoders import EncoderConfig
+from eca_bio.slides import DEFAULT_MAX_MEGAPIXELS
 from eca_bio.tissue import TissueConfig
 
 FORMAT_VERSION = 2  # 2: float32 features, TRIDENT coords attributes
@@ -72,6 +73,7 @@ class PreprocessConfig:
     slides: list[str] = field(default_factory=list)  # WSIs without ST: tiled over detected tissue
     mpp: float | None = None                  # microns per pixel of the WSIs; wins over their metadata (with a warning)
     allow_unusual_mpp: bool = False           # accept mpp outside 0.05-50 um/px and patches under 8 px
+    max_image_megapixels: float = DEFAULT_MAX_MEGAPIXELS  # plain images (JPEG/PNG/TIFF) decoded whole: larger ones are refused
     patch_um: float = 112.0                   # patch side in microns (224 px at 0.5 um/px)
     patch_px: int = 224                       # encoder input side in pixels
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -89,10 +91,10 @@ class PreprocessConfig:
     progress: bool = True                     # progress bars and one log line per slide
     skip_errors: bool = False                 # cohorts: a slide that cannot be read is listed in the manifest and skipped
 
-    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("batch_size", "num_workers", "progress")
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("batch_size", "num_workers", "progress", "max_image_megapixels")
 
     def __post_init__(self) -> None:
-        check(self, patch_um=">0", patch_px=">=8", batch_size=">=1", num_workers=">=0", token_grid=">=1",
+        check(self, patch_um=">0", patch_px=">=8", max_image_megapixels=">0", batch_size=">=1", num_workers=">=0", token_grid=">=1",
               grid_overlap="[0,1)", min_tissue="[0,1]", max_outside_fraction="[0,1]", mpp=">0")
 
 
@@ -165,6 +167,7 @@ def _run_preprocess(cfg: PreprocessConfig, out_dir: Path, options: dict | None, 
             job = SlideJob(p.slide_id, p.reader, p.coords, p.size_px, slides_dir / f"{p.slide_id}.h5", attrs,
                            list(p.adata.obs_names) if p.adata is not None else None, _coords_attrs(cfg, p))
             if main:
+                (slides_dir / f"{p.slide_id}.done.json").unlink(missing_ok=True)  # redone: its old marker no longer holds
                 if p.adata is not None:
                     _write_h5ad(p, slides_dir / f"{p.slide_id}.h5ad")
                 draw_patches(p.thumbnail, p.reader.dimensions, p.coords, p.size_px, slides_dir / f"{p.slide_id}.thumb.png", p.mask)
@@ -260,7 +263,8 @@ def _plan_section(cfg: PreprocessConfig, section: Any, log) -> _Plan:
     st = adata.uns["st"]
     if st.get("image_fallback"):
         print(f"{section.section_id}: {st['image_fallback']}", file=sys.stderr)  # always said, progress or not
-    reader = open_slide(st["image"], fallback_mpp=st["array_mpp"], allow_unusual_mpp=cfg.allow_unusual_mpp)
+    reader = open_slide(st["image"], fallback_mpp=st["array_mpp"], allow_unusual_mpp=cfg.allow_unusual_mpp,
+                        max_megapixels=cfg.max_image_megapixels)
     source = reader.mpp_source if reader.mpp_source != "fallback" else st["array_mpp_source"]
     exclude_outside_image(adata, *reader.dimensions, max_outside_fraction=cfg.max_outside_fraction)
     thumb = reader.thumbnail(cfg.tissue.thumbnail_px)
@@ -287,7 +291,7 @@ def _plan_slide(cfg: PreprocessConfig, path: str, log) -> _Plan:
     from eca_bio.tiling import grid_patches
     from eca_bio.tissue import detect_tissue
 
-    reader = open_slide(path, mpp=cfg.mpp, allow_unusual_mpp=cfg.allow_unusual_mpp)
+    reader = open_slide(path, mpp=cfg.mpp, allow_unusual_mpp=cfg.allow_unusual_mpp, max_megapixels=cfg.max_image_megapixels)
     source = reader.mpp_source
     thumb = reader.thumbnail(cfg.tissue.thumbnail_px)
     if cfg.features_dir is not None:  # every row of the file: its tiles are the slide's patches
@@ -473,7 +477,7 @@ def _write_h5ad(p: _Plan, path: Path) -> None:
     if not lib.get("images"):  # legacy ST and the like: hires/lowres thumbnails, so scanpy.pl.spatial draws the slide
         from eca_bio.export import slide_images
 
-        images, scales = slide_images(p.reader.path, p.reader.mpp)
+        images, scales = slide_images(p.reader.path, p.reader.mpp, max_megapixels=p.reader.max_megapixels)
         lib["images"] = images
         lib["scalefactors"] = dict(lib.get("scalefactors") or {}) | scales
     st = dict(adata.uns.pop("st"))

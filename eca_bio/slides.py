@@ -22,8 +22,10 @@ from PIL import Image
 
 from eca_core.errors import InputError
 
-# Slides are legitimately huge; Pillow's decompression-bomb guard would refuse full-resolution H&E JPEGs.
+# Pillow's own decompression-bomb guard (179 megapixels) would refuse full-resolution H&E JPEGs; plain images
+# are held to max_megapixels instead (checked from the header, before anything is decoded).
 Image.MAX_IMAGE_PIXELS = None
+DEFAULT_MAX_MEGAPIXELS = 1000.0  # 3 GB of RGB in memory; pyramidal slides (OpenSlide) are read lazily and never limited
 
 PLAIN_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 TIFF_SUFFIXES = {".tif", ".tiff", ".btf"}
@@ -44,11 +46,12 @@ class SlideReader:
     kind = "base"
 
     def __init__(self, path: str | os.PathLike, mpp: float | None = None, fallback_mpp: float | None = None,
-                 allow_unusual_mpp: bool = False) -> None:
+                 allow_unusual_mpp: bool = False, max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS) -> None:
         self.path = Path(path).resolve()
         self.slide_id = slide_id_from_path(self.path)
         self._handle: Any = None
         self.allow_unusual_mpp = allow_unusual_mpp
+        self.max_megapixels = max_megapixels
         self.dimensions, self.metadata_mpp = self._probe()
         self.mpp, self.mpp_source = self._resolve_mpp(mpp, fallback_mpp)
 
@@ -229,8 +232,13 @@ class ImageReader(SlideReader):
         # JPEG/PNG dpi fields are screen resolutions (72/96 dpi), never microscope resolutions.
         return (int(size[0]), int(size[1])), None
 
+    def _check_size(self, size: tuple[int, int]) -> None:
+        """Refuse to decode more than ``max_megapixels`` (a 13 MB PNG can claim 3 gigapixels: 9 GB of RGB)."""
+        check_decode_size(self.path, size, self.max_megapixels)
+
     def image(self) -> Image.Image:
         """The decoded level-0 RGB image, cached per process (Pillow crops it without copying the whole image)."""
+        self._check_size(self.dimensions)
         key = str(self.path)
         if key in _decoded:
             _decoded.move_to_end(key)
@@ -272,6 +280,7 @@ class ImageReader(SlideReader):
             else:
                 with Image.open(self.path) as im:
                     im.draft("RGB", (max_size, max_size))  # JPEG: decode at 1/2..1/8 scale, much faster
+                    self._check_size(im.size)  # what will be decoded (PNG: the full image)
                     img = im.convert("RGB")
                     img.load()
         except SlideError:
@@ -285,15 +294,24 @@ class ImageReader(SlideReader):
         _decoded.pop(str(self.path), None)
 
 
+def check_decode_size(path: str | os.PathLike, size: tuple[int, int], max_megapixels: float | None) -> None:
+    """The rule for decoding a whole plain image into memory: at most ``max_megapixels`` (None: no limit)."""
+    mp = size[0] * size[1] / 1e6
+    if max_megapixels is not None and mp > max_megapixels:
+        raise SlideError(f"{path}: {size[0]} x {size[1]} px = {mp:.0f} megapixels would be decoded whole "
+                         f"(~{3 * mp / 1e3:.1f} GB), over the limit of {max_megapixels:g} for plain images (a decompression "
+                         f"bomb?); convert it to a pyramidal TIFF, which is read lazily, or raise max_image_megapixels")
+
+
 def open_slide(path: str | os.PathLike, mpp: float | None = None, fallback_mpp: float | None = None,
-               allow_unusual_mpp: bool = False) -> SlideReader:
+               allow_unusual_mpp: bool = False, max_megapixels: float | None = DEFAULT_MAX_MEGAPIXELS) -> SlideReader:
     """Open ``path`` with OpenSlide when it is a format OpenSlide knows, else as a plain image.
 
     Microns per pixel: an explicit ``mpp`` wins (a warning shows both when the metadata differs), then
     the file's metadata, then ``fallback_mpp`` (e.g. from an ST array); values outside
     ``MPP_RANGE`` are refused unless ``allow_unusual_mpp``.
     """
-    kw = {"fallback_mpp": fallback_mpp, "allow_unusual_mpp": allow_unusual_mpp}
+    kw = {"fallback_mpp": fallback_mpp, "allow_unusual_mpp": allow_unusual_mpp, "max_megapixels": max_megapixels}
     path = Path(path)
     if not path.exists():
         raise SlideError(f"{path}: no such file")

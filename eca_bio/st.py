@@ -296,7 +296,10 @@ def read_visium(folder: str | os.PathLike, image: str | os.PathLike | None = Non
         if (spatial / name).exists():
             from PIL import Image
 
+            from eca_bio.slides import DEFAULT_MAX_MEGAPIXELS, check_decode_size
+
             with Image.open(spatial / name) as im:
+                check_decode_size(spatial / name, im.size, DEFAULT_MAX_MEGAPIXELS)
                 images[key] = np.asarray(im.convert("RGB"))
     adata.uns["spatial"][library_id]["images"] = images
     return adata

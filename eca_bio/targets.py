@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from eca_core.errors import InputError
-from eca_core.io import read_json
+from eca_core.io import inside, plain_name, read_json
 from eca_bio.slide_h5 import read_slide_h5
 
 TRANSFORMS = ("egn", "libsize")
@@ -71,6 +71,18 @@ def read_manifest(pre_dir: Path) -> dict[str, Any]:
     for key in ("encoder", "slides"):
         if key not in manifest:
             raise DataError(f"{path}: manifest has no '{key}'")
+    seen = set()
+    for i, entry in enumerate(manifest["slides"]):  # ids become output file names; files must stay in the folder
+        where = f"{path}: slides[{i}]"
+        if not isinstance(entry, dict):
+            raise DataError(f"{where}: expected an object")
+        sid = plain_name(entry.get("slide_id"), f"{where}.slide_id", DataError)
+        if sid in seen:
+            raise DataError(f"{where}.slide_id: {sid!r} listed twice")
+        seen.add(sid)
+        for key in ("h5", "h5ad", "thumbnail"):
+            if entry.get(key) or key == "h5":
+                inside(pre_dir, entry.get(key), f"{where}.{key}", DataError)
     return manifest
 
 

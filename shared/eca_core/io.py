@@ -85,6 +85,28 @@ def read_json(path: str | os.PathLike, error: type[Exception] = InputError, hint
     return data
 
 
+def plain_name(value: Any, where: str, error: type[Exception] = InputError) -> str:
+    """``value`` if it is a plain name, safe as one path component; ``error`` naming ``where`` otherwise.
+
+    The rule for every id that becomes a file or folder name (slide ids from manifests and metadata,
+    sample ids): a non-empty string without path separators, NUL or control characters, not ``.`` or
+    ``..``, not starting with ``.`` (hidden and temp names are the runner's).
+    """
+    text = value if isinstance(value, str) else None
+    if (not text or text in (".", "..") or text.startswith(".") or any(c in text for c in "/\\")
+            or any(ord(c) < 32 for c in text)):
+        raise error(f"{where}: {value!r} is not a plain name (ids become file names: no path separators, no leading '.')")
+    return text
+
+
+def inside(root: str | os.PathLike, relative: Any, where: str, error: type[Exception] = InputError) -> Path:
+    """``root / relative`` for a relative path that stays inside ``root``; ``error`` naming ``where`` otherwise."""
+    rel = Path(relative) if isinstance(relative, str) and relative else None
+    if rel is None or rel.is_absolute() or ".." in rel.parts:
+        raise error(f"{where}: {relative!r} is not a path inside {root}")
+    return Path(root) / rel
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)

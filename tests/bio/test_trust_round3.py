@@ -24,3 +24,91 @@ def test_an_edited_slide_file_is_recomputed_not_blessed(tmp_path):
     run_preprocess(cfg, out, CPU, progress=False)
     with h5py.File(h5, "r") as f:
         assert f["features"][3, 5] == pytest.approx(original, abs=1e-5)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("slide_id", "../../../../X", r"slides\[1\]\.slide_id: '\.\./\.\./\.\./\.\./X' is not a plain name"),
+    ("slide_id", "S0", r"slides\[1\]\.slide_id: 'S0' listed twice"),
+    ("h5", "/etc/passwd", r"slides\[1\]\.h5: '/etc/passwd' is not a path inside"),
+    ("h5ad", "../../elsewhere.h5ad", r"slides\[1\]\.h5ad: '\.\./\.\./elsewhere\.h5ad' is not a path inside"),
+])
+def test_manifest_ids_are_plain_names_and_files_stay_inside(tmp_path, field, value, message, capsys):
+    import json
+
+    from eca_bio.cli import main
+    from tests.bio.fixtures_model import make_preprocess_dir
+
+    pre = make_preprocess_dir(tmp_path / "pre", n_slides=3, n_spots=10, n_genes=6)
+    manifest = json.loads((pre / "manifest.json").read_text())
+    manifest["slides"][1][field] = value
+    (pre / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    code = main(["train", "--preprocess", str(pre), "--out", str(tmp_path / "train"), "--methods", "ridge"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    import re
+
+    assert re.search(message, err), err
+    assert not (tmp_path.parent / "X").exists() and not list(tmp_path.parent.glob("X*"))
+
+
+def test_evaluate_refuses_a_plan_whose_slide_id_leaves_the_folder(tmp_path):
+    import json
+
+    from eca_bio.evaluate import EvaluateConfig, evaluate_run
+    from eca_bio.targets import DataError
+    from eca_bio.train import train_all
+    from tests.bio.fixtures_model import make_preprocess_dir
+    from tests.bio.test_train import tiny_config
+
+    pre = make_preprocess_dir(tmp_path / "pre", n_slides=3, n_spots=10, n_genes=6)
+    train_all(tiny_config(methods=["ridge"], final_method=None, transforms=["egn"]), pre, tmp_path / "train", progress=False)
+    plan_path = tmp_path / "train" / "folds.json"
+    plan = json.loads(plan_path.read_text())
+    plan["folds"][0]["test"] = ["../../escaped"]
+    plan_path.write_text(json.dumps(plan))
+    with pytest.raises(DataError, match=r"folds.json: fold 0 test slide: '\.\./\.\./escaped' is not a plain name"):
+        evaluate_run(tmp_path / "train", tmp_path / "eval", EvaluateConfig(export_images=False), pre)
+    assert not (tmp_path / "escaped.h5ad").exists() and not list(tmp_path.rglob("escaped*"))
+
+
+def _png_claiming(path, width: int, height: int) -> None:
+    """A small PNG whose header claims width x height (a decompression bomb's header, without its bytes)."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 120, 160)).save(buf, format="PNG")
+    raw = bytearray(buf.getvalue())
+    ihdr = 8  # after the signature: length (4) + b"IHDR" (4) + data (13) + crc (4)
+    raw[ihdr + 8:ihdr + 16] = struct.pack(">II", width, height)
+    raw[ihdr + 21:ihdr + 25] = struct.pack(">I", zlib.crc32(bytes(raw[ihdr + 4:ihdr + 21])) & 0xFFFFFFFF)
+    path.write_bytes(bytes(raw))
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(tmp_path, capsys):
+    import resource
+
+    from eca_bio.cli import main
+    from tests.bio.conftest import tissue_image
+
+    bomb = tmp_path / "bomb.png"
+    _png_claiming(bomb, 100_000, 30_000)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    capsys.readouterr()
+    code = main(["preprocess", "--slides", str(bomb), "--mpp", "0.5", "--out", str(tmp_path / "o"),
+                 "--encoder.name", "vit_tiny_patch16_224", "--no-encoder.pretrained", "--accelerator", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "bomb.png: 100000 x 30000 px = 3000 megapixels would be decoded whole (~9.0 GB), over the limit of 1000" in err
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KiB: nothing near 9 GB was allocated
+    small = tmp_path / "small.png"
+    tissue_image(300, 200).save(small)
+    from eca_bio.slides import SlideError, open_slide
+
+    with pytest.raises(SlideError, match="over the limit of 0.01 for plain images"):
+        open_slide(small, mpp=1.0, max_megapixels=0.01).thumbnail(64)
+    assert open_slide(small, mpp=1.0).thumbnail(64).size[0] == 64  # under the default limit: read as before
