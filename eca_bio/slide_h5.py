@@ -28,6 +28,7 @@ import h5py
 import numpy as np
 
 from eca_core.errors import InputError
+from eca_core.io import require_self_contained_h5
 
 FEATURES_DTYPE = np.float32
 TOKENS_DTYPE = np.float16
@@ -147,6 +148,7 @@ def read_slide_h5(path: str | Path, with_tokens: bool = True) -> SlideH5:
     if not path.is_file():
         raise FeatureFileError(f"{path}: no such feature file")
     try:
+        require_self_contained_h5(path, FeatureFileError)
         with h5py.File(path, "r") as f:
             for key in ("coords", "features"):
                 if key not in f:

@@ -20,7 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from eca_core.errors import InputError
-from eca_core.io import read_json
+from eca_core.io import read_json, require_self_contained_h5
 
 ST_SPOT_SPACING_UM = 200.0  # legacy ST array: spot centre-to-centre distance (Stahl et al. 2016)
 VISIUM_SPOT_DIAMETER_UM = 55.0  # 10x Visium spot diameter; scalefactors give it in full-res pixels
@@ -339,6 +339,7 @@ def read_10x_h5(path: str | os.PathLike, gex_only: bool = True) -> ad.AnnData:
     try:
         import h5py
 
+        require_self_contained_h5(path, STError)
         with h5py.File(path, "r") as f:
             if "matrix" not in f:
                 raise STError(f"{path}: no 'matrix' group (only the Cell Ranger >= 3 HDF5 layout is supported)")
@@ -404,6 +405,7 @@ def read_hest(hest_dir: str | os.PathLike, sample_id: str, image: str | os.PathL
         raise STError(f"{meta_path}: no positive pixel_size_um_estimated or pixel_size_um_embedded (microns per pixel)")
     mpp = float(meta[mpp_key])
     try:
+        require_self_contained_h5(h5ad_path, STError)
         adata = ad.read_h5ad(h5ad_path)
     except (OSError, KeyError, ValueError) as exc:
         raise STError(f"{h5ad_path}: not a readable .h5ad file: {' '.join(str(exc).split())[:200]}") from exc

@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from eca_core.errors import InputError
-from eca_core.io import inside, plain_name, read_json
+from eca_core.io import inside, plain_name, read_json, require_self_contained_h5
 from eca_bio.slide_h5 import read_slide_h5
 
 TRANSFORMS = ("egn", "libsize")
@@ -124,6 +124,7 @@ def _load_counts(path: Path, barcodes: list[str] | None, h5_path: Path, centres:
     if not path.is_file():
         raise DataError(f"{path}: expression file listed in the manifest does not exist")
     try:
+        require_self_contained_h5(path, DataError)
         adata = ad.read_h5ad(path)
     except (OSError, KeyError, ValueError) as exc:
         raise DataError(f"{path}: not a readable .h5ad file (truncated or corrupt?): {' '.join(str(exc).split())[:200]}") from exc

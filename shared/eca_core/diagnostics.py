@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from eca_core.attention import check_set, set_dispersion
+from eca_core.io import require_self_contained_h5
 from eca_core.metrics import pearson_per_column
 
 _BOUND_NOT_VALID = "not valid (r >= 1)"
@@ -195,6 +196,7 @@ class _ArrayFile:
 
             names: list[str] = []
             try:
+                require_self_contained_h5(path, ValueError)
                 with h5py.File(path, "r") as f:
                     f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
             except OSError as exc:

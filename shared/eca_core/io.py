@@ -107,6 +107,38 @@ def inside(root: str | os.PathLike, relative: Any, where: str, error: type[Excep
     return Path(root) / rel
 
 
+def require_self_contained_h5(path: str | os.PathLike, error: type[Exception] = InputError) -> None:
+    """The rule for every HDF5 file read from elsewhere: its bytes are its own.
+
+    External links, datasets with external storage and virtual datasets make h5py read *other* local
+    files, whose bytes would then travel into outputs and shipped models; each is refused with
+    ``error`` naming the file and the object. Soft links inside the file are fine.
+    """
+    import h5py
+
+    def walk(group: Any, prefix: str) -> None:
+        for name in group:
+            where = f"{prefix}/{name}"
+            link = group.get(name, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                raise error(f"{path}: {where} is an external link to {link.filename}:{link.path}; "
+                            f"HDF5 inputs must be self-contained")
+            if isinstance(link, h5py.SoftLink):
+                continue
+            obj = group[name]
+            if isinstance(obj, h5py.Group):
+                walk(obj, where)
+            elif isinstance(obj, h5py.Dataset):
+                if obj.is_virtual:
+                    raise error(f"{path}: {where} is a virtual dataset (reads other files); HDF5 inputs must be self-contained")
+                if obj.external:
+                    raise error(f"{path}: {where} stores its data in external file(s) {[e[0] for e in obj.external]}; "
+                                f"HDF5 inputs must be self-contained")
+
+    with h5py.File(path, "r") as f:
+        walk(f, "")
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)

@@ -112,3 +112,70 @@ def test_a_decompression_bomb_is_refused_from_its_header(tmp_path, capsys):
     with pytest.raises(SlideError, match="over the limit of 0.01 for plain images"):
         open_slide(small, mpp=1.0, max_megapixels=0.01).thumbnail(64)
     assert open_slide(small, mpp=1.0).thumbnail(64).size[0] == 64  # under the default limit: read as before
+
+
+def _feature_file(path, how: str, secret) -> None:
+    """A TRIDENT-style feature file whose 'features' read other local bytes (``how``) or not (``plain``)."""
+    import h5py
+
+    n, d = 4, 8
+    with h5py.File(path, "w") as f:
+        f["coords"] = np.arange(n * 2, dtype=np.int64).reshape(n, 2)
+        if how == "external_storage":
+            f.create_dataset("features", shape=(n, d), dtype="<f4", external=[(str(secret), 0, n * d * 4)])
+        elif how == "external_link":
+            with h5py.File(secret.with_suffix(".h5"), "w") as g:
+                g["data"] = np.ones((n, d), np.float32)
+            f["features"] = h5py.ExternalLink(str(secret.with_suffix(".h5")), "/data")
+        elif how == "virtual":
+            with h5py.File(secret.with_suffix(".v.h5"), "w") as g:
+                g["data"] = np.ones((n, d), np.float32)
+            layout = h5py.VirtualLayout(shape=(n, d), dtype="<f4")
+            layout[:] = h5py.VirtualSource(str(secret.with_suffix(".v.h5")), "data", shape=(n, d))
+            f.create_virtual_dataset("features", layout)
+        else:
+            f["features"] = np.ones((n, d), np.float32)
+        f["coords"].attrs["patch_size_level0"] = 64
+
+
+@pytest.mark.parametrize("how, message", [
+    ("external_storage", r"/features stores its data in external file\(s\) \['.*secret.bin'\]; HDF5 inputs must be self-contained"),
+    ("external_link", r"/features is an external link to .*secret.h5:/data; HDF5 inputs must be self-contained"),
+    ("virtual", r"/features is a virtual dataset \(reads other files\); HDF5 inputs must be self-contained"),
+])
+def test_feature_files_that_read_other_files_are_refused(tmp_path, how, message):
+    from eca_bio.slide_h5 import FeatureFileError, read_slide_h5
+
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"PRIVATE KEY " * 20)
+    _feature_file(tmp_path / "ok.h5", "plain", secret)
+    assert read_slide_h5(tmp_path / "ok.h5").features.shape == (4, 8)
+    _feature_file(tmp_path / "S1.h5", how, secret)
+    with pytest.raises(FeatureFileError, match=message):
+        read_slide_h5(tmp_path / "S1.h5")
+
+
+def test_a_10x_matrix_with_external_storage_is_refused(tmp_path):
+    import shutil
+
+    import h5py
+
+    from eca_bio.st import STError, read_10x_h5
+    from tests.bio.conftest import DATA
+
+    real = DATA / "visium" / "scanpy_1.0.0"
+    src = next(real.rglob("filtered_feature_bc_matrix.h5"), None) if real.is_dir() else None
+    if src is None:
+        pytest.skip("scanpy's Visium test folder is not present")
+    h5 = tmp_path / "filtered_feature_bc_matrix.h5"
+    shutil.copy(src, h5)
+    assert read_10x_h5(h5).n_obs > 0
+    secret = tmp_path / "secret.bin"
+    with h5py.File(h5, "r+") as f:
+        n = f["matrix/data"].shape[0]
+        dtype = f["matrix/data"].dtype
+        secret.write_bytes(b"\x01" * (n * dtype.itemsize))
+        del f["matrix/data"]
+        f.create_dataset("matrix/data", shape=(n,), dtype=dtype, external=[(str(secret), 0, n * dtype.itemsize)])
+    with pytest.raises(STError, match=r"/matrix/data stores its data in external file"):
+        read_10x_h5(h5)
