@@ -233,8 +233,9 @@ def legacy_st_mpp(selection: pd.DataFrame) -> tuple[float, float]:
 
 
 def read_visium(folder: str | os.PathLike, image: str | os.PathLike | None = None, library_id: str | None = None,
-                count_file: str = "filtered_feature_bc_matrix.h5") -> ad.AnnData:
+                count_file: str = "filtered_feature_bc_matrix.h5", hd: bool = False) -> ad.AnnData:
     """Space Ranger output folder -> AnnData, as ``scanpy.read_visium`` reads it, plus the full-res image path.
+    ``hd``: a Visium HD bin folder (bins of ``bin_size_um``, never 55 um spots).
 
     Keeps in-tissue barcodes present in the count matrix; spots with zero counts are excluded and reported.
     """
@@ -277,9 +278,8 @@ def read_visium(folder: str | os.PathLike, image: str | os.PathLike | None = Non
         adata.obsm["spatial_fullres"] = adata.obsm["spatial"].copy()
         adata.obsm["spatial"] = adata.obsm["spatial"] * fallback["scale"]  # pixels of the image that is tiled
     image_path = Path(image) if image is not None else _find_image(folder, None)
-    if "bin_size_um" in scalefactors and _positive(scalefactors.get("microns_per_pixel")):  # Visium HD: bins, not spots
-        mpp = float(scalefactors["microns_per_pixel"]) / (fallback["scale"] if fallback else 1.0)
-        source = f"Visium HD microns_per_pixel ({float(scalefactors['bin_size_um']):g} um bins)"
+    if hd or "bin_size_um" in scalefactors:  # Visium HD: bins, not 55 um spots
+        mpp, source = _visium_hd_mpp(scalefactors, sf_path, fallback)
         scalefactors = dict(scalefactors) | {"spot_diameter_fullres": float(scalefactors["bin_size_um"]) / mpp}
     else:
         mpp = VISIUM_SPOT_DIAMETER_UM / float(scalefactors["spot_diameter_fullres"])
@@ -305,6 +305,22 @@ def read_visium(folder: str | os.PathLike, image: str | os.PathLike | None = Non
     return adata
 
 
+def _visium_hd_mpp(scalefactors: dict[str, Any], sf_path: Path, fallback: dict[str, Any] | None) -> tuple[float, str]:
+    """Microns per pixel of a Visium HD bin folder: ``microns_per_pixel``, else ``bin_size_um`` over the bin's
+    ``spot_diameter_fullres`` (its side in pixels); never the 55 um Visium spot."""
+    bin_um = scalefactors.get("bin_size_um")
+    if not _positive(bin_um):
+        raise STError(f"{sf_path}: a Visium HD bin folder without a positive 'bin_size_um'; the bins' size is unknown")
+    if _positive(scalefactors.get("microns_per_pixel")):
+        mpp = float(scalefactors["microns_per_pixel"]) / (fallback["scale"] if fallback else 1.0)
+        return mpp, f"Visium HD microns_per_pixel ({float(bin_um):g} um bins)"
+    if not _positive(scalefactors.get("spot_diameter_fullres")):
+        raise STError(f"{sf_path}: a Visium HD bin folder without 'microns_per_pixel' or a positive 'spot_diameter_fullres'")
+    side = float(scalefactors["spot_diameter_fullres"])
+    return float(bin_um) / side, (f"Visium HD bin_size_um {float(bin_um):g} / spot_diameter_fullres {side:.2f} px "
+                                  f"(no microns_per_pixel in {sf_path.name})")
+
+
 def read_visium_hd(folder: str | os.PathLike, image: str | os.PathLike | None = None, library_id: str | None = None,
                    bin_name: str = VISIUM_HD_BIN) -> ad.AnnData:
     """A Visium HD Space Ranger output folder, one bin size: ``binned_outputs/<bin>/`` read as a Visium folder.
@@ -323,7 +339,7 @@ def read_visium_hd(folder: str | os.PathLike, image: str | os.PathLike | None = 
         candidates = _image_candidates(folder)
         if len(candidates) == 1:
             image = candidates[0]
-    return read_visium(folder / "binned_outputs" / bin_name, image=image, library_id=library_id or folder.name)
+    return read_visium(folder / "binned_outputs" / bin_name, image=image, library_id=library_id or folder.name, hd=True)
 
 
 def read_10x_h5(path: str | os.PathLike, gex_only: bool = True) -> ad.AnnData:

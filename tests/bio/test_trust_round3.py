@@ -179,3 +179,25 @@ def test_a_10x_matrix_with_external_storage_is_refused(tmp_path):
         f.create_dataset("matrix/data", shape=(n,), dtype=dtype, external=[(str(secret), 0, n * dtype.itemsize)])
     with pytest.raises(STError, match=r"/matrix/data stores its data in external file"):
         read_10x_h5(h5)
+
+
+def test_visium_hd_without_microns_per_pixel_uses_the_bin_size(tmp_path):
+    """A 16 um bin is never read as a 55 um Visium spot: mpp = bin_size_um / the bin's side in pixels."""
+    import json
+
+    from eca_bio.st import STError, read_visium_hd
+    from tests.bio.test_visium_hd import make_visium_hd
+
+    root = make_visium_hd(tmp_path / "hd_run")
+    sf_path = root / "binned_outputs" / "square_016um" / "spatial" / "scalefactors_json.json"
+    sf = json.loads(sf_path.read_text())
+    del sf["microns_per_pixel"]
+    sf_path.write_text(json.dumps(sf))
+    adata = read_visium_hd(root, bin_name="square_016um")
+    st = adata.uns["st"]
+    assert st["array_mpp"] == pytest.approx(0.25)  # 16 um / 64 px, not 55 um / 64 px = 0.859
+    assert "bin_size_um 16 / spot_diameter_fullres 64.00 px (no microns_per_pixel" in st["array_mpp_source"]
+    del sf["bin_size_um"]
+    sf_path.write_text(json.dumps(sf))
+    with pytest.raises(STError, match=r"scalefactors_json.json: a Visium HD bin folder without a positive 'bin_size_um'"):
+        read_visium_hd(root, bin_name="square_016um")
