@@ -77,6 +77,27 @@ def preprocess_config_for(model_dir: Path, cfg: PredictConfig):
     return from_dict(PreprocessConfig, params, f"{model_dir}/preprocess.json")
 
 
+def training_section_check(model_dir: Path, train_slides: list[str]):
+    """A check for each labeled section, run once it is read and before anything is embedded: an external test
+    needs sections the model never saw, so a training section is refused by its id *and* by its content (the
+    same image or counts table under another name)."""
+    from eca_core.io import read_json
+
+    train_inputs = read_json(model_dir / "preprocess.json", DataError).get("train_inputs") or {}
+    owners = {sha: (sid, role) for sid, inputs in train_inputs.items() for role, sha in inputs.items()}
+
+    def check(slide_id: str, identity: dict[str, str]) -> None:
+        if slide_id in train_slides:
+            raise DataError(f"section {slide_id} was a training slide of {model_dir}; an external test needs new sections")
+        for role, sha in identity.items():
+            if sha in owners:
+                sid, other = owners[sha]
+                raise DataError(f"section {slide_id}: its {role} has the same content as the {other} of training slide {sid} "
+                                f"of {model_dir}; an external test needs new sections")
+
+    return check
+
+
 def predict_slides(model: Path, cfg: PredictConfig, out_dir: Path, options: dict[str, Any] | None = None,
                    progress: bool = True) -> dict[str, Any]:
     """Tile + embed ``cfg.slides``, predict every tile and write .h5ad + heatmap PNG per slide into ``out_dir``."""
@@ -92,7 +113,9 @@ def predict_slides(model: Path, cfg: PredictConfig, out_dir: Path, options: dict
     trained = load_trained(model_dir)
     pcfg = preprocess_config_for(model_dir, cfg)
     out_dir = Path(out_dir)
-    manifest = run_preprocess(pcfg, out_dir / "preprocess", options, progress=progress)  # tiles sharded over ranks
+    check = training_section_check(model_dir, trained.spec.train_slides) if cfg.st_dir else None
+    manifest = run_preprocess(pcfg, out_dir / "preprocess", options, progress=progress,  # tiles sharded over ranks
+                              check_inputs=check)
     return distributed.on_main(_predict_embedded, model_dir, trained, cfg, manifest, out_dir, progress)  # light: rank 0
 
 
@@ -127,9 +150,7 @@ def _predict_embedded(model_dir: Path, trained: Any, cfg: PredictConfig, manifes
         eca = {"method": trained.method, "target_transform": trained.spec.transform, "model": str(model_dir.resolve()),
                "train_slides": trained.spec.train_slides, "slide": slide.image, "encoder": canonical_encoder(encoder),
                "note": "X = predicted per-gene min-max scaled targets (training statistics); no measured expression"}
-        if slide.counts is not None:  # a labeled section: score it as evaluate scores a test fold
-            if slide.slide_id in trained.spec.train_slides:
-                raise DataError(f"section {slide.slide_id} was a training slide of {model_dir}; an external test needs new sections")
+        if slide.counts is not None:  # a labeled section (checked against the training slides before embedding)
             truth, missing = make_targets(slide, trained.spec)
             names = list(slide.counts.obs_names)
             var = gene_metadata(out_dir / "preprocess" / entry["h5ad"])

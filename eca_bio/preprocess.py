@@ -37,7 +37,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Literal
+from typing import Any, Callable, ClassVar, Iterator, Literal
 
 import numpy as np
 
@@ -119,19 +119,22 @@ def config_from_params(params: dict[str, Any] | None, where: str = "preprocess")
     return from_dict(PreprocessConfig, params or {}, where=where)
 
 
-def run_preprocess(cfg: PreprocessConfig, out_dir: str | Path, options: dict | None = None, progress: bool = True) -> dict:
+def run_preprocess(cfg: PreprocessConfig, out_dir: str | Path, options: dict | None = None, progress: bool = True,
+                   check_inputs: Callable[[str, dict[str, str]], None] | None = None) -> dict:
     """Tile, embed and store every slide of ``cfg`` under ``out_dir``; returns the manifest (also written).
 
     Holds the lock on ``out_dir`` and first removes temp files an earlier, killed run left there.
+    ``check_inputs(slide_id, input_identity)`` sees every slide once it is read, before anything is embedded.
     """
     with RunLock(out_dir):
         if distributed.is_main():
             clean_temp_files(out_dir)
         distributed.barrier()
-        return _run_preprocess(cfg, Path(out_dir), options, progress and distributed.is_main())
+        return _run_preprocess(cfg, Path(out_dir), options, progress and distributed.is_main(), check_inputs)
 
 
-def _run_preprocess(cfg: PreprocessConfig, out_dir: Path, options: dict | None, progress: bool) -> dict:
+def _run_preprocess(cfg: PreprocessConfig, out_dir: Path, options: dict | None, progress: bool,
+                    check_inputs: Callable[[str, dict[str, str]], None] | None = None) -> dict:
     from eca_bio.embed import SlideJob, embed_slides, tiles_per_rank
 
     options = dict(options or {})
@@ -140,6 +143,8 @@ def _run_preprocess(cfg: PreprocessConfig, out_dir: Path, options: dict | None, 
     log = print if progress else (lambda *a, **k: None)
     skipped: list[dict[str, str]] = []
     plans = _plan(cfg, log, skipped)
+    for p in plans if check_inputs is not None else ():
+        check_inputs(p.slide_id, _identity(p))
     encoder_cfg = precomputed_encoder(cfg, plans) if cfg.features_dir else to_dict(cfg.encoder)
 
     slides_dir = out_dir / "slides"
@@ -388,6 +393,18 @@ def precomputed_encoder(cfg: PreprocessConfig, plans: list[_Plan]) -> dict[str, 
     return {"name": name, "source": "precomputed features (TRIDENT/CLAM h5)"}
 
 
+def input_identity(image: str | Path, counts: str | Path | None) -> dict[str, str]:
+    """What a section *is*, whatever it is called: the content hashes of its image and its counts table."""
+    out = {"image": content_hash(image)}
+    if counts and Path(counts).is_file():
+        out["counts"] = content_hash(counts)
+    return out
+
+
+def _identity(p: _Plan) -> dict[str, str]:
+    return input_identity(p.reader.path, p.adata.uns["st"].get("counts") if p.adata is not None else None)
+
+
 def _input_files(p: _Plan) -> list[Path]:
     """The files a slide's outputs are made from: the image and, for ST sections, the counts and spot tables."""
     files = [Path(p.reader.path)] + ([p.features_file] if p.features_file else [])
@@ -533,6 +550,7 @@ def _manifest(cfg: PreprocessConfig, out_dir: Path, plans: list[_Plan], encoder_
         if p.adata is not None:
             entry["n_genes"] = int(p.adata.n_vars)
             entry["excluded"] = {k: list(v) for k, v in p.adata.uns["st"]["excluded"].items()}
+        entry["inputs"] = _identity(p)
         entries.append(entry)
     return {
         "format_version": FORMAT_VERSION,

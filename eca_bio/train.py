@@ -325,7 +325,9 @@ def train_final(cfg: TrainConfig, slides: list[SlideData], manifest: dict[str, A
                              options, _digest({"final_tuning": key}))
     train_method(cfg.final_method, cfg, slides, ids[-1], [], spec, manifest["encoder"], out, options, key, seed=cfg.seeds[0],
                  tuned=chosen,
-                 extra={"preprocess.json": {"encoder": manifest["encoder"], "params": manifest.get("params", {})}})
+                 extra={"preprocess.json": {"encoder": manifest["encoder"], "params": manifest.get("params", {}),
+                                            "train_inputs": {e["slide_id"]: e["inputs"] for e in manifest["slides"]
+                                                             if e["slide_id"] in ids and e.get("inputs")}}})
     return True
 
 

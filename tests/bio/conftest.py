@@ -53,10 +53,11 @@ def tissue_image(width: int, height: int, seed: int = 0) -> Image.Image:
 
 def make_legacy_st(folder: Path, section: str = "S1", n: int = 5, spacing_px: float = 100.0, origin: float = 150.0,
                    image_size: tuple[int, int] = (800, 800), extra_rows: int = 0, zero_spot: bool = False,
-                   shift: tuple[float, float] = (0.0, 0.0), image_name: str | None = None) -> Path:
-    """An n x n legacy-ST section: <id>.tsv.gz counts, <id>_selection.tsv, an H&E-like JPEG (mpp = 200/spacing)."""
+                   shift: tuple[float, float] = (0.0, 0.0), image_name: str | None = None, seed: int = 1) -> Path:
+    """An n x n legacy-ST section: <id>.tsv.gz counts, <id>_selection.tsv, an H&E-like JPEG (mpp = 200/spacing).
+    ``seed`` draws the counts and the tissue texture: sections made with different seeds are different sections."""
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     rows, counts = [], []
     genes = [f"GENE{i}" for i in range(12)]
     for gx in range(1, n + 1):
@@ -73,7 +74,7 @@ def make_legacy_st(folder: Path, section: str = "S1", n: int = 5, spacing_px: fl
     lines = ["\t" + "\t".join(genes)] + [name + "\t" + "\t".join(str(int(v)) for v in vals) for name, vals in counts]
     with gzip.open(folder / f"{section}.tsv.gz", "wt") as fh:
         fh.write("\n".join(lines) + "\n")
-    tissue_image(*image_size).save(folder / (image_name or f"HE_{section}.jpg"), quality=90)
+    tissue_image(*image_size, seed=seed - 1).save(folder / (image_name or f"HE_{section}.jpg"), quality=90)
     return folder
 
 

@@ -30,7 +30,8 @@ def test_fixed_and_none_fold_plans():
 
 def test_external_test_on_new_labeled_sections(tmp_path):
     for k in range(4):
-        make_legacy_st(tmp_path / ("cohort_a" if k < 2 else "cohort_b") / f"S{k}", section=f"S{k}", n=5, origin=150.0 + 7 * k)
+        make_legacy_st(tmp_path / ("cohort_a" if k < 2 else "cohort_b") / f"S{k}", section=f"S{k}", n=5, origin=150.0 + 7 * k,
+                       seed=1 + k)
     run_preprocess(cfg_for(st_dir=str(tmp_path / "cohort_a")), tmp_path / "pre", CPU, progress=False)
     cfg = TrainConfig(methods=["ridge"], transforms=["egn"], cv="none", n_genes=6, k=2, epochs=1, patience=1, min_epochs=1,
                       batch_size=8, model=ModelConfig(hidden=8, heads=2), final_method="eca", threads=1)
@@ -53,3 +54,23 @@ def test_external_test_on_new_labeled_sections(tmp_path):
     with pytest.raises(DataError, match="S0 was a training slide"):
         predict_slides(tmp_path / "train", PredictConfig(st_dir=str(tmp_path / "cohort_a"), export_images=False),
                        tmp_path / "test2", CPU, progress=False)
+
+
+def test_a_training_section_under_another_name_is_refused_before_embedding(tmp_path):
+    import shutil
+
+    for k in range(2):
+        make_legacy_st(tmp_path / "cohort_a" / f"S{k}", section=f"S{k}", n=5, origin=150.0 + 7 * k, seed=1 + k)
+    run_preprocess(cfg_for(st_dir=str(tmp_path / "cohort_a")), tmp_path / "pre", CPU, progress=False)
+    cfg = TrainConfig(methods=["ridge"], transforms=["egn"], cv="none", n_genes=6, k=2, epochs=1, patience=1, min_epochs=1,
+                      batch_size=8, model=ModelConfig(hidden=8, heads=2), final_method="ridge", threads=1)
+    train_all(cfg, tmp_path / "pre", tmp_path / "train", CPU, progress=False)
+    src, dst = tmp_path / "cohort_a" / "S1", tmp_path / "cohort_c" / "R9"  # S1 renamed R9, as a user might copy it
+    dst.mkdir(parents=True)
+    shutil.copy(src / "S1.tsv.gz", dst / "R9.tsv.gz")
+    shutil.copy(src / "S1_selection.tsv", dst / "R9_selection.tsv")
+    shutil.copy(src / "HE_S1.jpg", dst / "HE_R9.jpg")
+    with pytest.raises(DataError, match=r"section R9: its image has the same content as the image of training slide S1"):
+        predict_slides(tmp_path / "train", PredictConfig(st_dir=str(tmp_path / "cohort_c"), export_images=False),
+                       tmp_path / "test", CPU, progress=False)
+    assert not list((tmp_path / "test").rglob("*.h5"))  # refused before anything was embedded
