@@ -24,8 +24,27 @@ from eca_core.errors import ConfigError
 T = TypeVar("T")
 
 
+MAX_YAML_VALUES = 100_000  # values a config may expand to through aliases (a 1.6 KB alias bomb expands to billions)
+
+
 class YAMLLoader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-3`` / ``2E5`` (no dot) as floats, as YAML 1.2 and users do."""
+    """SafeLoader that also reads ``1e-3`` / ``2E5`` (no dot) as floats, as YAML 1.2 and users do, and refuses
+    a key given twice in one mapping (YAML keeps the last one silently; ``<<`` merges may still be overridden)."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+        checked = self.__dict__.setdefault("_checked", set())
+        if isinstance(node, yaml.MappingNode) and id(node) not in checked:
+            checked.add(id(node))
+            seen: dict[str, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key_node.value!r} (first given on line {seen[key_node.value] + 1})",
+                        key_node.start_mark)
+                seen[key_node.value] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
 
 
 YAMLLoader.add_implicit_resolver(
@@ -40,11 +59,45 @@ YAMLLoader.add_implicit_resolver(
 
 
 def parse_yaml(text: str, where: str = "YAML") -> Any:
-    """Parse YAML text with :class:`YAMLLoader`; a syntax error becomes a one-line ConfigError."""
+    """Parse YAML text with :class:`YAMLLoader`; a syntax error, a duplicate key or a document that expands to more
+    than ``MAX_YAML_VALUES`` values through aliases becomes a one-line ConfigError (before anything is built)."""
+    loader = YAMLLoader(text)
     try:
-        return yaml.load(text, Loader=YAMLLoader)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {}, set())
+        if size > MAX_YAML_VALUES:
+            raise ConfigError(f"{where}: expands to over {MAX_YAML_VALUES:,} values through its aliases "
+                              f"(an alias bomb?); configs are small")
+        return loader.construct_document(node)
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: not valid YAML: {' '.join(str(exc).split())}") from exc
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], active: set[int]) -> int:
+    """How many values ``node`` stands for with every alias expanded (memoised: linear in the document's size)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in active:
+        raise ValueError("a YAML alias refers to itself (a recursive document)")
+    active.add(key)
+    if isinstance(node, yaml.SequenceNode):
+        n = 1 + sum(_expanded_size(c, memo, active) for c in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        n = 1 + sum(_expanded_size(k, memo, active) + _expanded_size(v, memo, active) for k, v in node.value)
+    else:
+        n = 1
+    active.discard(key)
+    memo[key] = min(n, MAX_YAML_VALUES + 1)
+    return memo[key]
 
 
 def read_yaml(path: str | Path) -> Any:

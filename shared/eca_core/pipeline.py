@@ -214,8 +214,26 @@ def expand_env(value: Any, where: str = "pipeline") -> Any:
     return value
 
 
+STAGE_MODULES = ("eca_bio.stages", "eca_msa.stages", "eca_tab.stages")  # the registries a pipeline YAML may name
+
+
+def allowed_stage_modules() -> tuple[str, ...]:
+    """The project's stage registries plus the user's own, listed in ``ECA_STAGES_MODULES`` (comma-separated)."""
+    extra = [m.strip() for m in os.environ.get("ECA_STAGES_MODULES", "").split(",") if m.strip()]
+    return (*STAGE_MODULES, *extra)
+
+
 def load_stages(module: str) -> dict[str, Stage]:
-    """Import ``module`` and return its ``STAGES`` registry (``Stage`` objects or lazy ``"module:ATTR"`` strings)."""
+    """Import ``module`` and return its ``STAGES`` registry (``Stage`` objects or lazy ``"module:ATTR"`` strings).
+
+    Importing runs a module's code, so a YAML may name only a registry of the project, one listed in
+    ``ECA_STAGES_MODULES``, or one already imported: ``stages_module: os`` is refused before any import.
+    """
+    import sys
+
+    if module not in allowed_stage_modules() and module not in sys.modules:
+        raise PipelineError(f"stages_module {module!r} is not a stage registry of this project {list(STAGE_MODULES)}; "
+                            f"a module of your own must be listed in ECA_STAGES_MODULES first (importing runs its code)")
     try:
         mod = importlib.import_module(module)
     except ImportError as exc:

@@ -62,3 +62,52 @@ def test_a_pipeline_input_swapped_with_cp_p_reruns_its_stage(tmp_path):
     run_pipeline(spec, log=lines.append)
     assert (tmp_path / "run/make/value.txt").read_text() == "42"
     assert not any("make: up to date" in line for line in lines), lines
+
+
+def _run_cli(argv, capsys) -> tuple[int, str]:
+    from eca_core.cli import main
+
+    capsys.readouterr()
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, capsys):
+    import time
+
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, 9):  # 9^9 = 387 million strings from 1.6 KB
+        prev, name = chr(96 + i), chr(97 + i)
+        lines.append(f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 9) + "]")
+    path = tmp_path / "bomb.yaml"
+    path.write_text("name: t\nstages_module: tests.core.stage_fixtures\nstages:\n  make:\n    input: x\n    junk:\n"
+                    + "".join(f"      {line}\n" for line in lines))
+    start = time.time()
+    code, err = _run_cli(["run", str(path)], capsys)
+    assert code == 2 and time.time() - start < 10
+    assert err.strip() == f"eca run: error: {path}: expands to over 100,000 values through its aliases (an alias bomb?); configs are small"
+
+
+def test_duplicate_yaml_keys_are_refused(tmp_path, capsys):
+    path = tmp_path / "dup.yaml"
+    path.write_text("name: t\nstages_module: tests.core.stage_fixtures\nstages:\n  make: {input: x}\n  make: {input: y}\n")
+    code, err = _run_cli(["run", str(path)], capsys)
+    assert code == 2 and "duplicate key 'make' (first given on line 4)" in err and len(err.strip().splitlines()) == 1
+    merged = tmp_path / "merge.yaml"  # overriding a merged key is not a duplicate
+    (tmp_path / "in.txt").write_text("3")
+    merged.write_text(f"name: t\nstages_module: tests.core.stage_fixtures\nrun_dir: {tmp_path / 'run'}\nstages:\n"
+                      f"  make: &m {{input: {tmp_path / 'in.txt'}, factor: 2}}\n  scale: {{<<: *m, epochs: 2}}\n")
+    from eca_core.config import read_yaml
+
+    assert read_yaml(merged)["stages"]["scale"] == {"input": str(tmp_path / "in.txt"), "factor": 2, "epochs": 2}
+
+
+def test_stages_module_must_be_a_registry_before_anything_is_imported(tmp_path, capsys, monkeypatch):
+    marker = tmp_path / "ran"
+    (tmp_path / "evil_stages.py").write_text(f"open({str(marker)!r}, 'w').write('imported')\nSTAGES = {{}}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "p.yaml"
+    path.write_text("name: t\nstages_module: evil_stages\nstages:\n  make: {}\n")
+    code, err = _run_cli(["run", str(path)], capsys)
+    assert code == 2 and not marker.exists()
+    assert "stages_module 'evil_stages' is not a stage registry of this project" in err and "ECA_STAGES_MODULES" in err
