@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -139,12 +140,15 @@ def check_outputs(root: str | os.PathLike, record: dict[str, dict[str, Any]] | N
 
 
 def clean_temp_files(root: str | os.PathLike) -> list[Path]:
-    """Remove temp files/folders left under ``root`` by a killed run; call only while holding the run lock."""
+    """Remove temp files/folders left under ``root`` by a killed run, and those of ``root`` itself beside it
+    (``.<root>.tmp-*`` / ``.<root>.old-*``, which an atomic replacement of the whole folder writes); call only
+    while holding the run lock."""
     root = Path(root)
     removed = []
     if not root.is_dir():
         return removed
-    for p in sorted(root.rglob(".*"), key=lambda q: len(q.parts), reverse=True):
+    own = [q for m in TEMP_MARKERS for q in root.parent.glob(f".{glob.escape(root.name)}{m}*")]
+    for p in sorted([*root.rglob(".*"), *own], key=lambda q: len(q.parts), reverse=True):
         if p.name == LOCK_NAME or not is_temp(p) or not p.exists():
             continue
         if p.is_dir() and not p.is_symlink():
@@ -239,7 +243,12 @@ class RunLock:
         if RunLock._held[self.key] == 0:
             del RunLock._held[self.key]
             if not _is_secondary_rank():
-                self.path.unlink(missing_ok=True)
+                try:
+                    self.path.unlink(missing_ok=True)
+                except OSError as error:  # never hide the error that ended the run behind one about the lock
+                    if exc[0] is None:
+                        raise LockError(f"{self.path}: could not remove the lock ({error.strerror}); "
+                                        f"delete it once no run uses {self.dir}") from error
                 if self.created:  # a run that wrote nothing (e.g. refused its input) leaves nothing behind
                     try:
                         self.dir.rmdir()

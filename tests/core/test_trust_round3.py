@@ -111,3 +111,45 @@ def test_stages_module_must_be_a_registry_before_anything_is_imported(tmp_path, 
     code, err = _run_cli(["run", str(path)], capsys)
     assert code == 2 and not marker.exists()
     assert "stages_module 'evil_stages' is not a stage registry of this project" in err and "ECA_STAGES_MODULES" in err
+
+
+def test_a_published_folder_has_the_umask_mode_and_its_killed_temp_twin_is_cleaned(tmp_path):
+    from eca_core.io import atomic_dir
+    from eca_core.resume import clean_temp_files
+
+    out = tmp_path / "evaluate"
+    with atomic_dir(out) as tmp:
+        (tmp / "report.md").write_text("ok")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out.stat().st_mode & 0o777) == 0o777 & ~umask  # not mkdtemp's 0700
+    stale = tmp_path / ".evaluate.tmp-k1ll3d"  # what SIGKILL inside atomic_dir leaves beside the folder
+    stale.mkdir()
+    (stale / "report.md").write_text("half")
+    old = tmp_path / ".evaluate.old-1234"
+    old.mkdir()
+    other = tmp_path / ".evaluated.tmp-keep"  # another folder's temp: not ours to remove
+    other.mkdir()
+    removed = clean_temp_files(out)
+    assert stale in removed and old in removed and not stale.exists() and not old.exists() and other.exists()
+    assert (out / "report.md").read_text() == "ok"
+
+
+def test_the_error_that_ended_a_run_is_not_hidden_behind_the_lock(tmp_path, monkeypatch):
+    lock_path = tmp_path / "run" / LOCK_NAME
+    real_unlink = Path.unlink
+
+    def unlink(self, missing_ok=False):
+        if self == lock_path:
+            raise PermissionError(13, "Permission denied")
+        return real_unlink(self, missing_ok=missing_ok)
+
+    with pytest.raises(PermissionError, match=r"read-only: .*report.md"):
+        with RunLock(tmp_path / "run"):
+            monkeypatch.setattr(Path, "unlink", unlink)
+            raise PermissionError(13, "read-only", str(tmp_path / "run" / "report.md"))
+    monkeypatch.undo()
+    lock_path.unlink()
+    with pytest.raises(LockError, match="could not remove the lock"):  # a clean run still says what is left behind
+        with RunLock(tmp_path / "run"):
+            monkeypatch.setattr(Path, "unlink", unlink)
