@@ -44,3 +44,22 @@ def test_garbage_is_an_input_error(tmp_path):
     (tmp_path / "junk.pkl").write_bytes(b"\x80\x04not a pickle at all")
     with pytest.raises(InputError, match="junk.pkl: not a readable pickle"):
         load_restricted(tmp_path / "junk.pkl")
+
+
+class _Bomb:
+    """A few bytes asking numpy for a 1 TiB array when unpickled."""
+
+    def __reduce__(self):
+        from numpy._core.multiarray import _reconstruct
+
+        return _reconstruct, (np.ndarray, (2**40,), b"b")
+
+
+def test_a_memory_bomb_is_refused_before_allocating(tmp_path):
+    bomb = tmp_path / "bomb.pkl"
+    bomb.write_bytes(pickle.dumps({"train": {"vision": _Bomb()}}, protocol=2))
+    with pytest.raises(UnsafeFileError, match=r"bomb\.pkl: refused to load: an array of 1,099,511,627,776 bytes from a \d+-byte file"):
+        load_restricted(bomb)
+    big = {"x": np.ones((300, 400), np.float64)}  # a real array, far larger than any header: still loads
+    (tmp_path / "real.pkl").write_bytes(pickle.dumps(big, protocol=2))
+    assert load_restricted(tmp_path / "real.pkl")["x"].shape == (300, 400)
