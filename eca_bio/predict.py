@@ -152,6 +152,9 @@ def _predict_embedded(model_dir: Path, trained: Any, cfg: PredictConfig, manifes
                "note": "X = predicted per-gene min-max scaled targets (training statistics); no measured expression"}
         if slide.counts is not None:  # a labeled section (checked against the training slides before embedding)
             truth, missing = make_targets(slide, trained.spec)
+            if len(missing) == len(genes):
+                raise DataError(f"section {slide.slide_id}: none of the model's {len(genes)} genes is measured in "
+                                f"{entry['h5ad']} (the model's: {genes[:3]} ...; a panel or species of its own?)")
             names = list(slide.counts.obs_names)
             var = gene_metadata(out_dir / "preprocess" / entry["h5ad"])
             tested[slide.slide_id] = external_scores(pred, truth, genes, missing)

@@ -270,7 +270,9 @@ def _plan_section(cfg: PreprocessConfig, section: Any, log) -> _Plan:
         print(f"{section.section_id}: {st['image_fallback']}", file=sys.stderr)  # always said, progress or not
     reader = open_slide(st["image"], fallback_mpp=st["array_mpp"], allow_unusual_mpp=cfg.allow_unusual_mpp,
                         max_megapixels=cfg.max_image_megapixels)
-    source = reader.mpp_source if reader.mpp_source != "fallback" else st["array_mpp_source"]
+    if reader.mpp_source == "fallback":  # the section's own rule (spot array, HEST metadata, ...) names itself
+        reader.mpp_source = st["array_mpp_source"]
+    source = reader.mpp_source
     exclude_outside_image(adata, *reader.dimensions, max_outside_fraction=cfg.max_outside_fraction)
     thumb = reader.thumbnail(cfg.tissue.thumbnail_px)
     features = features_file = None
@@ -382,10 +384,21 @@ def join_features_to_spots(path: Path, adata: Any, dimensions: tuple[int, int],
 
 def precomputed_encoder(cfg: PreprocessConfig, plans: list[_Plan]) -> dict[str, Any]:
     """The identity of features_dir's encoder: ``features_encoder``, else the one name all files give."""
+    with_files = [p for p in plans if p.features_file]
+    dims = {p.features_file.name: int(p.features.shape[1]) for p in with_files if p.features is not None}
+    if len(set(dims.values())) > 1:
+        raise PreprocessError(f"{cfg.features_dir}: the feature files have different feature sizes {dims}; "
+                              f"features of one encoder have one size")
     if cfg.features_encoder:
+        named = {p.features_file.name: p.features_encoder for p in with_files if p.features_encoder}
+        other = {f: n for f, n in named.items() if n != cfg.features_encoder}
+        if other:
+            raise PreprocessError(f"{cfg.features_dir}: features_encoder is {cfg.features_encoder!r} but "
+                                  f"{', '.join(f'{f} names {n!r}' for f, n in sorted(other.items()))}; "
+                                  f"features of two encoders cannot be mixed")
         name = cfg.features_encoder
     else:
-        names = {p.features_encoder for p in plans if p.features_file}
+        names = {p.features_encoder for p in with_files}
         if len(names) != 1 or "" in names:
             raise PreprocessError(f"{cfg.features_dir}: the feature files name encoder(s) {sorted(names)}; "
                                   f"set features_encoder to the one encoder that made them")

@@ -337,6 +337,9 @@ def read_visium_hd(folder: str | os.PathLike, image: str | os.PathLike | None = 
         raise STError(f"{folder / 'binned_outputs'}: no bin folder {bin_name!r}; available: {bins}")
     if image is None:
         candidates = _image_candidates(folder)
+        if len(candidates) > 1:
+            raise STError(f"{folder}: {len(candidates)} microscope images ({', '.join(c.name for c in candidates)}); "
+                          f"name the one the run was aligned to with images: {{{folder.name}: PATH}}")
         if len(candidates) == 1:
             image = candidates[0]
     return read_visium(folder / "binned_outputs" / bin_name, image=image, library_id=library_id or folder.name, hd=True)
@@ -439,7 +442,7 @@ def read_hest(hest_dir: str | os.PathLike, sample_id: str, image: str | os.PathL
         not_in_tissue = list(adata.obs_names[~keep].astype(str))
         adata = adata[keep].copy()
     spot_um = float(meta["spot_diameter"]) if _positive(meta.get("spot_diameter")) else VISIUM_SPOT_DIAMETER_UM
-    _finish(adata, sample_id, image_path, mpp, f"HEST metadata {mpp_key} ({meta_path.name})",
+    _finish(adata, sample_id, image_path, mpp, f"HEST metadata {mpp_key} ({meta_path})",
             {"not_in_tissue": not_in_tissue}, {"spot_diameter_fullres": spot_um / mpp},
             {"counts": str(h5ad_path.resolve()), "positions": str(h5ad_path.resolve()), "metadata": str(meta_path.resolve())})
     adata.uns["st"]["technology"] = str(meta.get("st_technology", ""))

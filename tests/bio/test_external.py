@@ -74,3 +74,23 @@ def test_a_training_section_under_another_name_is_refused_before_embedding(tmp_p
         predict_slides(tmp_path / "train", PredictConfig(st_dir=str(tmp_path / "cohort_c"), export_images=False),
                        tmp_path / "test", CPU, progress=False)
     assert not list((tmp_path / "test").rglob("*.h5"))  # refused before anything was embedded
+
+
+def test_a_section_with_none_of_the_models_genes_is_named(tmp_path):
+    import gzip
+
+    for k in range(3):
+        make_legacy_st(tmp_path / ("cohort_a" if k < 2 else "cohort_b") / f"S{k}", section=f"S{k}", n=5, origin=150.0 + 7 * k,
+                       seed=1 + k)
+    counts = tmp_path / "cohort_b" / "S2" / "S2.tsv.gz"  # another panel: no gene in common
+    with gzip.open(counts, "rt") as fh:
+        text = fh.read()
+    with gzip.open(counts, "wt") as fh:
+        fh.write(text.replace("GENE", "MOUSE"))
+    run_preprocess(cfg_for(st_dir=str(tmp_path / "cohort_a")), tmp_path / "pre", CPU, progress=False)
+    cfg = TrainConfig(methods=["ridge"], transforms=["egn"], cv="none", n_genes=6, k=2, epochs=1, patience=1, min_epochs=1,
+                      batch_size=8, model=ModelConfig(hidden=8, heads=2), final_method="ridge", threads=1)
+    train_all(cfg, tmp_path / "pre", tmp_path / "train", CPU, progress=False)
+    with pytest.raises(DataError, match=r"section S2: none of the model's 6 genes is measured in slides/S2\.h5ad"):
+        predict_slides(tmp_path / "train", PredictConfig(st_dir=str(tmp_path / "cohort_b"), export_images=False),
+                       tmp_path / "test", CPU, progress=False)

@@ -125,3 +125,29 @@ def test_a_trident_file_that_misses_the_spots_is_refused(embedded, tmp_path):
     with pytest.raises(InputError, match=r"S0\.h5: its 36 rows do not cover the spots: 36 of 36 spots have no row"):
         run_preprocess(cfg_for(st_dir=str(root / "st"), features_dir=str(trident)), tmp_path / "p", CPU, progress=False)
     assert not (tmp_path / "p" / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("case, message", [
+    ("nan_rows", r"S1\.h5: features are NaN or infinite in 2 row\(s\), e\.g\. rows \[\d+, \d+\]"),
+    ("two_sizes", r"features_x: the feature files have different feature sizes \{'S0\.h5': 64, 'S1\.h5': 96, 'S2\.h5': 64\}"),
+    ("other_encoder", r"features_encoder is 'conch' but S0\.h5 names 'uni_v1', S1\.h5 names 'uni_v1', S2\.h5 names 'uni_v1'"),
+])
+def test_feature_files_that_cannot_go_together_are_refused_at_preprocess(embedded, tmp_path, case, message):
+    """NaN rows, two feature sizes, or a features_encoder other than the files' own: one line, nothing written."""
+    root, manifest = embedded
+    trident = tmp_path / "features_x"
+    trident.mkdir()
+    rng = np.random.default_rng(1)
+    for entry in manifest["slides"]:
+        ours = read_slide_h5(root / "pre" / entry["h5"])
+        d = 96 if case == "two_sizes" and entry["slide_id"] == "S1" else 64
+        feats = rng.normal(size=(len(ours.coords), d)).astype(np.float32)
+        if case == "nan_rows" and entry["slide_id"] == "S1":
+            feats[[3, 7]] = np.nan
+        _write_trident_file(trident / f"{entry['slide_id']}.h5", ours.coords, feats, ours.coords_attrs)
+    extra = {"features_encoder": "conch"} if case == "other_encoder" else {}
+    from eca_core.errors import ECAError
+
+    with pytest.raises(ECAError, match=message):
+        run_preprocess(cfg_for(st_dir=str(root / "st"), features_dir=str(trident), **extra), tmp_path / "p", CPU, progress=False)
+    assert not list((tmp_path / "p").rglob("*.h5")) and not (tmp_path / "p" / "manifest.json").exists()

@@ -201,3 +201,27 @@ def test_visium_hd_without_microns_per_pixel_uses_the_bin_size(tmp_path):
     sf_path.write_text(json.dumps(sf))
     with pytest.raises(STError, match=r"scalefactors_json.json: a Visium HD bin folder without a positive 'bin_size_um'"):
         read_visium_hd(root, bin_name="square_016um")
+
+
+def test_visium_hd_with_two_microscope_images_says_so(tmp_path):
+    import shutil
+
+    from eca_bio.st import STError, read_visium_hd
+    from tests.bio.test_visium_hd import make_visium_hd
+
+    root = make_visium_hd(tmp_path / "hd_run")
+    shutil.copy(root / "microscope.tif", root / "microscope_10x.tif")
+    with pytest.raises(STError, match=r"hd_run: 2 microscope images \(microscope\.tif, microscope_10x\.tif\); name the one "
+                                      r"the run was aligned to with images: \{hd_run: PATH\}"):
+        read_visium_hd(root, bin_name="square_016um")
+    assert read_visium_hd(root, image=root / "microscope.tif", bin_name="square_016um").n_obs == 36
+
+
+def test_an_implausible_hest_mpp_names_the_metadata_file(tmp_path):
+    from eca_bio.preprocess import PreprocessError
+    from tests.bio.test_hest import make_hest
+
+    root = make_hest(tmp_path / "hest", mpp=25.0)
+    with pytest.raises(PreprocessError, match=r"a 112 um patch is only 4 px at 25 um/px \(HEST metadata "
+                                              r"pixel_size_um_estimated \(.*hest/metadata/TENX99\.json\)\)"):
+        run_preprocess(cfg_for(st_dir=str(root)), tmp_path / "pre", CPU, progress=False)
