@@ -17,7 +17,10 @@ joins that group instead of launching again. Then:
 from __future__ import annotations
 
 import atexit
+import logging
 import os
+import re
+import sys
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from eca_core.errors import ECAError
@@ -71,6 +74,7 @@ def launch(options: Mapping[str, Any] | None) -> int:
     from lightning.fabric import Fabric
 
     quiet_lightning()
+    _say_when_a_rank_dies()
     fabric = Fabric(accelerator=opts["accelerator"], devices=_devices(opts["devices"]), num_nodes=int(opts["num_nodes"]),
                     strategy=opts["strategy"])
     if fabric.world_size <= 1:
@@ -78,6 +82,28 @@ def launch(options: Mapping[str, Any] | None) -> int:
     fabric.launch()
     atexit.register(_shutdown)
     return world_size()
+
+
+class _RankDeathHandler(logging.Handler):
+    """Lightning's launcher SIGKILLs every rank when one dies (its message is an INFO log): say it in one line first."""
+
+    _PATTERN = re.compile(r"\[rank: (\d+)\] Child process with PID (\d+) terminated with code (-?\d+)")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        m = self._PATTERN.search(record.getMessage())
+        if m:
+            rank, pid, code = m.groups()
+            print(f"error: rank {rank} (pid {pid}) ended with code {code}"
+                  + (" (killed: out of memory, or a signal)" if code in ("-9", "137") else "")
+                  + "; every rank is stopped now, finished work is kept (run the same command again to resume)",
+                  file=sys.stderr, flush=True)
+
+
+def _say_when_a_rank_dies() -> None:
+    log = logging.getLogger("lightning.fabric.strategies.launchers.subprocess_script")
+    if not any(isinstance(h, _RankDeathHandler) for h in log.handlers):
+        log.addHandler(_RankDeathHandler(logging.INFO))
+    log.setLevel(logging.INFO)
 
 
 def _shutdown() -> None:
@@ -119,11 +145,21 @@ def shard(items: Sequence[T]) -> list[T]:
     return [item for i, item in enumerate(items) if i % w == r]
 
 
+def _lost(exc: RuntimeError) -> RankError:
+    """A collective that failed because another process is gone (killed, out of memory): one plain line."""
+    reason = " ".join(str(exc).split("]", 1)[-1].split()).split(". ")[0][:160]  # gloo: "[file:line] Read error ...". ...
+    return RankError(f"another rank stopped without a word (killed, or out of memory?): {reason}; finished work is kept "
+                     f"(run the same command again to resume)")
+
+
 def barrier() -> None:
     """Wait until every rank gets here."""
     d = _dist()
     if d is not None:
-        d.barrier()
+        try:
+            d.barrier()
+        except RuntimeError as exc:
+            raise _lost(exc) from exc
 
 
 def broadcast(obj: T) -> T:
@@ -132,7 +168,10 @@ def broadcast(obj: T) -> T:
     if d is None:
         return obj
     box = [obj if rank() == 0 else None]
-    d.broadcast_object_list(box, src=0)
+    try:
+        d.broadcast_object_list(box, src=0)
+    except RuntimeError as exc:
+        raise _lost(exc) from exc
     return box[0]
 
 
@@ -142,7 +181,10 @@ def all_gather(obj: T) -> list[T]:
     if d is None:
         return [obj]
     out: list[Any] = [None] * world_size()
-    d.all_gather_object(out, obj)
+    try:
+        d.all_gather_object(out, obj)
+    except RuntimeError as exc:
+        raise _lost(exc) from exc
     return out
 
 

@@ -19,6 +19,7 @@ class MakeConfig:
     factor: int = 1  # multiplies the input
     sleep: float = 0.0  # seconds to wait after writing (for interrupt tests)
     fail_rank: int = -1  # this rank raises (for the distributed tests)
+    kill_rank: int = -1  # this rank is SIGKILLed (for the distributed tests)
 
     def __post_init__(self) -> None:
         check(self, factor=">=1", sleep=">=0")
@@ -39,6 +40,11 @@ def _make(ctx: StageContext) -> dict:
     CALLS.append("make")
     if distributed.rank() == ctx.config.fail_rank:
         raise ValueError(f"rank {ctx.config.fail_rank} cannot read its shard")
+    if distributed.rank() == ctx.config.kill_rank:
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
     value = int(Path(ctx.config.input).read_text()) * ctx.config.factor
     with atomic_path(ctx.out_dir / "value.txt") as tmp:
         tmp.write_text(str(value))
