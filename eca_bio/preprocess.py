@@ -71,7 +71,7 @@ class PreprocessConfig:
     sections: list[str] | None = None         # subset of section ids in st_dir (default: all)
     images: dict[str, str] = field(default_factory=dict)  # section id -> full-res image (default: found in its folder)
     slides: list[str] = field(default_factory=list)  # WSIs without ST: tiled over detected tissue
-    mpp: float | None = None                  # microns per pixel of the WSIs; wins over their metadata (with a warning)
+    mpp: float | None = None                  # microns per pixel of every slide and section; wins over their metadata (with a warning)
     allow_unusual_mpp: bool = False           # accept mpp outside 0.05-50 um/px and patches under 8 px
     max_image_megapixels: float = DEFAULT_MAX_MEGAPIXELS  # plain images (JPEG/PNG/TIFF) decoded whole: larger ones are refused
     patch_um: float = 112.0                   # patch side in microns (224 px at 0.5 um/px)
@@ -268,10 +268,12 @@ def _plan_section(cfg: PreprocessConfig, section: Any, log) -> _Plan:
     st = adata.uns["st"]
     if st.get("image_fallback"):
         print(f"{section.section_id}: {st['image_fallback']}", file=sys.stderr)  # always said, progress or not
-    reader = open_slide(st["image"], fallback_mpp=st["array_mpp"], allow_unusual_mpp=cfg.allow_unusual_mpp,
+    reader = open_slide(st["image"], mpp=cfg.mpp, fallback_mpp=st["array_mpp"], allow_unusual_mpp=cfg.allow_unusual_mpp,
                         max_megapixels=cfg.max_image_megapixels)
     if reader.mpp_source == "fallback":  # the section's own rule (spot array, HEST metadata, ...) names itself
         reader.mpp_source = st["array_mpp_source"]
+    elif section.format in SECTION_MPP_WINS and cfg.mpp is None:
+        _section_mpp_wins(reader, st, section.section_id)
     source = reader.mpp_source
     exclude_outside_image(adata, *reader.dimensions, max_outside_fraction=cfg.max_outside_fraction)
     thumb = reader.thumbnail(cfg.tissue.thumbnail_px)
@@ -291,6 +293,18 @@ def _plan_section(cfg: PreprocessConfig, section: Any, log) -> _Plan:
         + (f"features from {features_file} (patch {size} px)" if features_file else f"patch {size} px -> {cfg.patch_px} px"))
     return _Plan(section.section_id, reader, coords, size, thumb, None, adata, source, features=features,
                  features_file=features_file, features_encoder=features_encoder)
+
+
+SECTION_MPP_WINS = {"hest"}  # layouts whose own µm/px beats the image's metadata (HEST: its estimate; the TIFF's can be 10x off)
+
+
+def _section_mpp_wins(reader: Any, st: dict[str, Any], section_id: str) -> None:
+    """Use the section's own µm/px; say so in one line when the image's metadata disagrees by more than 5%."""
+    meta, own = reader.metadata_mpp, float(st["array_mpp"])
+    if meta is not None and abs(meta / own - 1) > 0.05:
+        print(f"warning: {section_id}: the image {reader.path.name} says {meta:.4g} um/px, {st['array_mpp_source']} says "
+              f"{own:.4g} um/px; using {own:.4g} (give mpp to choose)", file=sys.stderr)
+    reader.set_mpp(own, st["array_mpp_source"])
 
 
 def _plan_slide(cfg: PreprocessConfig, path: str, log) -> _Plan:

@@ -63,3 +63,24 @@ def test_hest_sample_with_a_missing_piece_is_named(tmp_path, broken, message):
     with pytest.raises(STError, match=message):
         run_preprocess(cfg_for(st_dir=str(root)), tmp_path / "pre", CPU, progress=False)
     assert not (tmp_path / "pre" / "manifest.json").exists()
+
+
+def test_hest_metadata_mpp_wins_over_a_tiff_written_10x_too_fine(tmp_path, capsys):
+    """HEST's pyramidal TIFF writer records px/cm where pyvips takes px/mm: a 0.5 µm/px slide reads 0.05 µm/px."""
+    import tifffile
+
+    root = make_hest(tmp_path / "hest")
+    tif = root / "wsis" / "TENX99.tif"
+    pixels = np.asarray(tissue_image(800, 800))
+    tifffile.imwrite(tif, pixels, resolution=(200_000, 200_000), resolutionunit="CENTIMETER")  # 0.05 µm/px: 10x off
+    from eca_bio.slides import open_slide
+
+    assert open_slide(tif).mpp == pytest.approx(0.05)  # what the TIFF alone says
+    capsys.readouterr()
+    manifest = run_preprocess(cfg_for(st_dir=str(root)), tmp_path / "pre", CPU, progress=False)
+    entry = manifest["slides"][0]
+    assert entry["mpp"] == 0.5 and entry["patch_size_px"] == 224 and "pixel_size_um_estimated" in entry["mpp_source"]
+    err = capsys.readouterr().err
+    assert "warning: TENX99: the image TENX99.tif says 0.05 um/px, HEST metadata pixel_size_um_estimated" in err
+    explicit = run_preprocess(cfg_for(st_dir=str(root), mpp=0.6), tmp_path / "pre2", CPU, progress=False)
+    assert explicit["slides"][0]["mpp"] == 0.6 and explicit["slides"][0]["mpp_source"] == "--mpp"  # explicit wins
