@@ -336,7 +336,7 @@ def read_visium_hd(folder: str | os.PathLike, image: str | os.PathLike | None = 
     if bin_name not in bins:
         raise STError(f"{folder / 'binned_outputs'}: no bin folder {bin_name!r}; available: {bins}")
     if image is None:
-        candidates = _image_candidates(folder)
+        candidates = _hd_image_candidates(folder)
         if len(candidates) > 1:
             raise STError(f"{folder}: {len(candidates)} microscope images ({', '.join(c.name for c in candidates)}); "
                           f"name the one the run was aligned to with images: {{{folder.name}: PATH}}")
@@ -526,6 +526,14 @@ def _finish(adata: ad.AnnData, library_id: str, image_path: Path, mpp: float, mp
 
 def _image_candidates(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _hd_image_candidates(folder: Path) -> list[Path]:
+    """A Visium HD run's microscope image where 10x and spatialdata-io look: ``microscope_image/``, then
+    ``<prefix>tissue_image.*`` and other images in the run folder."""
+    sub = folder / "microscope_image"
+    found = _image_candidates(sub) if sub.is_dir() else []
+    return found or _image_candidates(folder)
 
 
 def _downscaled_image(spatial: Path, scalefactors: dict, sf_path: Path) -> tuple[Path, dict[str, Any], dict]:

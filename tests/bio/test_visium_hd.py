@@ -59,3 +59,12 @@ def test_visium_hd_errors_name_the_file(tmp_path):
         read_visium_hd(root, bin_name="square_002um")
     with pytest.raises(STError, match=r"filtered_feature_bc_matrix\.h5 and .*tissue_positions\.parquet do not match: 2 of 38 barcodes"):
         read_visium_hd(root, bin_name="square_008um")
+
+
+def test_the_microscope_image_is_found_where_10x_puts_it(tmp_path):
+    root = make_visium_hd(tmp_path / "hd_run")
+    (root / "microscope_image").mkdir()
+    (root / "microscope.tif").rename(root / "microscope_image" / "Visium_HD_Human_tissue_image.btf.tif")
+    adata = read_visium_hd(root, bin_name="square_016um")
+    assert adata.uns["st"]["image"].endswith("microscope_image/Visium_HD_Human_tissue_image.btf.tif")
+    assert "image_fallback" not in adata.uns["st"]  # the full-resolution image, not the hires PNG
