@@ -79,6 +79,7 @@ class PreprocessConfig:
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     features_dir: str | None = None           # TRIDENT/CLAM feature files <slide id>.h5 to use instead of embedding
     features_encoder: str | None = None       # encoder that made features_dir's files (default: the files' 'encoder' attribute)
+    features_patch_size: int | None = None    # level-0 patch side of features_dir files that do not record it (CLAM's)
     token_grid: int | None = None             # pool patch tokens to k x k (None: keep all tokens)
     store_tokens: bool = True                 # write the 'tokens' dataset
     batch_size: int = 32
@@ -280,9 +281,9 @@ def _plan_section(cfg: PreprocessConfig, section: Any, log) -> _Plan:
     features = features_file = None
     features_encoder = ""
     if cfg.features_dir is not None:
-        features_file = _features_file(cfg, section.section_id)
+        features_file = _features_file(cfg, section.section_id, st["image"])
         coords, size, features, features_encoder = join_features_to_spots(features_file, adata, reader.dimensions,
-                                                                          cfg.max_outside_fraction)
+                                                                          cfg.max_outside_fraction, cfg.features_patch_size)
     else:
         size = _patch_px(cfg, reader)
         coords = spot_patches(adata.obsm["spatial"], size)
@@ -290,7 +291,8 @@ def _plan_section(cfg: PreprocessConfig, section: Any, log) -> _Plan:
     log(f"{section.section_id}: {adata.n_obs} spots x {adata.n_vars} genes"
         + (f" (excluded {excluded})" if excluded else "")
         + f"; {reader.mpp:.4f} um/px ({source}); "
-        + (f"features from {features_file} (patch {size} px)" if features_file else f"patch {size} px -> {cfg.patch_px} px"))
+        + (f"features from {features_file} (patch {size} px; spots joined by {st['feature_join']['how']})"
+           if features_file else f"patch {size} px -> {cfg.patch_px} px"))
     return _Plan(section.section_id, reader, coords, size, thumb, None, adata, source, features=features,
                  features_file=features_file, features_encoder=features_encoder)
 
@@ -318,10 +320,11 @@ def _plan_slide(cfg: PreprocessConfig, path: str, log) -> _Plan:
     if cfg.features_dir is not None:  # every row of the file: its tiles are the slide's patches
         from eca_bio.slide_h5 import read_slide_h5
 
-        features_file = _features_file(cfg, slide_id_from_path(path))
+        features_file = _features_file(cfg, slide_id_from_path(path), path)
         h5 = read_slide_h5(features_file, with_tokens=False)
         _check_same_image(h5, reader.dimensions)
-        size = int(round(h5.patch_size_level0))
+        given = cfg.features_patch_size
+        size = int(round(h5.patch_size_level0 if given is None or h5.has_patch_size else given))
         log(f"{reader.slide_id}: {len(h5.coords)} tiles of {size} px from {features_file}")
         return _Plan(slide_id_from_path(path), reader, h5.coords, size, thumb, None, None, source,
                      features=h5.features, features_file=features_file, features_encoder=h5.encoder)
@@ -344,11 +347,37 @@ def _patch_px(cfg: PreprocessConfig, reader: Any) -> int:
     return size
 
 
-def _features_file(cfg: PreprocessConfig, slide_id: str) -> Path:
-    path = Path(cfg.features_dir) / f"{slide_id}.h5"
-    if not path.is_file():
-        raise InputError(f"{path}: no feature file for slide {slide_id} in features_dir")
-    return path
+def _features_file(cfg: PreprocessConfig, slide_id: str, image: str | Path) -> Path:
+    """The feature file of a slide, as TRIDENT and CLAM name it: ``<section id>.h5``, ``<image stem>.h5``
+    (TRIDENT names files by the slide image), or the one file whose ``name`` attribute is either."""
+    from eca_bio.slides import slide_id_from_path
+
+    folder = Path(cfg.features_dir)
+    names = list(dict.fromkeys([slide_id, slide_id_from_path(image)]))
+    for name in names:
+        if (folder / f"{name}.h5").is_file():
+            return folder / f"{name}.h5"
+    named = [f for f in sorted(folder.glob("*.h5")) if _file_name_attr(f) in names]
+    if len(named) == 1:
+        return named[0]
+    if len(named) > 1:
+        raise InputError(f"{folder}: {len(named)} feature files name slide {slide_id}: {[f.name for f in named]}")
+    raise InputError(f"{folder}: no feature file for slide {slide_id} (looked for {', '.join(f'{n}.h5' for n in names)} "
+                     f"and a file whose 'name' attribute is one of them)")
+
+
+def _file_name_attr(path: Path) -> str:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            for obj in (f.get("features"), f.get("coords"), f):
+                if obj is not None and "name" in obj.attrs:
+                    value = obj.attrs["name"]
+                    return value.decode() if isinstance(value, bytes) else str(value)
+    except OSError:
+        return ""
+    return ""
 
 
 def _check_same_image(h5: Any, dimensions: tuple[int, int]) -> None:
@@ -358,13 +387,17 @@ def _check_same_image(h5: Any, dimensions: tuple[int, int]) -> None:
                          f"{dimensions[0]}x{dimensions[1]} (another image or another level 0?)")
 
 
-def join_features_to_spots(path: Path, adata: Any, dimensions: tuple[int, int],
-                           max_unmatched_fraction: float = 0.1) -> tuple[np.ndarray, int, np.ndarray, str]:
+def join_features_to_spots(path: Path, adata: Any, dimensions: tuple[int, int], max_unmatched_fraction: float = 0.1,
+                           patch_size: float | None = None) -> tuple[np.ndarray, int, np.ndarray, str]:
     """Rows of a TRIDENT/CLAM feature file matched to the ST spots: (coords, level-0 patch size, features,
     the encoder the file names).
 
     By barcode when the file has ``barcodes``; otherwise each spot takes the row whose patch centre is
-    nearest to the spot centre, within a quarter patch (spot-centred coordinates). Unmatched spots are
+    nearest to the spot centre, within a quarter patch (spot-centred coordinates); and when most spots
+    find none, the file is a tissue grid (TRIDENT's standard output, CLAM's patches): each spot takes
+    the tile that contains its centre; ``uns['st']['feature_join']`` records the rule and the mean and
+    largest spot-to-tile-centre distance. ``patch_size`` (level-0 px) is for files that do not say
+    theirs (CLAM's ``save_hdf5`` writes none). Unmatched spots are
     dropped from ``adata`` and listed in ``uns['st']['excluded']['no_features']``; more than
     ``max_unmatched_fraction`` of them means the file does not cover the spots (an InputError).
     """
@@ -374,22 +407,31 @@ def join_features_to_spots(path: Path, adata: Any, dimensions: tuple[int, int],
 
     h5 = read_slide_h5(path, with_tokens=False)
     _check_same_image(h5, dimensions)
-    size = float(h5.patch_size_level0)
+    size = float(h5.patch_size_level0) if patch_size is None or h5.has_patch_size else float(patch_size)
+    spots = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    offset = None
     if h5.barcodes is not None:
         row_of = {b: i for i, b in enumerate(h5.barcodes)}
         rows = np.array([row_of.get(b, -1) for b in adata.obs_names])
         how = "barcode"
     else:
         centres = h5.coords.astype(np.float64) + size / 2.0
-        dist, nearest = cKDTree(centres).query(np.asarray(adata.obsm["spatial"], dtype=np.float64)) if len(centres) else \
+        dist, nearest = cKDTree(centres).query(spots) if len(centres) else \
             (np.full(adata.n_obs, np.inf), np.zeros(adata.n_obs, dtype=int))
         rows = np.where(dist <= size / 4.0, nearest, -1)
         how = "patch centre within a quarter patch of the spot centre"
+        if (rows < 0).sum() > max_unmatched_fraction * adata.n_obs:  # a tissue grid (TRIDENT's standard output)
+            inside = (np.abs(spots - centres[nearest]) <= size / 2.0).all(1) if len(centres) else np.zeros(len(spots), bool)
+            rows = np.where(inside, nearest, -1)
+            how = "the grid tile containing the spot centre"
+        offset = dist[rows >= 0]
     unmatched = rows < 0
     if unmatched.sum() > max_unmatched_fraction * adata.n_obs:
         raise InputError(f"{path}: its {len(h5.coords)} rows do not cover the spots: {int(unmatched.sum())} of {adata.n_obs} "
                          f"spots have no row (matched by {how}), e.g. {list(adata.obs_names[unmatched][:3])}")
     adata.uns["st"]["excluded"]["no_features"] = [str(b) for b in adata.obs_names[unmatched]]
+    adata.uns["st"]["feature_join"] = {"how": how, "patch_size_level0": size} | (
+        {"mean_offset_px": float(offset.mean()), "max_offset_px": float(offset.max())} if offset is not None and offset.size else {})
     if unmatched.any():
         adata._inplace_subset_obs(~unmatched)
         rows = rows[~unmatched]

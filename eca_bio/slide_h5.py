@@ -121,7 +121,16 @@ class SlideH5:
         if int(self.coords_attrs.get("patch_level", -1)) == 0 and "patch_size" in self.coords_attrs:
             return float(self.coords_attrs["patch_size"]) * float(self.coords_attrs.get("custom_downsample", 1))
         raise FeatureFileError(f"{self.path}: no patch size (neither TRIDENT's coords attribute 'patch_size_level0' nor "
-                               f"CLAM's 'patch_size' at patch_level 0)")
+                               f"CLAM's 'patch_size' at patch_level 0); give features_patch_size (level-0 px)")
+
+    @property
+    def has_patch_size(self) -> bool:
+        """Whether the file records its level-0 patch side (CLAM's ``save_hdf5`` output does not)."""
+        try:
+            self.patch_size_level0
+        except FeatureFileError:
+            return False
+        return True
 
     @property
     def encoder(self) -> str:

@@ -151,3 +151,53 @@ def test_feature_files_that_cannot_go_together_are_refused_at_preprocess(embedde
     with pytest.raises(ECAError, match=message):
         run_preprocess(cfg_for(st_dir=str(root / "st"), features_dir=str(trident), **extra), tmp_path / "p", CPU, progress=False)
     assert not list((tmp_path / "p").rglob("*.h5")) and not (tmp_path / "p" / "manifest.json").exists()
+
+
+def _grid(width: int, height: int, tile: int) -> np.ndarray:
+    return np.array([(x, y) for y in range(0, height - tile + 1, tile) for x in range(0, width - tile + 1, tile)], np.int64)
+
+
+def test_trident_grid_files_named_by_image_join_the_tile_under_each_spot(embedded, tmp_path):
+    """TRIDENT's standard output: a tissue grid (here 256 px tiles), files named by the image stem."""
+    import anndata as ad
+
+    root, manifest = embedded
+    trident = tmp_path / "20x_256px_0px_overlap" / "features_uni_v1"
+    trident.mkdir(parents=True)
+    for entry in manifest["slides"]:
+        ours = read_slide_h5(root / "pre" / entry["h5"])
+        w, h = int(ours.coords_attrs["level0_width"]), int(ours.coords_attrs["level0_height"])
+        coords = _grid(w, h, 256)
+        feats = np.random.default_rng(0).normal(size=(len(coords), 32)).astype(np.float32)
+        attrs = dict(ours.coords_attrs) | {"patch_size_level0": 256, "patch_size": 256}
+        _write_trident_file(trident / f"HE_{entry['slide_id']}.h5", coords, feats, attrs)  # TRIDENT: <image stem>.h5
+    m = run_preprocess(cfg_for(st_dir=str(root / "st"), features_dir=str(trident)), tmp_path / "pre", CPU, progress=False)
+    entry = m["slides"][0]
+    got = read_slide_h5(tmp_path / "pre" / entry["h5"])
+    adata = ad.read_h5ad(tmp_path / "pre" / entry["h5ad"])
+    spots = np.asarray(adata.obsm["spatial"])
+    assert entry["n_patches"] == 36 and got.features.shape == (36, 32)
+    assert ((spots >= got.coords) & (spots < got.coords + 256)).all()  # each spot's tile contains its centre
+    join = adata.uns["slide"]["feature_join"]
+    assert join["how"] == "the grid tile containing the spot centre" and 0 < join["max_offset_px"] <= 128 * np.sqrt(2)
+
+
+def test_clam_files_without_attributes_take_the_patch_size_given(embedded, tmp_path):
+    """CLAM's extract_features_fp -> save_hdf5: features + int32 coords and no attributes at all."""
+    import h5py
+
+    root, manifest = embedded
+    clam = tmp_path / "h5_files"
+    clam.mkdir()
+    for entry in manifest["slides"]:
+        ours = read_slide_h5(root / "pre" / entry["h5"])
+        with h5py.File(clam / f"{entry['slide_id']}.h5", "w") as f:
+            f["features"] = np.random.default_rng(1).normal(size=(len(ours.coords), 16)).astype(np.float32)
+            f["coords"] = ours.coords.astype(np.int32)
+    with pytest.raises(InputError, match=r"no patch size .*give features_patch_size"):
+        run_preprocess(cfg_for(st_dir=str(root / "st"), features_dir=str(clam), features_encoder="resnet50_trunc"),
+                       tmp_path / "p1", CPU, progress=False)
+    size = int(read_slide_h5(root / "pre" / manifest["slides"][0]["h5"]).attrs["patch_size_px"])
+    m = run_preprocess(cfg_for(st_dir=str(root / "st"), features_dir=str(clam), features_encoder="resnet50_trunc",
+                               features_patch_size=size), tmp_path / "p2", CPU, progress=False)
+    assert m["encoder"]["name"] == "resnet50_trunc" and all(s["n_patches"] == 36 for s in m["slides"])
