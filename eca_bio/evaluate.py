@@ -344,23 +344,11 @@ def per_gene_csv(folds: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def _spot_diameter(pre_dir: Path | None, entry: dict[str, Any]) -> float | None:
-    """Spot diameter in full-res pixels from the ST reader's scalefactors (else the patch size)."""
-    if pre_dir is not None and entry.get("h5ad"):
-        import anndata as ad
-
-        uns = ad.read_h5ad(Path(pre_dir) / entry["h5ad"], backed="r").uns
-        for lib in (uns.get("spatial") or {}).values():
-            value = lib.get("scalefactors", {}).get("spot_diameter_fullres")
-            if value:
-                return float(value)
-    return entry.get("patch_size_px")
-
-
 def export_predictions(train_dir: Path, pre_dir: Path | None, method: str, transform: str, collected: dict[str, Any],
                        out: Path, cfg: EvaluateConfig) -> list[str]:
     """One .h5ad + gene-map PNG per test slide of ``method`` under ``transform``."""
-    from eca_bio.export import gene_metadata, plot_gene_maps, prediction_anndata, slide_images, top_genes, write_h5ad
+    from eca_bio.export import (gene_metadata, plot_gene_maps, prediction_anndata, slide_images, spot_diameter, top_genes,
+                                write_h5ad)
 
     plan = collected["plan"]
     manifest = read_manifest(pre_dir) if pre_dir and (pre_dir / "manifest.json").is_file() else {"slides": []}
@@ -369,7 +357,8 @@ def export_predictions(train_dir: Path, pre_dir: Path | None, method: str, trans
     for fold, res in zip(plan["folds"], collected["results"][transform][method]["folds"]):
         item = Path(train_dir) / transform / f"fold_{fold['fold']}" / method
         z = seed_mean(seed_predictions(item, expected_seeds(plan["config"], method)))
-        genes = json.loads((item.parent / "targets.json").read_text())["genes"]
+        targets = read_json(item.parent / "targets.json", DataError)
+        genes = targets["genes"]
         for sid in fold["test"]:
             rows = z["slide_ids"] == sid
             entry = entries.get(sid, {})
@@ -378,14 +367,15 @@ def export_predictions(train_dir: Path, pre_dir: Path | None, method: str, trans
                 images, scales = slide_images(entry["image"], entry.get("mpp"),
                                               max_megapixels=(manifest.get("params") or {}).get("max_image_megapixels"))
             rep = regression_report(z["pred"][rows], z["truth"][rows], genes)
-            diameter = _spot_diameter(pre_dir, entry)
+            diameter = spot_diameter(pre_dir / entry["h5ad"] if pre_dir and entry.get("h5ad") else None,
+                                     entry.get("patch_size_px"))
             eca = {"method": method, "target_transform": transform, "target_note": TRANSFORM_NOTES.get(transform, ""),
                    "fold": fold["fold"], "train_slides": fold["train"],
                    "metrics": {m: rep[m] for m in METRICS} | {"n_constant": rep["n_constant"]},
                    "config": json.dumps(plan["config"]), "encoder": json.dumps(plan["encoder"])}
             adata = prediction_anndata(z["pred"][rows], genes, list(z["barcodes"][rows]), z["centres"][rows], sid,
                                        truth=z["truth"][rows], images=images, scalefactors=scales,
-                                       spot_diameter_px=diameter, eca=eca,
+                                       spot_diameter_px=diameter, eca=eca, spec=targets,
                                        var=gene_metadata(pre_dir / entry["h5ad"]) if pre_dir and entry.get("h5ad") else None)
             path = write_h5ad(adata, out / f"{sid}.h5ad")
             plot_gene_maps(adata, top_genes(adata, cfg.genes_to_plot), out / f"{sid}_genes.png",

@@ -37,11 +37,20 @@ def slide_images(image: str | Path, mpp: float | None, hires_px: int = HIRES_PX,
     return images, scales
 
 
+TARGET_UNITS = {"egn": "log10(1 + counts)", "libsize": "log1p(1e4 * counts / library size)"}
+
+
 def prediction_anndata(pred: np.ndarray, genes: list[str], obs_names: list[str], centres: np.ndarray,
                        library_id: str, truth: np.ndarray | None = None, images: dict[str, np.ndarray] | None = None,
                        scalefactors: dict[str, float] | None = None, spot_diameter_px: float | None = None,
-                       eca: dict[str, Any] | None = None, var: pd.DataFrame | None = None) -> ad.AnnData:
-    """AnnData of one slide's predictions with the DESIGN §3 fields; ``var`` adds the genes' feature metadata."""
+                       eca: dict[str, Any] | None = None, var: pd.DataFrame | None = None,
+                       spec: dict[str, Any] | None = None) -> ad.AnnData:
+    """AnnData of one slide's predictions with the DESIGN §3 fields; ``var`` adds the genes' feature metadata.
+
+    X holds the predictions and ``layers['measured']`` the measured values, both per-gene min-max scaled
+    with the training slides' statistics; ``spec`` (a TargetSpec as a dict) puts those statistics in
+    ``var['target_min']`` / ``var['target_max']`` so :func:`unscale` maps either back to the target's units.
+    """
     pred = np.asarray(pred, dtype=np.float32)
     if pred.shape != (len(obs_names), len(genes)):
         raise ValueError(f"predictions {pred.shape} do not match {len(obs_names)} spots x {len(genes)} genes")
@@ -50,14 +59,48 @@ def prediction_anndata(pred: np.ndarray, genes: list[str], obs_names: list[str],
     adata = ad.AnnData(X=pred, obs=pd.DataFrame(index=pd.Index([str(o) for o in obs_names], dtype=str)), var=var)
     adata.obs["slide_id"] = library_id
     if truth is not None:
-        adata.layers["truth"] = np.asarray(truth, dtype=np.float32)
+        adata.layers["measured"] = np.asarray(truth, dtype=np.float32)
+    units = "the training targets"
+    if spec is not None:
+        order = {g: i for i, g in enumerate(spec["genes"])}
+        idx = [order[str(g)] for g in genes]
+        adata.var["target_min"] = np.asarray(spec["minimum"], dtype=np.float64)[idx]
+        adata.var["target_max"] = np.asarray(spec["maximum"], dtype=np.float64)[idx]
+        units = TARGET_UNITS.get(spec["transform"], spec["transform"])
     adata.obsm["spatial"] = np.asarray(centres, dtype=np.float64)
     sf = dict(scalefactors or {"tissue_hires_scalef": 1.0, "tissue_lowres_scalef": 1.0})
     sf["spot_diameter_fullres"] = float(spot_diameter_px or 1.0)
     adata.uns["spatial"] = {library_id: {"images": dict(images or {}), "scalefactors": sf,
                                          "metadata": {"source": "eca_bio"}}}
-    adata.uns["eca"] = _jsonable(eca or {})
+    note = ("X = predicted" + (", layers['measured'] = measured" if truth is not None else " (no measured expression)")
+            + f": {units} per gene, min-max scaled with the training slides' statistics"
+            + ("; in those units: X * (var.target_max - var.target_min) + var.target_min (eca_bio.export.unscale)"
+               if spec is not None else ""))
+    adata.uns["eca"] = _jsonable({**(eca or {}), "note": note})
     return adata
+
+
+def unscale(adata: ad.AnnData, layer: str | None = None) -> np.ndarray:
+    """X (or ``layers[layer]``, e.g. 'measured') back in the target's units, e.g. log10(1 + counts)."""
+    if "target_min" not in adata.var:
+        raise ValueError("this .h5ad has no var['target_min'] / var['target_max'] (written before they were stored)")
+    x = np.asarray(adata.X if layer is None else adata.layers[layer], dtype=np.float64)
+    lo, hi = adata.var["target_min"].to_numpy(), adata.var["target_max"].to_numpy()
+    return x * np.where(hi > lo, hi - lo, 1.0) + lo
+
+
+def spot_diameter(h5ad_path: str | Path | None, fallback: float | None) -> float | None:
+    """A section's spot diameter in full-res pixels from its reader's scalefactors (a preprocess .h5ad), else ``fallback``."""
+    if h5ad_path is not None and Path(h5ad_path).is_file():
+        adata = ad.read_h5ad(h5ad_path, backed="r")
+        try:
+            for lib in (adata.uns.get("spatial") or {}).values():
+                value = lib.get("scalefactors", {}).get("spot_diameter_fullres")
+                if value:
+                    return float(value)
+        finally:
+            adata.file.close()
+    return fallback
 
 
 def gene_metadata(h5ad_path: str | Path) -> pd.DataFrame | None:
@@ -99,10 +142,10 @@ def write_h5ad(adata: ad.AnnData, path: str | Path) -> Path:
 def top_genes(adata: ad.AnnData, n: int) -> list[str]:
     """The ``n`` genes best predicted (by PCC with the truth) or, without truth, the most variable predictions."""
     x = np.asarray(adata.X)
-    if "truth" in adata.layers and adata.n_obs > 1:
+    if "measured" in adata.layers and adata.n_obs > 1:
         from eca_core.metrics import pearson_per_column
 
-        r = np.nan_to_num(pearson_per_column(x, np.asarray(adata.layers["truth"])), nan=-2.0)
+        r = np.nan_to_num(pearson_per_column(x, np.asarray(adata.layers["measured"])), nan=-2.0)
         order = np.argsort(-r, kind="stable")
     else:
         order = np.argsort(-x.std(0), kind="stable")
@@ -122,7 +165,7 @@ def plot_gene_maps(adata: ad.AnnData, genes: list[str], path: str | Path, image_
     img = lib["images"].get(image_key)
     scale = float(lib["scalefactors"].get(f"tissue_{image_key}_scalef", 1.0))
     xy = np.asarray(adata.obsm["spatial"]) * scale
-    has_truth = "truth" in adata.layers
+    has_truth = "measured" in adata.layers
     moran = {}
     if len(xy) >= 3:  # spatial autocorrelation of each drawn map, so smooth predictions show in the titles
         from eca_bio.spatial_fidelity import morans_i
@@ -130,7 +173,7 @@ def plot_gene_maps(adata: ad.AnnData, genes: list[str], path: str | Path, image_
         cols_idx = [list(adata.var_names).index(g) for g in genes]
         moran["predicted"] = morans_i(np.asarray(adata.X)[:, cols_idx], adata.obsm["spatial"])
         if has_truth:
-            moran["measured"] = morans_i(np.asarray(adata.layers["truth"])[:, cols_idx], adata.obsm["spatial"])
+            moran["measured"] = morans_i(np.asarray(adata.layers["measured"])[:, cols_idx], adata.obsm["spatial"])
     cols = 2 if has_truth else 1
     fig, axes = plt.subplots(len(genes), cols, figsize=(4.2 * cols, 3.8 * len(genes)), squeeze=False)
     diam = float(lib["scalefactors"].get("spot_diameter_fullres", 1.0)) * scale  # in image pixels
@@ -139,7 +182,7 @@ def plot_gene_maps(adata: ad.AnnData, genes: list[str], path: str | Path, image_
         j = list(adata.var_names).index(gene)
         panels = [("predicted", np.asarray(adata.X)[:, j])]
         if has_truth:
-            panels.append(("measured", np.asarray(adata.layers["truth"])[:, j]))
+            panels.append(("measured", np.asarray(adata.layers["measured"])[:, j]))
         vmin = min(float(v.min()) for _, v in panels)
         vmax = max(float(v.max()) for _, v in panels)
         for col, (name, values) in enumerate(panels):

@@ -121,7 +121,8 @@ def predict_slides(model: Path, cfg: PredictConfig, out_dir: Path, options: dict
 
 def _predict_embedded(model_dir: Path, trained: Any, cfg: PredictConfig, manifest: dict[str, Any], out_dir: Path,
                       progress: bool) -> dict[str, Any]:
-    from eca_bio.export import gene_metadata, plot_gene_maps, prediction_anndata, slide_images, top_genes, write_h5ad
+    from eca_bio.export import (gene_metadata, plot_gene_maps, prediction_anndata, slide_images, spot_diameter, top_genes,
+                                write_h5ad)
     from eca_bio.targets import make_targets
     from eca_bio.spots import SpotSet
     from eca_bio.task import predict_spots
@@ -148,8 +149,7 @@ def _predict_embedded(model_dir: Path, trained: Any, cfg: PredictConfig, manifes
             pred = predict_spots(trained.task, spots, trained.bank)
         truth, var = None, None
         eca = {"method": trained.method, "target_transform": trained.spec.transform, "model": str(model_dir.resolve()),
-               "train_slides": trained.spec.train_slides, "slide": slide.image, "encoder": canonical_encoder(encoder),
-               "note": "X = predicted per-gene min-max scaled targets (training statistics); no measured expression"}
+               "train_slides": trained.spec.train_slides, "slide": slide.image, "encoder": canonical_encoder(encoder)}
         if slide.counts is not None:  # a labeled section (checked against the training slides before embedding)
             truth, missing = make_targets(slide, trained.spec)
             if len(missing) == len(genes):
@@ -158,14 +158,15 @@ def _predict_embedded(model_dir: Path, trained: Any, cfg: PredictConfig, manifes
             names = list(slide.counts.obs_names)
             var = gene_metadata(out_dir / "preprocess" / entry["h5ad"])
             tested[slide.slide_id] = external_scores(pred, truth, genes, missing)
-            eca["note"] = "X = predicted, layers['truth'] = measured; both per-gene min-max scaled with training statistics"
             eca["metrics"] = {m: tested[slide.slide_id][m] for m in ("pcc_f", "pcc_s", "pcc_m", "mse", "mae")}
         else:
             names = [f"{x}_{y}" for x, y in slide.coords]
         images, scales = slide_images(slide.image, slide.mpp, max_megapixels=cfg.max_image_megapixels) \
             if cfg.export_images else (None, None)
+        diameter = spot_diameter(out_dir / "preprocess" / entry["h5ad"] if entry.get("h5ad") else None, slide.patch_size_px)
         adata = prediction_anndata(pred, genes, names, slide.centres, slide.slide_id, truth=truth, images=images,
-                                   scalefactors=scales, spot_diameter_px=slide.patch_size_px, eca=eca, var=var)
+                                   scalefactors=scales, spot_diameter_px=diameter, eca=eca, var=var,
+                                   spec=trained.spec.to_dict())
         path = write_h5ad(adata, out_dir / f"{slide.slide_id}.h5ad")
         kind = "predicted | measured" if truth is not None else "predicted"
         png = plot_gene_maps(adata, top_genes(adata, cfg.genes_to_plot), out_dir / f"{slide.slide_id}_genes.png",

@@ -183,7 +183,7 @@ def read_legacy_st(folder: str | os.PathLike, section_id: str | None = None, ima
     keep = [s for s in counts.index if s in set(selected)]
     X = sp.csr_matrix(counts.loc[keep].to_numpy(dtype=np.float32))
     obs = sel.loc[keep].copy()
-    obs = obs.rename(columns={"x": "array_x", "y": "array_y"})
+    obs = obs.rename(columns={"x": "array_col", "y": "array_row"})  # scanpy's and HEST's names: x is the column
     obs["selected"] = obs["selected"].astype(int)
     adata = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=counts.columns.astype(str)))
     adata.obsm["spatial"] = obs[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
@@ -212,7 +212,7 @@ def _inside_image(selection: pd.DataFrame, image_path: Path) -> pd.DataFrame:
 def legacy_st_mpp(selection: pd.DataFrame) -> tuple[float, float]:
     """Microns per pixel from the ST array: least-squares pixel distance per array step vs 200 um spacing.
 
-    Fits ``pixel = A @ (array_x, array_y) + b`` over the spots (``new_x/new_y`` when present) and takes the mean
+    Fits ``pixel = A @ (x, y) + b`` over the spots (``new_x/new_y`` when present) and takes the mean
     length of A's columns as the pixel distance between neighbouring spots. Returns (mpp, pixels per step).
     """
     ax = "new_x" if "new_x" in selection.columns else "x"

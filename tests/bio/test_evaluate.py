@@ -74,7 +74,9 @@ def test_report_side_by_side_with_transforms_named(trained):
     h5 = sorted((out / "h5ad" / "egn").glob("*.h5ad"))
     assert [p.stem for p in h5] == ["S0", "S1", "S2"]
     a = ad.read_h5ad(h5[0])
-    assert a.uns["eca"]["target_transform"] == "egn" and "truth" in a.layers
+    assert a.uns["eca"]["target_transform"] == "egn" and "measured" in a.layers
+    assert a.uns["eca"]["note"].startswith("X = predicted, layers['measured'] = measured: log10(1 + counts)")
+    assert (a.var["target_max"] >= a.var["target_min"]).all()
     assert (out / "h5ad" / "egn" / "S0_genes.png").is_file()
 
 

@@ -33,7 +33,7 @@ def test_h5ad_round_trip_has_design_fields(tmp_path, slide_png):
     path = write_h5ad(adata, tmp_path / "out" / "slideA.h5ad")
     back = ad.read_h5ad(path)
     np.testing.assert_allclose(back.X, pred.astype(np.float32))
-    np.testing.assert_allclose(back.layers["truth"], truth.astype(np.float32))
+    np.testing.assert_allclose(back.layers["measured"], truth.astype(np.float32))
     np.testing.assert_allclose(back.obsm["spatial"], centres)
     assert list(back.var_names) == [f"G{i}" for i in range(5)]
     lib = back.uns["spatial"]["slideA"]
@@ -61,3 +61,27 @@ def test_top_genes_prefers_best_predicted():
     pred = np.stack([rng.normal(size=50), truth[:, 1], truth[:, 2] + rng.normal(size=50)], 1)
     a = prediction_anndata(pred, ["noise", "perfect", "ok"], [str(i) for i in range(50)], np.zeros((50, 2)), "L", truth=truth)
     assert top_genes(a, 2) == ["perfect", "ok"]
+
+
+def test_values_map_back_to_log_counts_with_the_training_statistics(tmp_path):
+    """X and layers['measured'] are min-max scaled; var's target_min / target_max and unscale() invert them."""
+    from eca_bio.export import unscale
+
+    rng = np.random.default_rng(3)
+    counts = rng.integers(0, 50, size=(20, 3)).astype(float)
+    logged = np.log10(counts + 1.0)
+    lo, hi = logged.min(0) - 0.1, logged.max(0) + 0.2  # the training slides' statistics
+    spec = {"transform": "egn", "genes": ["G2", "G0", "G1"], "minimum": list(lo[[2, 0, 1]]), "maximum": list(hi[[2, 0, 1]])}
+    scaled = (logged - lo) / (hi - lo)
+    adata = prediction_anndata(scaled * 0.9, ["G0", "G1", "G2"], [f"s{i}" for i in range(20)], np.zeros((20, 2)), "L",
+                               truth=scaled, spec=spec)
+    back = ad.read_h5ad(write_h5ad(adata, tmp_path / "L.h5ad"))
+    np.testing.assert_allclose(unscale(back, "measured"), logged, rtol=1e-5, atol=1e-6)  # measured: log10(1 + counts)
+    np.testing.assert_allclose(back.var["target_min"].to_numpy(), lo)
+    note = back.uns["eca"]["note"]
+    assert note.startswith("X = predicted, layers['measured'] = measured: log10(1 + counts) per gene")
+    assert "X * (var.target_max - var.target_min) + var.target_min" in note
+    plain = prediction_anndata(scaled, ["G0", "G1", "G2"], [f"s{i}" for i in range(20)], np.zeros((20, 2)), "L")
+    assert plain.uns["eca"]["note"].startswith("X = predicted (no measured expression)")
+    with pytest.raises(ValueError, match="no var\\['target_min'\\]"):
+        unscale(plain)

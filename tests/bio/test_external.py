@@ -43,10 +43,12 @@ def test_external_test_on_new_labeled_sections(tmp_path):
     assert set(report["sections"]) == {"S2", "S3"} and report["pooled"]["n_samples"] == 50
     for sid, scores in report["sections"].items():
         adata = ad.read_h5ad(tmp_path / "test" / f"{sid}.h5ad")
-        assert adata.shape == (25, 6) and "truth" in adata.layers and list(adata.obs_names)[:2] == ["1x1", "1x2"]
+        assert adata.shape == (25, 6) and "measured" in adata.layers and list(adata.obs_names)[:2] == ["1x1", "1x2"]
+        assert adata.uns["spatial"][sid]["scalefactors"]["spot_diameter_fullres"] == pytest.approx(50.0)  # 100 um at 2 um/px
+        assert "target_min" in adata.var and adata.uns["eca"]["note"].startswith("X = predicted, layers['measured'] = measured")
         from eca_core.metrics import regression_report
 
-        again = regression_report(adata.X, adata.layers["truth"], list(adata.var_names))
+        again = regression_report(adata.X, adata.layers["measured"], list(adata.var_names))
         assert again["pcc_m"] == pytest.approx(scores["pcc_m"], abs=1e-5)
     md = (tmp_path / "test" / "external_test.md").read_text()
     assert "| pooled | 50 |" in md and "never seen in training" in md
