@@ -184,5 +184,5 @@ def read_slide_h5(path: str | Path, with_tokens: bool = True) -> SlideH5:
         raise FeatureFileError(f"{path}: {len(barcodes)} barcodes for {features.shape[0]} rows")
     bad = np.flatnonzero(~np.isfinite(features).all(1))
     if bad.size:
-        raise FeatureFileError(f"{path}: features are NaN or infinite in {bad.size} row(s), e.g. rows {bad[:5].tolist()}")
+        raise FeatureFileError(f"{path}: features contain NaN/inf in {bad.size} row(s), e.g. rows {bad[:5].tolist()}")
     return SlideH5(path, coords.astype(np.int64), features, tokens, barcodes, attrs, c_attrs, f_attrs)

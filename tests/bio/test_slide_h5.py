@@ -128,7 +128,7 @@ def test_a_trident_file_that_misses_the_spots_is_refused(embedded, tmp_path):
 
 
 @pytest.mark.parametrize("case, message", [
-    ("nan_rows", r"S1\.h5: features are NaN or infinite in 2 row\(s\), e\.g\. rows \[\d+, \d+\]"),
+    ("nan_rows", r"S1\.h5: features contain NaN/inf in 2 row\(s\), e\.g\. rows \[\d+, \d+\]"),
     ("two_sizes", r"features_x: the feature files have different feature sizes \{'S0\.h5': 64, 'S1\.h5': 96, 'S2\.h5': 64\}"),
     ("other_encoder", r"features_encoder is 'conch' but S0\.h5 names 'uni_v1', S1\.h5 names 'uni_v1', S2\.h5 names 'uni_v1'"),
 ])
