@@ -557,6 +557,9 @@ def _h5_attrs(cfg: PreprocessConfig, p: _Plan, encoder_cfg: dict[str, Any]) -> d
     }
 
 
+INPUT_ROLES = ("image", "counts", "selection", "positions", "scalefactors", "metadata")  # path-valued keys of uns['st']
+
+
 def _write_h5ad(p: _Plan, path: Path) -> None:
     adata = p.adata.copy()
     lib = adata.uns["spatial"][adata.uns["st"]["library_id"]]
@@ -568,9 +571,15 @@ def _write_h5ad(p: _Plan, path: Path) -> None:
         lib["scalefactors"] = dict(lib.get("scalefactors") or {}) | scales
     st = dict(adata.uns.pop("st"))
     excluded = st.pop("excluded")
-    adata.uns["slide"] = {"slide_id": p.slide_id, "image": str(p.reader.path), "mpp": float(p.reader.mpp),
-                          "mpp_source": p.mpp_source, "patch_size_px": int(p.size_px),
-                          "dimensions": [int(v) for v in p.reader.dimensions], **st}
+    files = {role: Path(st.pop(role)) for role in INPUT_ROLES if st.get(role)}
+    files["image"] = Path(p.reader.path)
+    if "source_image_path" in lib.get("metadata", {}):
+        lib["metadata"]["source_image_path"] = files["image"].name
+    adata.uns["slide"] = {"slide_id": p.slide_id, "mpp": float(p.reader.mpp), "mpp_source": p.mpp_source,
+                          "patch_size_px": int(p.size_px), "dimensions": [int(v) for v in p.reader.dimensions], **st,
+                          # provenance without host paths: each input's file name and content hash
+                          "inputs": {role: f.name for role, f in files.items()},
+                          "input_sha256": {role: content_hash(f) for role, f in files.items() if f.is_file()}}
     adata.uns["excluded"] = {k: np.asarray(v, dtype=str) for k, v in excluded.items()}
     with atomic_path(path) as tmp:
         adata.write_h5ad(tmp)

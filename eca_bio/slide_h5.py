@@ -4,8 +4,10 @@ Layout (TRIDENT's and CLAM's, plus what spatial transcriptomics needs)::
 
     coords    (N, 2) int64   level-0 top-left pixel of each patch; attrs as TRIDENT writes them:
                              patch_size (px at target magnification), patch_size_level0, level0_magnification,
-                             target_magnification, overlap, level0_width, level0_height, name, savetodir,
-                             and patch_level = 0
+                             target_magnification, overlap, level0_width, level0_height, name, savetodir;
+                             no patch_level: CLAM's patch reader (Whole_Slide_Bag_FP) reads a patch_size box at
+                             patch_level, which here would be the target size, not our level-0 box, so it stops
+                             with KeyError('patch_level') instead of reading the wrong pixels
     features  (N, D) float32 one embedding per patch (TRIDENT's slide encoders and CLAM models read it as is);
                              attrs name, encoder
     tokens    (N, T, D) float16, optional: the encoder's patch tokens (pooled to a k x k grid or all)
@@ -57,7 +59,6 @@ def coords_attrs(name: str, patch_px: int, patch_size_level0: int, mpp: float, l
         "savetodir": str(savetodir),
         "level0_width": int(level0_width),
         "level0_height": int(level0_height),
-        "patch_level": 0,
     }
 
 

@@ -70,7 +70,10 @@ def test_her2st_and_svs_files_follow_the_contract(her2st_run, her2st, cmu_svs):
     assert list(adata.obs_names) == barcodes and adata.n_obs == 180 and adata.n_vars > 15000
     np.testing.assert_allclose(coords + size / 2, adata.obsm["spatial"], atol=0.5)  # patch centred on the spot
     assert float(adata.X.sum()) == pytest.approx(float(np.round(adata.X.sum())))  # raw integer counts
-    assert adata.uns["slide"]["image"] == st["image"] and adata.uns["slide"]["mpp"] == pytest.approx(st["mpp"])
+    assert adata.uns["slide"]["inputs"]["image"] == Path(st["image"]).name and adata.uns["slide"]["mpp"] == pytest.approx(st["mpp"])
+    assert len(adata.uns["slide"]["input_sha256"]["counts"]) == 64
+    host = str(Path(st["image"]).parent)  # no host path anywhere in the file's uns
+    assert host not in repr(dict(adata.uns["slide"])) and host not in repr(dict(adata.uns["spatial"]["C3"]["metadata"]))
 
 
 def test_rerun_skips_complete_slides(her2st_run, her2st, cmu_svs):

@@ -45,6 +45,10 @@ def test_trident_and_clam_read_the_projects_files(embedded):
             features = torch.from_numpy(f["features"][:])
         out = torch.nn.Linear(64, 8)(features)  # float16 here raised "expected ... Half but found Float"
         assert out.dtype == torch.float32 and torch.isfinite(out).all()
+        # CLAM (datasets/dataset_h5.py Whole_Slide_Bag_FP): reads coords.attrs['patch_level'] and ['patch_size'] and a
+        # patch_size box at that level; our patch_size is TRIDENT's target size, so that box would be wrong: CLAM stops
+        with h5py.File(path, "r") as f, pytest.raises(KeyError):
+            f["coords"].attrs["patch_level"]
 
 
 def _write_trident_file(path, coords, features, attrs, encoder="uni_v1", barcodes=None):

@@ -64,7 +64,9 @@ def test_missing_embeddings_other_encoder_and_nan_are_clear_errors(tmp_path):
         feats = f["features"][:]
         feats[3, 2] = np.nan
         f["features"][...] = feats
-    with pytest.raises(DataError, match=r"S0\.h5: features contain NaN/inf in 1 row\(s\), e.g. rows \[3\]"):
+    from eca_bio.slide_h5 import FeatureFileError  # the feature file's own reader refuses it
+
+    with pytest.raises(FeatureFileError, match=r"S0\.h5: features contain NaN/inf in 1 row\(s\), e.g. rows \[3\]"):
         load_preprocessed(pre)
     pre = make_preprocess_dir(tmp_path / "pre3", n_slides=2)
     (pre / "slides/S1.h5").unlink()
