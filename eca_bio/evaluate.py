@@ -384,6 +384,21 @@ def export_predictions(train_dir: Path, pre_dir: Path | None, method: str, trans
     return written
 
 
+def _feature_join_lines(pre_dir: Path | None) -> str:
+    """How precomputed (TRIDENT/CLAM) features were joined to the spots, per slide, when they were."""
+    if pre_dir is None or not (Path(pre_dir) / "manifest.json").is_file():
+        return ""
+    rows = [(e["slide_id"], e["feature_join"]) for e in read_manifest(pre_dir)["slides"] if e.get("feature_join")]
+    if not rows:
+        return ""
+    lines = ["", "Precomputed features joined to the spots:", ""]
+    for sid, j in rows:
+        offset = (f"; spot centre to tile centre mean {j['mean_offset_px']:.1f} px, largest {j['max_offset_px']:.1f} px"
+                  if "mean_offset_px" in j else "")
+        lines.append(f"- {sid}: {j['how']} (tiles of {j['patch_size_level0']:g} level-0 px{offset})")
+    return "\n".join(lines) + "\n"
+
+
 def evaluate_run(train_dir: Path, out_dir: Path, cfg: EvaluateConfig | None = None, pre_dir: Path | None = None) -> dict[str, Any]:
     """Write report.md, summary.json, per-gene CSVs, curves and .h5ad exports into ``out_dir`` (atomically)."""
     cfg = cfg or EvaluateConfig()
@@ -391,7 +406,7 @@ def evaluate_run(train_dir: Path, out_dir: Path, cfg: EvaluateConfig | None = No
     results = collected["results"]
     checks = claims(results, cfg)
     encoder = collected["plan"].get("encoder", {})
-    report = markdown_report(collected, checks, encoder)
+    report = markdown_report(collected, checks, encoder) + _feature_join_lines(pre_dir)
     out_dir = Path(out_dir)
     with atomic_dir(out_dir) as tmp:
         (tmp / "per_gene").mkdir()

@@ -629,6 +629,8 @@ def _manifest(cfg: PreprocessConfig, out_dir: Path, plans: list[_Plan], encoder_
             entry["n_genes"] = int(p.adata.n_vars)
             entry["excluded"] = {k: list(v) for k, v in p.adata.uns["st"]["excluded"].items()}
         entry["inputs"] = _identity(p)
+        if p.adata is not None and p.adata.uns["st"].get("feature_join"):
+            entry["feature_join"] = dict(p.adata.uns["st"]["feature_join"])
         entries.append(entry)
     return {
         "format_version": FORMAT_VERSION,

@@ -184,6 +184,11 @@ def test_trident_grid_files_named_by_image_join_the_tile_under_each_spot(embedde
     assert ((spots >= got.coords) & (spots < got.coords + 256)).all()  # each spot's tile contains its centre
     join = adata.uns["slide"]["feature_join"]
     assert join["how"] == "the grid tile containing the spot centre" and 0 < join["max_offset_px"] <= 128 * np.sqrt(2)
+    assert entry["feature_join"]["how"] == join["how"]
+    from eca_bio.evaluate import _feature_join_lines
+
+    assert "- S0: the grid tile containing the spot centre (tiles of 256 level-0 px; spot centre to tile centre mean" \
+        in _feature_join_lines(tmp_path / "pre")
 
 
 def test_clam_files_without_attributes_take_the_patch_size_given(embedded, tmp_path):
