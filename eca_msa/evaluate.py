@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from eca_core.cli import StageCommand
+from eca_core.cli import StageCommand, report_paths
 from eca_core.config import check, from_dict
 from eca_core.io import atomic_path, read_json, write_json_atomic, write_text_atomic
 from eca_core.pipeline import Stage, StageContext
@@ -202,11 +202,8 @@ def _run_stage(ctx: StageContext) -> dict[str, Any]:
             "corr_mean": {s: e["metrics"]["Corr"]["mean"] for s, e in report["settings"].items()}}
 
 
-def _report(summary: dict[str, Any], args: Any) -> None:
-    print(f"report: {summary['report']}  curves: {summary['curves']}")
-
 
 STAGE = Stage("evaluate", _run_stage, config=EvaluateConfig, needs=("train",), main_only=True, description="mean ± std report and validation curves")
 COMMAND = StageCommand("eca_msa.evaluate:STAGE", out_help="report folder",
-                       needs_help={"train": "folder written by `eca-msa train` (holds results.json)"}, report=_report)
+                       needs_help={"train": "folder written by `eca-msa train` (holds results.json)"}, report=report_paths("report", "curves"))
 configure_parser, main = COMMAND.configure_parser, COMMAND.main

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from eca_core import distributed
-from eca_core.cli import StageCommand
+from eca_core.cli import StageCommand, report_paths
 from eca_core.config import check, from_dict, to_dict
 from eca_core.errors import InputError
 from eca_core.io import write_json_atomic
@@ -337,12 +337,9 @@ def _run_stage(ctx: StageContext) -> dict[str, Any]:
     return {"runs": len(summary["runs"]), "results": str(ctx.out_dir / "results.json")}
 
 
-def _report(summary: dict[str, Any], args: Any) -> None:
-    print(f"results: {summary['results']}")
-
 
 STAGE = Stage("train", _run_stage, config=TrainConfig, needs=("preprocess",),
               description="train ALMT settings × seeds, select epochs on validation, test")
 COMMAND = StageCommand("eca_msa.train:STAGE", out_help="output folder (one sub-folder per setting and seed)",
-                       needs_help={"preprocess": "folder written by `eca-msa preprocess` (holds mmsa_cache.pt)"}, report=_report)
+                       needs_help={"preprocess": "folder written by `eca-msa preprocess` (holds mmsa_cache.pt)"}, report=report_paths("results"))
 configure_parser, main = COMMAND.configure_parser, COMMAND.main

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from eca_core.cli import StageCommand
+from eca_core.cli import StageCommand, report_paths
 from eca_core.config import check
 from eca_core.io import atomic_path, read_json, write_json_atomic, write_text_atomic
 from eca_core.pipeline import Stage, StageContext
@@ -221,12 +221,9 @@ def _run_stage(ctx: StageContext) -> dict[str, Any]:
             "pcc_mean": {m: e["metrics"]["pcc"]["mean"] for m, e in report["methods"].items()}}
 
 
-def _report(summary: dict[str, Any], args: Any) -> None:
-    print(f"report: {summary['report']}  curves: {summary['curves']}")
-
 
 STAGE = Stage("evaluate", _run_stage, config=TabEvaluateConfig, needs=("train",), main_only=True,
               description="MAE / MSE / PCC ± std, paired tests, PCC-plateau curves")
 COMMAND = StageCommand("eca_tab.evaluate:STAGE", out_help="report folder",
-                       needs_help={"train": "folder written by `eca-tab train` (holds results.json)"}, report=_report)
+                       needs_help={"train": "folder written by `eca-tab train` (holds results.json)"}, report=report_paths("report", "curves"))
 configure_parser, main = COMMAND.configure_parser, COMMAND.main

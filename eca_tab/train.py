@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from eca_core import distributed
-from eca_core.cli import StageCommand
+from eca_core.cli import StageCommand, report_paths
 from eca_core.config import check, to_dict
 from eca_core.io import read_json, write_json_atomic
 from eca_core.losses import ECAObjective, LossConfig
@@ -237,12 +237,9 @@ def _run_stage(ctx: StageContext) -> dict[str, Any]:
     return {"fits": len(summary["fits"]), "results": str(ctx.out_dir / "results.json")}
 
 
-def _report(summary: dict[str, Any], args: Any) -> None:
-    print(f"results: {summary['results']}")
-
 
 STAGE = Stage("train", _run_stage, config=TabTrainConfig, needs=("preprocess",),
               description="FT-Transformer and its ECA variants × seeds, early stopping on validation MSE")
 COMMAND = StageCommand("eca_tab.train:STAGE", out_help="output folder (one sub-folder per method and seed)",
-                       needs_help={"preprocess": "folder written by `eca-tab preprocess` (holds prepared.npz)"}, report=_report)
+                       needs_help={"preprocess": "folder written by `eca-tab preprocess` (holds prepared.npz)"}, report=report_paths("results"))
 configure_parser, main = COMMAND.configure_parser, COMMAND.main

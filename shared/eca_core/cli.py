@@ -222,6 +222,14 @@ def config_from_args(cls: type, args: argparse.Namespace, section: str | None = 
     return from_dict(cls, config_params(cls, args, section), str(getattr(args, "config", None) or where))
 
 
+def report_paths(*keys: str) -> Callable[[dict[str, Any], argparse.Namespace], None]:
+    """A :class:`StageCommand` report printing ``key: path`` for each output its stage's summary names."""
+    def report(summary: dict[str, Any], args: argparse.Namespace) -> None:
+        print("  ".join(f"{key}: {summary[key]}" for key in keys))
+
+    return report
+
+
 class StageCommand:
     """The command-line face of one :class:`~eca_core.pipeline.Stage`: generated flags, lock, temp cleanup, run.
 
