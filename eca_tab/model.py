@@ -59,8 +59,8 @@ def build_ft_transformer(n_num: int, cat_cardinalities: list[int], cfg: FTConfig
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """The package's groups (no weight decay on embeddings, norms and biases), ECA's λ MLP weights decayed like
-    the other linear weights; the package's ``make_parameter_groups`` covers the swapped model unchanged."""
+    """The package's own groups (``make_parameter_groups``: no weight decay on embeddings, norms and biases), with
+    ``weight_decay`` on the rest; on a swapped model ECA's λ MLP weights are decayed like the other linear weights."""
     groups = model.make_parameter_groups()
     groups[0]["weight_decay"] = weight_decay
     return groups

@@ -53,7 +53,7 @@ class Prepared:
         return cls(**parts, schema=schema)
 
 
-def read_csv(path: str | Path, usecols: list[str] | None = None):
+def read_csv(path: str | Path):
     """The CSV as a DataFrame with stripped column names; InputError naming the file on any problem."""
     import pandas as pd
 

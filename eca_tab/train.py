@@ -28,7 +28,7 @@ from eca_core.losses import ECAObjective, LossConfig
 from eca_core.metrics import pearson_per_column
 from eca_core.pipeline import Stage, StageContext, digest
 from eca_core.resume import content_hash, item_is_current, write_item_marker
-from eca_core.variants import VARIANTS, get_variant
+from eca_core.variants import VARIANTS, get_variant, layer_config
 from eca_tab.model import FTConfig, build_ft_transformer, parameter_groups
 from eca_tab.table import PREPARED, Prepared
 
@@ -117,7 +117,7 @@ def fit(data: Prepared, cfg: TabTrainConfig, method: str, seed: int, device: tor
     order = torch.Generator().manual_seed(seed)
     cats = [c["cardinality"] for c in data.schema["categorical"]]
     model = build_ft_transformer(len(data.schema["numeric"]), cats, cfg.model, method, cfg.tau_min, cfg.beta, cfg.lambda_max).to(device)
-    uses_sra = dict(variant.layer).get("mode") == "eca" and dict(variant.layer).get("sra", True) is not False
+    uses_sra = layer_config(method).use_sra
     objective = ECAObjective(LossConfig(pcc=variant.pcc, pcc_weight=cfg.pcc_weight, sra_weight=cfg.sra_weight if uses_sra else 0.0))
     opt = torch.optim.AdamW(parameter_groups(model, cfg.weight_decay), lr=cfg.lr)
     train, val, test = (_Split(data, s, device) for s in ("train", "val", "test"))
