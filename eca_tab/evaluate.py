@@ -124,7 +124,8 @@ def markdown_table(agg: dict[str, dict[str, Any]], dataset: str | None) -> str:
 
 
 def plot_curves(fits: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
-    """The PCC-plateau figure: train / validation PCC and MSE per epoch, mean over seeds, one line per method."""
+    """The PCC-plateau figure: train / validation PCC and MSE per epoch, mean over the seeds still training, one line
+    per method (train values come from the epoch's own batches, dropout on)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -133,14 +134,16 @@ def plot_curves(fits: list[dict[str, Any]], path: str | Path, title: str = "") -
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, method in enumerate(dict.fromkeys(f["method"] for f in fits)):
         hs = [f["history"] for f in fits if f["method"] == method]
-        n = min(len(h) for h in hs)  # epochs every seed ran
+        n = max(len(h) for h in hs)  # a seed stopped early leaves the mean to the seeds still training
         color = f"C{i}"
         for ax, metric in zip(axes, ("pcc", "mse")):
             for split, style in (("train", "--"), ("val", "-")):
-                curve = np.mean([[e[f"{split}_{metric}"] for e in h[:n]] for h in hs], axis=0)
-                ax.plot(np.arange(1, n + 1), curve, style, color=color,
+                padded = np.full((len(hs), n), np.nan)
+                for k, h in enumerate(hs):
+                    padded[k, :len(h)] = [e[f"{split}_{metric}"] for e in h]
+                ax.plot(np.arange(1, n + 1), np.nanmean(padded, axis=0), style, color=color,
                         label=f"{METHOD_LABELS.get(method, method)} ({split})" if metric == "pcc" else None)
-    axes[0].set(xlabel="epoch", ylabel="PCC", title="PCC (dashed: train, solid: validation)")
+    axes[0].set(xlabel="epoch", ylabel="PCC", title="PCC (dashed: train, during the epoch; solid: validation)")
     axes[1].set(xlabel="epoch", ylabel="MSE", title="MSE", yscale="log")
     axes[0].legend(fontsize=7, ncol=1)
     if title:
@@ -177,7 +180,7 @@ def evaluate(train_dir: str | Path, out_dir: str | Path, cfg: TabEvaluateConfig 
            if data["dates"]["columns"] else "")
         + f"; numeric scaling: {data['scaling']['method']}.",
         f"Split: {split_text}, train {data['sizes']['train']} / validation {data['sizes']['val']} / test {data['sizes']['test']} rows.",
-        f"Model: `rtdl_revisiting_models.FTTransformer`, {model['n_blocks']} blocks, d_token {model['d_block']}, "
+        f"Model: `rtdl_revisiting_models.FTTransformer`, blocks {model['n_blocks']}, d_token {model['d_block']}, "
         f"{model['attention_n_heads']} heads, attention / FFN / residual dropout {model['attention_dropout']} / "
         f"{model['ffn_dropout']} / {model['residual_dropout']}, ReGLU FFN ×{model['ffn_d_hidden_multiplier']:.3g}; ECA "
         f"variants swap every block's attention (`eca_core.swap_attention`), τ_min {config['tau_min']}, β {config['beta']}, "
