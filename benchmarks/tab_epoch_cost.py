@@ -67,7 +67,7 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch_size, 27, generator=g).to(args.device)
     y = torch.randn(args.batch_size, generator=g).to(args.device)
-    print(f"| size | FT-Transformer ms/step | + ECA ms/step | ECA / FT-Transformer |\n|---|---|---|---|")
+    print("| size | FT-Transformer ms/step | + ECA ms/step | ECA / FT-Transformer |\n|---|---|---|---|")
     for name, cfg in SIZES.items():
         steps = {m: step_fn(*build(m, cfg, args.device), x, y) for m in ("softmax", "eca")}
         for fn in steps.values():
