@@ -122,11 +122,11 @@ def config_from_params(params: dict[str, Any] | None, where: str = "preprocess")
 
 
 def run_preprocess(cfg: PreprocessConfig, out_dir: str | Path, options: dict | None = None, progress: bool = True,
-                   check_inputs: Callable[[str, dict[str, str]], None] | None = None) -> dict:
+                   check_inputs: Callable[[str, dict[str, str], bool], None] | None = None) -> dict:
     """Tile, embed and store every slide of ``cfg`` under ``out_dir``; returns the manifest (also written).
 
     Holds the lock on ``out_dir`` and first removes temp files an earlier, killed run left there.
-    ``check_inputs(slide_id, input_identity)`` sees every slide once it is read, before anything is embedded.
+    ``check_inputs(slide_id, input_identity, labeled)`` sees every slide once it is read, before anything is embedded.
     """
     with RunLock(out_dir):
         if distributed.is_main():
@@ -136,7 +136,7 @@ def run_preprocess(cfg: PreprocessConfig, out_dir: str | Path, options: dict | N
 
 
 def _run_preprocess(cfg: PreprocessConfig, out_dir: Path, options: dict | None, progress: bool,
-                    check_inputs: Callable[[str, dict[str, str]], None] | None = None) -> dict:
+                    check_inputs: Callable[[str, dict[str, str], bool], None] | None = None) -> dict:
     from eca_bio.embed import SlideJob, embed_slides, tiles_per_rank
 
     options = dict(options or {})
@@ -146,7 +146,7 @@ def _run_preprocess(cfg: PreprocessConfig, out_dir: Path, options: dict | None, 
     skipped: list[dict[str, str]] = []
     plans = _plan(cfg, log, skipped)
     for p in plans if check_inputs is not None else ():
-        check_inputs(p.slide_id, _identity(p))
+        check_inputs(p.slide_id, _identity(p), p.adata is not None)
     encoder_cfg = precomputed_encoder(cfg.features_dir, cfg.features_encoder, plans) if cfg.features_dir else to_dict(cfg.encoder)
 
     slides_dir = out_dir / "slides"

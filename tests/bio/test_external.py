@@ -96,3 +96,14 @@ def test_a_section_with_none_of_the_models_genes_is_named(tmp_path):
     with pytest.raises(DataError, match=r"section S2: none of the model's 6 genes is measured in slides/S2\.h5ad"):
         predict_slides(tmp_path / "train", PredictConfig(st_dir=str(tmp_path / "cohort_b"), export_images=False),
                        tmp_path / "test", CPU, progress=False)
+
+
+def test_the_content_check_spares_unlabeled_slides(tmp_path):
+    """Predicting (no metrics) on a training image given as a plain slide is allowed; only labeled sections are tests."""
+    from eca_bio.predict import training_section_check
+
+    (tmp_path / "preprocess.json").write_text(json.dumps({"train_inputs": {"S1": {"image": "abc", "counts": "def"}}}))
+    check = training_section_check(tmp_path, ["S1"])
+    check("new_slide", {"image": "abc"}, False)  # unlabeled: fine
+    with pytest.raises(DataError, match="section R9: its counts has the same content as the counts of training slide S1"):
+        check("R9", {"image": "zzz", "counts": "def"}, True)
