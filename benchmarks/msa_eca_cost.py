@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
 from eca_core.attention import ECAConfig
 from eca_core.losses import ECAObjective, LossConfig
 from eca_msa.almt import ALMT, ALMTConfig
+
+from attention_cost import time_block  # benchmarks/: the one timing helper
 
 
 def make_batch(b: int, cfg: ALMTConfig, device: str, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -44,16 +45,6 @@ def build(mode: str, pcc: str, sra_weight: float, vision_len: int, audio_len: in
     objective = ECAObjective(LossConfig(pcc=pcc, pcc_weight=1.0, sra_weight=sra_weight))
     return model, objective, torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
 
-
-def timed(fn, iters: int, device: str) -> float:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / iters
 
 
 def main() -> None:
@@ -102,7 +93,7 @@ def main() -> None:
         order = list(fns)
         for r in range(args.rounds):
             for name in order if r % 2 == 0 else order[::-1]:  # alternate who goes first
-                times[name].append(timed(fns[name], args.iters, args.device))
+                times[name].append(time_block(fns[name], args.iters, torch.device(args.device)))
         med = {name: statistics.median(t) for name, t in times.items()}
         paired = [e / b for b, e in zip(times["(ii) ALMT + PCC"], times["(iii) ALMT + ECA + DNPL"])]
         ratio = statistics.median(paired)

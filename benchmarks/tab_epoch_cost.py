@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
 from eca_core.losses import ECAObjective, LossConfig
 from eca_core.variants import get_variant, layer_config
 from eca_tab.model import FTConfig, build_ft_transformer, parameter_groups
+
+from attention_cost import paired_ratio, time_block  # benchmarks/: the one timing helper
 
 SIZES = {"paper (4 x 256)": FTConfig(), "cpu pipeline (1 x 64)": FTConfig(n_blocks=1, d_block=64)}
 
@@ -44,16 +45,6 @@ def step_fn(model, objective, opt, x, y):
     return step
 
 
-def timed(fn, iters: int, device: str) -> float:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / iters
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -64,6 +55,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch_size, 27, generator=g).to(args.device)
     y = torch.randn(args.batch_size, generator=g).to(args.device)
@@ -71,16 +63,13 @@ def main() -> None:
     for name, cfg in SIZES.items():
         steps = {m: step_fn(*build(m, cfg, args.device), x, y) for m in ("softmax", "eca")}
         for fn in steps.values():
-            timed(fn, 3, args.device)  # warm-up
-        times, ratios = {"softmax": [], "eca": []}, []
+            time_block(fn, 3, device)  # warm-up
+        times: dict[str, list[float]] = {"softmax": [], "eca": []}
         for r in range(args.rounds):
-            order = ("softmax", "eca") if r % 2 == 0 else ("eca", "softmax")
-            got = {m: timed(steps[m], args.iters, args.device) for m in order}
-            for m, t in got.items():
-                times[m].append(t)
-            ratios.append(got["eca"] / got["softmax"])
+            for m in (("softmax", "eca") if r % 2 == 0 else ("eca", "softmax")):
+                times[m].append(time_block(steps[m], args.iters, device))
         print(f"| {name} | {1e3 * statistics.median(times['softmax']):.2f} | {1e3 * statistics.median(times['eca']):.2f} | "
-              f"{statistics.median(ratios):.3f} |", flush=True)
+              f"{paired_ratio(times['eca'], times['softmax']):.3f} |", flush=True)
 
 
 if __name__ == "__main__":
