@@ -23,7 +23,7 @@ import numpy as np
 from eca_core import distributed
 from eca_core.cli import StageCommand
 from eca_core.config import check, from_dict
-from eca_core.io import write_json_atomic
+from eca_core.io import read_json, write_json_atomic
 from eca_core.pipeline import Stage, StageContext
 from eca_bio.exemplars import ExemplarIndex
 from eca_bio.slides import DEFAULT_MAX_MEGAPIXELS
@@ -62,11 +62,11 @@ def find_model(path: Path) -> Path:
                     f"with result.json and preprocess.json; run `eca-bio train` with final_method set)")
 
 
-def preprocess_config_for(model_dir: Path, cfg: PredictConfig):
-    """The training run's preprocess settings (encoder, patch size, tokens) applied to new slides."""
+def preprocess_config_for(model_dir: Path, cfg: PredictConfig, saved: dict[str, Any]):
+    """The training run's preprocess settings (``saved``, its preprocess.json: encoder, patch size, tokens) applied
+    to new slides."""
     from eca_bio.preprocess import PreprocessConfig
 
-    saved = json.loads((model_dir / "preprocess.json").read_text())
     params = dict(saved.get("params") or {})
     if not params:
         raise DataError(f"{model_dir}/preprocess.json has no preprocess parameters; cannot embed new slides consistently")
@@ -77,13 +77,10 @@ def preprocess_config_for(model_dir: Path, cfg: PredictConfig):
     return from_dict(PreprocessConfig, params, f"{model_dir}/preprocess.json")
 
 
-def training_section_check(model_dir: Path, train_slides: list[str]):
+def training_section_check(model_dir: Path, train_slides: list[str], train_inputs: dict[str, dict[str, str]]):
     """A check for each labeled section, run once it is read and before anything is embedded: an external test
     needs sections the model never saw, so a training section is refused by its id *and* by its content (the
-    same image or counts table under another name)."""
-    from eca_core.io import read_json
-
-    train_inputs = read_json(model_dir / "preprocess.json", DataError).get("train_inputs") or {}
+    same image or counts table under another name; ``train_inputs``: slide id -> role -> content hash)."""
     owners = {sha: (sid, role) for sid, inputs in train_inputs.items() for role, sha in inputs.items()}
 
     def check(slide_id: str, identity: dict[str, str], labeled: bool) -> None:
@@ -113,9 +110,10 @@ def predict_slides(model: Path, cfg: PredictConfig, out_dir: Path, options: dict
             raise DataError(f"{s}: slide file does not exist")
     model_dir = find_model(model)
     trained = load_trained(model_dir)
-    pcfg = preprocess_config_for(model_dir, cfg)
+    saved = read_json(model_dir / "preprocess.json", DataError)
+    pcfg = preprocess_config_for(model_dir, cfg, saved)
     out_dir = Path(out_dir)
-    check = training_section_check(model_dir, trained.spec.train_slides) if cfg.st_dir else None
+    check = training_section_check(model_dir, trained.spec.train_slides, saved.get("train_inputs") or {}) if cfg.st_dir else None
     manifest = run_preprocess(pcfg, out_dir / "preprocess", options, progress=progress,  # tiles sharded over ranks
                               check_inputs=check)
     return distributed.on_main(_predict_embedded, model_dir, trained, cfg, manifest, out_dir, progress)  # light: rank 0

@@ -102,8 +102,7 @@ def test_the_content_check_spares_unlabeled_slides(tmp_path):
     """Predicting (no metrics) on a training image given as a plain slide is allowed; only labeled sections are tests."""
     from eca_bio.predict import training_section_check
 
-    (tmp_path / "preprocess.json").write_text(json.dumps({"train_inputs": {"S1": {"image": "abc", "counts": "def"}}}))
-    check = training_section_check(tmp_path, ["S1"])
+    check = training_section_check(tmp_path, ["S1"], {"S1": {"image": "abc", "counts": "def"}})
     check("new_slide", {"image": "abc"}, False)  # unlabeled: fine
     with pytest.raises(DataError, match="section R9: its counts has the same content as the counts of training slide S1"):
         check("R9", {"image": "zzz", "counts": "def"}, True)
