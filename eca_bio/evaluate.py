@@ -347,8 +347,7 @@ def per_gene_csv(folds: list[dict[str, Any]]) -> str:
 def export_predictions(train_dir: Path, pre_dir: Path | None, method: str, transform: str, collected: dict[str, Any],
                        out: Path, cfg: EvaluateConfig) -> list[str]:
     """One .h5ad + gene-map PNG per test slide of ``method`` under ``transform``."""
-    from eca_bio.export import (gene_metadata, plot_gene_maps, prediction_anndata, slide_images, spot_diameter, top_genes,
-                                write_h5ad)
+    from eca_bio.export import plot_gene_maps, prediction_anndata, section_metadata, slide_images, top_genes, write_h5ad
 
     plan = collected["plan"]
     manifest = read_manifest(pre_dir) if pre_dir and (pre_dir / "manifest.json").is_file() else {"slides": []}
@@ -367,16 +366,14 @@ def export_predictions(train_dir: Path, pre_dir: Path | None, method: str, trans
                 images, scales = slide_images(entry["image"], entry.get("mpp"),
                                               max_megapixels=(manifest.get("params") or {}).get("max_image_megapixels"))
             rep = regression_report(z["pred"][rows], z["truth"][rows], genes)
-            diameter = spot_diameter(pre_dir / entry["h5ad"] if pre_dir and entry.get("h5ad") else None,
-                                     entry.get("patch_size_px"))
+            var, diameter = section_metadata(pre_dir / entry["h5ad"] if pre_dir and entry.get("h5ad") else None)
             eca = {"method": method, "target_transform": transform, "target_note": TRANSFORM_NOTES.get(transform, ""),
                    "fold": fold["fold"], "train_slides": fold["train"],
                    "metrics": {m: rep[m] for m in METRICS} | {"n_constant": rep["n_constant"]},
                    "config": json.dumps(plan["config"]), "encoder": json.dumps(plan["encoder"])}
             adata = prediction_anndata(z["pred"][rows], genes, list(z["barcodes"][rows]), z["centres"][rows], sid,
                                        truth=z["truth"][rows], images=images, scalefactors=scales,
-                                       spot_diameter_px=diameter, eca=eca, spec=targets,
-                                       var=gene_metadata(pre_dir / entry["h5ad"]) if pre_dir and entry.get("h5ad") else None)
+                                       spot_diameter_px=diameter or entry.get("patch_size_px"), eca=eca, spec=targets, var=var)
             path = write_h5ad(adata, out / f"{sid}.h5ad")
             plot_gene_maps(adata, top_genes(adata, cfg.genes_to_plot), out / f"{sid}_genes.png",
                            title=f"{sid}: {method}, target {transform} (predicted | measured)")

@@ -89,28 +89,21 @@ def unscale(adata: ad.AnnData, layer: str | None = None) -> np.ndarray:
     return x * np.where(hi > lo, hi - lo, 1.0) + lo
 
 
-def spot_diameter(h5ad_path: str | Path | None, fallback: float | None) -> float | None:
-    """A section's spot diameter in full-res pixels from its reader's scalefactors (a preprocess .h5ad), else ``fallback``."""
-    if h5ad_path is not None and Path(h5ad_path).is_file():
-        adata = ad.read_h5ad(h5ad_path, backed="r")
-        try:
-            for lib in (adata.uns.get("spatial") or {}).values():
-                value = lib.get("scalefactors", {}).get("spot_diameter_fullres")
-                if value:
-                    return float(value)
-        finally:
-            adata.file.close()
-    return fallback
-
-
 def gene_metadata(h5ad_path: str | Path) -> pd.DataFrame | None:
     """The ``var`` table (gene_ids, feature_types, genome, probe fields) of a slide's counts file, or None."""
-    path = Path(h5ad_path)
-    if not path.is_file():
-        return None
-    adata = ad.read_h5ad(path, backed="r")
+    return section_metadata(h5ad_path)[0]
+
+
+def section_metadata(h5ad_path: str | Path | None) -> tuple[pd.DataFrame | None, float | None]:
+    """From a section's preprocess .h5ad, opened once: its ``var`` table (None without feature fields) and its spot
+    diameter in full-res pixels from the reader's scale factors (None if absent); (None, None) without a file."""
+    if h5ad_path is None or not Path(h5ad_path).is_file():
+        return None, None
+    adata = ad.read_h5ad(h5ad_path, backed="r")
     try:
-        return adata.var.copy() if adata.var.shape[1] else None
+        var = adata.var.copy() if adata.var.shape[1] else None
+        diameters = [lib.get("scalefactors", {}).get("spot_diameter_fullres") for lib in (adata.uns.get("spatial") or {}).values()]
+        return var, next((float(d) for d in diameters if d), None)
     finally:
         adata.file.close()
 

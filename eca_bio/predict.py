@@ -121,8 +121,7 @@ def predict_slides(model: Path, cfg: PredictConfig, out_dir: Path, options: dict
 
 def _predict_embedded(model_dir: Path, trained: Any, cfg: PredictConfig, manifest: dict[str, Any], out_dir: Path,
                       progress: bool) -> dict[str, Any]:
-    from eca_bio.export import (gene_metadata, plot_gene_maps, prediction_anndata, slide_images, spot_diameter, top_genes,
-                                write_h5ad)
+    from eca_bio.export import plot_gene_maps, prediction_anndata, section_metadata, slide_images, top_genes, write_h5ad
     from eca_bio.targets import make_targets
     from eca_bio.spots import SpotSet
     from eca_bio.task import predict_spots
@@ -147,7 +146,8 @@ def _predict_embedded(model_dir: Path, trained: Any, cfg: PredictConfig, manifes
                             np.zeros((slide.n_spots, len(trained.spec.genes)), np.float32), ex,
                             np.full(slide.n_spots, slide.slide_id), [], slide.centres)
             pred = predict_spots(trained.task, spots, trained.bank)
-        truth, var = None, None
+        truth = None
+        var, diameter = section_metadata(out_dir / "preprocess" / entry["h5ad"] if entry.get("h5ad") else None)
         eca = {"method": trained.method, "target_transform": trained.spec.transform, "model": str(model_dir.resolve()),
                "train_slides": trained.spec.train_slides, "slide": slide.image, "encoder": canonical_encoder(encoder)}
         if slide.counts is not None:  # a labeled section (checked against the training slides before embedding)
@@ -156,16 +156,14 @@ def _predict_embedded(model_dir: Path, trained: Any, cfg: PredictConfig, manifes
                 raise DataError(f"section {slide.slide_id}: none of the model's {len(genes)} genes is measured in "
                                 f"{entry['h5ad']} (the model's: {genes[:3]} ...; a panel or species of its own?)")
             names = list(slide.counts.obs_names)
-            var = gene_metadata(out_dir / "preprocess" / entry["h5ad"])
             tested[slide.slide_id] = external_scores(pred, truth, genes, missing)
             eca["metrics"] = {m: tested[slide.slide_id][m] for m in ("pcc_f", "pcc_s", "pcc_m", "mse", "mae")}
         else:
             names = [f"{x}_{y}" for x, y in slide.coords]
         images, scales = slide_images(slide.image, slide.mpp, max_megapixels=cfg.max_image_megapixels) \
             if cfg.export_images else (None, None)
-        diameter = spot_diameter(out_dir / "preprocess" / entry["h5ad"] if entry.get("h5ad") else None, slide.patch_size_px)
         adata = prediction_anndata(pred, genes, names, slide.centres, slide.slide_id, truth=truth, images=images,
-                                   scalefactors=scales, spot_diameter_px=diameter, eca=eca, var=var,
+                                   scalefactors=scales, spot_diameter_px=diameter or slide.patch_size_px, eca=eca, var=var,
                                    spec=trained.spec.to_dict())
         path = write_h5ad(adata, out_dir / f"{slide.slide_id}.h5ad")
         kind = "predicted | measured" if truth is not None else "predicted"
