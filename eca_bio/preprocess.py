@@ -360,12 +360,15 @@ def _identity(p: _Plan) -> dict[str, str]:
     return input_identity(p.reader.path, p.adata.uns["st"].get("counts") if p.adata is not None else None)
 
 
+ST_FILES = ("counts", "selection", "positions", "scalefactors", "metadata")  # path-valued keys of uns['st'] besides the image
+
+
 def _input_files(p: _Plan) -> list[Path]:
     """The files a slide's outputs are made from: the image and, for ST sections, the counts and spot tables."""
     files = [Path(p.reader.path)] + ([p.features_file] if p.features_file else [])
     if p.adata is not None:
         st = p.adata.uns["st"]
-        files += [Path(st[k]) for k in ("counts", "selection", "positions", "scalefactors", "metadata") if st.get(k)]
+        files += [Path(st[k]) for k in ST_FILES if st.get(k)]
     return [f for f in files if f.is_file()]
 
 
@@ -443,9 +446,6 @@ def _h5_attrs(cfg: PreprocessConfig, p: _Plan, encoder_cfg: dict[str, Any]) -> d
     }
 
 
-INPUT_ROLES = ("image", "counts", "selection", "positions", "scalefactors", "metadata")  # path-valued keys of uns['st']
-
-
 def _write_h5ad(p: _Plan, path: Path) -> None:
     adata = p.adata.copy()
     lib = adata.uns["spatial"][adata.uns["st"]["library_id"]]
@@ -457,8 +457,8 @@ def _write_h5ad(p: _Plan, path: Path) -> None:
         lib["scalefactors"] = dict(lib.get("scalefactors") or {}) | scales
     st = dict(adata.uns.pop("st"))
     excluded = st.pop("excluded")
-    files = {role: Path(st.pop(role)) for role in INPUT_ROLES if st.get(role)}
-    files["image"] = Path(p.reader.path)
+    st.pop("image", None)
+    files = {"image": Path(p.reader.path), **{role: Path(st.pop(role)) for role in ST_FILES if st.get(role)}}
     if "source_image_path" in lib.get("metadata", {}):
         lib["metadata"]["source_image_path"] = files["image"].name
     adata.uns["slide"] = {"slide_id": p.slide_id, "mpp": float(p.reader.mpp), "mpp_source": p.mpp_source,
