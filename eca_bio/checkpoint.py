@@ -13,9 +13,8 @@ from pathlib import Path
 import torch
 
 from eca_bio.exemplars import ExemplarBank
-from eca_bio.model import RidgeBaseline
+from eca_bio.model import ExpressionModel, RidgeBaseline, model_from_hparams
 from eca_bio.targets import DataError, TargetSpec
-from eca_bio.task import ExpressionTask
 
 
 @dataclass
@@ -27,7 +26,7 @@ class TrainedModel:
     encoder: str
     k: int
     use_tokens: bool
-    task: ExpressionTask | None
+    model: ExpressionModel | None
     ridge: RidgeBaseline | None
     bank: ExemplarBank | None
 
@@ -51,10 +50,8 @@ def load_trained(item_dir: Path, bank: ExemplarBank | None = None) -> TrainedMod
                         f"({' '.join(str(exc).split())[:200]})") from exc
     spec = TargetSpec.from_dict(ckpt["targets"])
     hp = ckpt["hparams"]
-    task = ExpressionTask(hp["in_dim"], hp["n_genes"], hp["model"], hp["loss"], hp["lr"], hp["weight_decay"])
-    task.model.load_state_dict(ckpt["state_dict"])
-    task.eval()
+    model = model_from_hparams(hp, ckpt["state_dict"])
     if bank is None:
         raise DataError(f"{item_dir}: no exemplar bank (bank.npz)")
     bank.check_compatible(spec.genes, hp["in_dim"], ckpt["encoder"])
-    return TrainedModel(ckpt["method"], spec, ckpt["encoder"], int(ckpt["k"]), bool(ckpt["use_tokens"]), task, None, bank)
+    return TrainedModel(ckpt["method"], spec, ckpt["encoder"], int(ckpt["k"]), bool(ckpt["use_tokens"]), model, None, bank)

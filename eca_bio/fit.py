@@ -1,4 +1,6 @@
-"""How one method is fitted on one fold: early stopping on the held-out training slide, refit, ridge's alpha."""
+"""The per-fit Lightning loop: one ``Trainer`` per fit, early stopping on the held-out training slide, then the refit.
+
+The reference the training engine (:mod:`eca_bio.engine`) is held to, and ``train.engine: per_fit``."""
 
 from __future__ import annotations
 
@@ -6,18 +8,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from eca_core.config import to_dict
 from eca_core.trainer import call_trainer, make_trainer
+from eca_bio.engine import best_validation, use_member_dropout
 from eca_bio.exemplars import ExemplarBank
 from eca_bio.methods import METHODS
-from eca_bio.model import RidgeBaseline
 from eca_bio.spots import SpotDataset, SpotSet
-from eca_bio.targets import SlideData, TargetSpec, make_targets
-from eca_bio.task import ExpressionTask, epoch_scores
+from eca_bio.task import ExpressionTask
 
 if TYPE_CHECKING:
     from eca_bio.train import TrainConfig
@@ -42,7 +42,9 @@ def _new_task(method: str, cfg: TrainConfig, spots: SpotSet, seed: int) -> Expre
     model_cfg = {**to_dict(cfg.model), **overrides, "use_exemplars": True}
     loss_cfg = {**to_dict(cfg.loss), "pcc": pcc}
     L.seed_everything(seed, workers=True, verbose=False)
-    return ExpressionTask(spots.features.shape[1], spots.targets.shape[1], model_cfg, loss_cfg, cfg.lr, cfg.weight_decay)
+    task = ExpressionTask(spots.features.shape[1], spots.targets.shape[1], model_cfg, loss_cfg, cfg.lr, cfg.weight_decay)
+    use_member_dropout(task.model, seed)  # the engine's dropout draws, so both loops fit the same model
+    return task
 
 
 def _early_stopped(task: ExpressionTask, cfg: TrainConfig, fit: SpotSet, val: SpotSet, bank: ExemplarBank,
@@ -76,26 +78,3 @@ def validation_score(method: str, cfg: TrainConfig, fit: SpotSet, val: SpotSet, 
                      options: dict[str, Any], seed: int = 0) -> tuple[float, int]:
     """(best validation PCC@M, its epoch) of one configuration trained with early stopping; nothing is kept."""
     return best_validation(_early_stopped(_new_task(method, cfg, fit, seed), cfg, fit, val, bank, options, seed, []))
-
-
-def best_validation(history: list[dict[str, float]]) -> tuple[float, int]:
-    """(best validation PCC@M, its 1-based epoch) of a training history; (NaN, last epoch) if none is finite."""
-    vals = np.array([h.get("val_pcc", np.nan) for h in history], dtype=float)
-    if not np.isfinite(vals).any():
-        return float("nan"), len(vals)
-    return float(np.nanmax(vals)), int(np.nanargmax(vals)) + 1
-
-
-def select_ridge_alpha(cfg: TrainConfig, train_sl: list[SlideData], val_id: str | None, spec: TargetSpec,
-                      result: dict[str, Any]) -> float:
-    """The ``ridge_alphas`` value with the best PCC@M on the held-out training slide (recorded in ``result``)."""
-    fit = [s for s in train_sl if s.slide_id != val_id]
-    val = [s for s in train_sl if s.slide_id == val_id]
-    x_fit = np.concatenate([s.features for s in fit])
-    y_fit = np.concatenate([make_targets(s, spec)[0] for s in fit])
-    x_val = np.concatenate([s.features for s in val])
-    y_val = np.concatenate([make_targets(s, spec)[0] for s in val])
-    scores = {a: epoch_scores(RidgeBaseline(cfg.ridge_components, a).fit(x_fit, y_fit).predict(x_val), y_val)[0]
-              for a in cfg.ridge_alphas}
-    result["alpha_val_pcc"] = {str(a): v for a, v in scores.items()}
-    return max(scores, key=lambda a: -np.inf if np.isnan(scores[a]) else scores[a])

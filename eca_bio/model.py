@@ -16,13 +16,14 @@ so ``attention = softmax | eca | no_sra | no_dats | no_dnpl`` switches every att
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from eca_core.attention import ECAConfig, ECACrossAttention, ECAPooling
+from eca_core.config import from_dict
 
 
 @dataclass
@@ -65,6 +66,10 @@ class ExpressionModel(nn.Module):
             head_in = 2 * h
         self.head = nn.Sequential(nn.LayerNorm(head_in), nn.Linear(head_in, h), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(h, n_genes))
 
+    def dropout_modules(self) -> list[str]:
+        """Names of the dropout modules that ``cfg.dropout`` sets: the exemplar attention's weights, the head."""
+        return (["exemplar_attn.attn_drop"] if hasattr(self, "exemplar_attn") else []) + ["head.3"]
+
     def forward(self, features: Tensor, tokens: Tensor | None = None, ex_emb: Tensor | None = None,
                 ex_expr: Tensor | None = None) -> Tensor:
         """features (B,D), tokens (B,T,D), ex_emb (B,K,D), ex_expr (B,K,G) → predicted targets (B,G)."""
@@ -82,6 +87,14 @@ class ExpressionModel(nn.Module):
         else:
             ctx = self.exemplar_mean(e.mean(1))
         return self.head(torch.cat([spot, ctx], dim=-1))
+
+
+def model_from_hparams(hparams: dict[str, Any], state: dict[str, Tensor] | None = None) -> ExpressionModel:
+    """An :class:`ExpressionModel` from the ``hparams`` a ``model.pt`` carries (and its weights)."""
+    model = ExpressionModel(hparams["in_dim"], hparams["n_genes"], from_dict(ModelConfig, hparams["model"], "model"))
+    if state is not None:
+        model.load_state_dict(state)
+    return model.eval()
 
 
 class RidgeBaseline:

@@ -124,7 +124,7 @@ def _predict_embedded(model_dir: Path, trained: Any, cfg: PredictConfig, manifes
     from eca_bio.export import plot_gene_maps, prediction_anndata, section_metadata, slide_images, top_genes, write_h5ad
     from eca_bio.targets import make_targets
     from eca_bio.spots import SpotSet
-    from eca_bio.task import predict_spots
+    from eca_bio.spots import predict_spots
 
     encoder = json.loads(trained.encoder) if trained.encoder else manifest["encoder"]
     if canonical_encoder(manifest["encoder"]) != canonical_encoder(encoder):
@@ -145,7 +145,7 @@ def _predict_embedded(model_dir: Path, trained: Any, cfg: PredictConfig, manifes
             spots = SpotSet(slide.features, slide.tokens if trained.use_tokens else None,
                             np.zeros((slide.n_spots, len(trained.spec.genes)), np.float32), ex,
                             np.full(slide.n_spots, slide.slide_id), [], slide.centres)
-            pred = predict_spots(trained.task, spots, trained.bank)
+            pred = predict_spots(trained.model, spots, trained.bank)
         truth = None
         var, diameter = section_metadata(out_dir / "preprocess" / entry["h5ad"] if entry.get("h5ad") else None)
         eca = {"method": trained.method, "target_transform": trained.spec.transform, "model": str(model_dir.resolve()),

@@ -1,4 +1,4 @@
-"""Model inputs of a set of spots: features, tokens, targets and exemplar rows, and the exemplar bank."""
+"""Model inputs of a set of spots (features, tokens, targets, exemplar rows), the exemplar bank, and a model's scores on them."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from eca_core.metrics import pearson_per_column
 from eca_bio.exemplars import ExemplarBank, ExemplarIndex
 from eca_bio.targets import SlideData, TargetSpec, canonical_encoder, make_targets
 
@@ -74,3 +75,28 @@ def make_bank(slides: list[SlideData], spec: TargetSpec, encoder: Any) -> Exempl
     y = np.concatenate([make_targets(s, spec)[0] for s in slides])
     sids = np.concatenate([[s.slide_id] * s.n_spots for s in slides])
     return ExemplarBank(emb, y, sids, spec.genes, canonical_encoder(encoder))
+
+
+def epoch_scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """(PCC@M over genes with a defined PCC, MSE) of a set of predictions."""
+    r = pearson_per_column(pred, truth)
+    pcc = float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")
+    return pcc, float(np.mean((pred - truth) ** 2))
+
+
+@torch.no_grad()
+def predict_spots(model: torch.nn.Module, spots: SpotSet, bank: ExemplarBank, batch_size: int = 512) -> np.ndarray:
+    """Predicted targets (N, G) of a spot set by an :class:`~eca_bio.model.ExpressionModel` (eval mode, on its device)."""
+    model.eval()
+    device = next(model.parameters()).device
+    ds = SpotDataset(spots, bank)
+    out = []
+    for start in range(0, len(ds), batch_size):
+        rows = torch.arange(start, min(start + batch_size, len(ds)))
+        ex = ds.ex[rows]
+        tokens = ds.t[rows].to(device) if ds.t is not None else None
+        out.append(model(ds.f[rows].to(device), tokens, ds.bank_e[ex].to(device), ds.bank_y[ex].to(device)).float().cpu().numpy())
+    pred = np.concatenate(out)
+    if not np.isfinite(pred).all():
+        raise FloatingPointError("model produced NaN/inf predictions")
+    return pred

@@ -1,4 +1,4 @@
-"""The expression model as a Lightning module (DESIGN §2 objective, per-epoch scores) and batch prediction."""
+"""The expression model as a Lightning module (DESIGN §2 objective, per-epoch scores): the per-fit training loop's task."""
 
 from __future__ import annotations
 
@@ -8,22 +8,12 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from eca_core.attention import collect_attention_stats
 from eca_core.config import from_dict
 from eca_core.losses import ECAObjective, LossConfig
-from eca_core.metrics import pearson_per_column
-from eca_bio.exemplars import ExemplarBank
 from eca_bio.model import ExpressionModel, ModelConfig
-from eca_bio.spots import SpotDataset, SpotSet
-
-
-def epoch_scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    """(PCC@M over genes with a defined PCC, MSE) of one epoch's predictions."""
-    r = pearson_per_column(pred, truth)
-    pcc = float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")
-    return pcc, float(np.mean((pred - truth) ** 2))
+from eca_bio.spots import epoch_scores
 
 
 class ExpressionTask(L.LightningModule):
@@ -86,17 +76,3 @@ class ExpressionTask(L.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-
-
-@torch.no_grad()
-def predict_spots(task: ExpressionTask, spots: SpotSet, bank: ExemplarBank, batch_size: int = 512) -> np.ndarray:
-    """Predicted targets (N, G) of a spot set (eval mode, CPU/GPU wherever the model is)."""
-    task.eval()
-    device = next(task.parameters()).device
-    out = []
-    for batch in DataLoader(SpotDataset(spots, bank), batch_size=batch_size, shuffle=False):
-        out.append(task({k: v.to(device) for k, v in batch.items()}).float().cpu().numpy())
-    pred = np.concatenate(out)
-    if not np.isfinite(pred).all():
-        raise FloatingPointError("model produced NaN/inf predictions")
-    return pred

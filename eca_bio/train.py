@@ -16,7 +16,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Callable, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -25,20 +25,22 @@ from tqdm.auto import tqdm
 from eca_core import distributed
 from eca_core.cli import StageCommand
 from eca_core.config import check, to_dict
-from eca_core.io import atomic_dir, write_json_atomic
+from eca_core.io import atomic_dir, read_json, write_json_atomic
 from eca_core.losses import LossConfig
 from eca_core.pipeline import Stage, StageContext, digest
 from eca_core.resume import RunLock, clean_temp_files, content_hash, item_is_current, write_item_marker
 from eca_core.trainer import quiet_lightning
 from eca_bio.exemplars import ExemplarBank, ExemplarIndex
 from eca_bio import tuning
-from eca_bio.fit import fit_neural, select_ridge_alpha, validation_score
+from eca_bio.engine import FitJob, RunFit, RunSpec, best_validation, engine_device, fit_jobs
+from eca_bio.model import model_from_hparams
+from eca_bio.tuning import select_ridge_alpha
 from eca_bio.folds import plan_folds
 from eca_bio.methods import METHOD_LABELS, METHODS, method_seeds
 from eca_bio.model import ModelConfig, RidgeBaseline
 from eca_bio.spots import SpotSet, build_spots, make_bank
 from eca_bio.targets import TRANSFORMS, SlideData, TargetSpec, canonical_encoder, fit_targets, load_preprocessed, make_targets
-from eca_bio.task import predict_spots
+from eca_bio.spots import predict_spots
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +79,9 @@ class TrainConfig:
     final_transform: str | None = None  # default: the first of `transforms`
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # neural methods run once per seed (ridge is deterministic: once); the final model uses the first
     threads: int | None = None  # torch CPU threads (default: torch's)
+    engine: Literal["vectorised", "per_fit"] = "vectorised"  # per_fit: one Lightning Trainer per fit (the reference loop; same results)
 
-    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("threads",)
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("threads", "engine")
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -158,52 +161,178 @@ def _fit_val_spots(cfg: TrainConfig, train_sl: list[SlideData], val_id: str | No
     return fit, build_spots([s for s in train_sl if s.slide_id == val_id], spec, index, cfg.use_tokens)
 
 
+@dataclass
+class FoldSpots:
+    """A fold's exemplar bank and spot sets: fitting, early-stopping (val), all training slides, test (None: final model)."""
+
+    bank: ExemplarBank
+    fit: SpotSet
+    val: SpotSet
+    everything: SpotSet
+    test: SpotSet | None
+
+
+def fold_spots(cfg: TrainConfig, train_sl: list[SlideData], val_id: str | None, test_sl: list[SlideData], spec: TargetSpec,
+               encoder: Any) -> FoldSpots:
+    """Bank, k-NN exemplars and spot sets of one fold (each spot's exemplars come from other training slides)."""
+    bank, index = _bank_index(cfg, train_sl, spec, encoder)
+    fit, val = _fit_val_spots(cfg, train_sl, val_id, spec, index)
+    return FoldSpots(bank, fit, val, build_spots(train_sl, spec, index, cfg.use_tokens),
+                     build_spots(test_sl, spec, index, cfg.use_tokens) if test_sl else None)
+
+
+def _result(method: str, key: str, spec: TargetSpec, val_id: str | None, test_sl: list[SlideData], seed: int,
+            tuned: dict[str, float] | None) -> dict[str, Any]:
+    return {"method": method, "key": key, "transform": spec.transform, "train": spec.train_slides, "val": val_id,
+            "test": [s.slide_id for s in test_sl], "seed": seed, "tuned": dict(tuned or {})}
+
+
+def _write_neural(tmp: Path, method: str, cfg: TrainConfig, fs: FoldSpots, spec: TargetSpec, encoder: Any, result: dict[str, Any],
+                  state: dict[str, torch.Tensor], hparams: dict[str, Any], history: list[dict[str, float]], best_epoch: int) -> np.ndarray | None:
+    """History, ``model.pt`` and the result fields of a neural item; returns its test predictions."""
+    _write_history(tmp / "history.csv", history)
+    torch.save({"state_dict": state, "hparams": hparams, "targets": spec.to_dict(), "encoder": canonical_encoder(encoder),
+                "k": cfg.k, "use_tokens": fs.everything.tokens is not None, "method": method}, tmp / "model.pt")
+    pred = predict_spots(model_from_hparams(hparams, state), fs.test, fs.bank) if fs.test is not None else None
+    result.update(epochs=best_epoch, epochs_run=len(history), refit=cfg.refit)
+    if fs.test is not None and result["seed"] == cfg.seeds[0]:
+        result["homogeneity"] = set_homogeneity(fs.test, fs.bank)
+    at_best = history[best_epoch - 1] if 0 < best_epoch <= len(history) else {}
+    if "lambda_mean" in at_best or "tau_mean" in at_best:  # λ / τ at the selected epoch (early-stopping run)
+        result["lambda_tau"] = {k: v for k, v in at_best.items() if k.startswith(("lambda_", "tau_"))}
+    return pred
+
+
+def _finish_item(tmp: Path, key: str, result: dict[str, Any], pred: np.ndarray | None, fs: FoldSpots, spec: TargetSpec,
+                 encoder: Any, extra: dict[str, Any] | None) -> None:
+    """Predictions, (final model) bank and targets, extra JSON files, result.json and the item's done marker."""
+    if pred is not None:
+        _save_predictions(tmp / "predictions.npz", pred, fs.test)
+    if fs.test is None:
+        fs.bank.save(tmp / "bank.npz")
+        write_json_atomic(tmp / "targets.json", spec.to_dict())
+    result["encoder"] = canonical_encoder(encoder)
+    for name, content in (extra or {}).items():
+        write_json_atomic(tmp / name, content)
+    write_json_atomic(tmp / "result.json", result)
+    write_item_marker(tmp / "done.json", key, [p for p in tmp.rglob("*") if p.is_file()])
+
+
 def train_method(method: str, cfg: TrainConfig, train_sl: list[SlideData], val_id: str | None, test_sl: list[SlideData],
                  spec: TargetSpec, encoder: Any, out: Path, options: dict[str, Any], key: str,
                  extra: dict[str, Any] | None = None, seed: int = 0, tuned: dict[str, float] | None = None) -> dict[str, Any]:
-    """Train one method on one fold and write model, history and test predictions into ``out`` atomically;
-    ``tuned`` holds the validation-slide search's choice for a neural method (:mod:`eca_bio.tuning`)."""
+    """Train one method on one fold alone (ridge, or a neural method in the per-fit Lightning loop) and write model,
+    history and test predictions into ``out`` atomically; ``tuned`` holds the validation-slide search's choice."""
     if tuned:
         cfg = tuning.apply(cfg, tuned)
-    bank, index = _bank_index(cfg, train_sl, spec, encoder)
-    everything = build_spots(train_sl, spec, index, cfg.use_tokens)
-    test = build_spots(test_sl, spec, index, cfg.use_tokens) if test_sl else None
-    result: dict[str, Any] = {"method": method, "key": key, "transform": spec.transform, "train": spec.train_slides,
-                              "val": val_id, "test": [s.slide_id for s in test_sl], "seed": seed, "tuned": dict(tuned or {})}
+    fs = fold_spots(cfg, train_sl, val_id, test_sl, spec, encoder)
+    result = _result(method, key, spec, val_id, test_sl, seed, tuned)
     with atomic_dir(out) as tmp:
         if method in ("ridge", "ridge_cv"):
             alpha = cfg.ridge_alpha if method == "ridge" else select_ridge_alpha(cfg, train_sl, val_id, spec, result)
-            ridge = RidgeBaseline(cfg.ridge_components, alpha).fit(everything.features, everything.targets)
+            ridge = RidgeBaseline(cfg.ridge_components, alpha).fit(fs.everything.features, fs.everything.targets)
             ridge.save(tmp / "ridge.npz")
-            pred = ridge.predict(test.features) if test is not None else None
+            pred = ridge.predict(fs.test.features) if fs.test is not None else None
             result.update(epochs=0, alpha=float(ridge.params["alpha"]), components=int(ridge.params["components"].shape[0]))
         else:
-            fit, val = _fit_val_spots(cfg, train_sl, val_id, spec, index)
-            task, history, best_epoch = fit_neural(method, cfg, fit, val, everything, bank, tmp, options, seed)
-            _write_history(tmp / "history.csv", history)
+            from eca_bio.fit import fit_neural
+
+            task, history, best_epoch = fit_neural(method, cfg, fs.fit, fs.val, fs.everything, fs.bank, tmp, options, seed)
             for stale in tmp.glob("best*.ckpt"):
                 stale.rename(tmp / "early_stopping.ckpt")
-            torch.save({"state_dict": task.model.state_dict(), "hparams": dict(task.hparams), "targets": spec.to_dict(),
-                        "encoder": canonical_encoder(encoder), "k": cfg.k, "use_tokens": everything.tokens is not None,
-                        "method": method}, tmp / "model.pt")
-            pred = predict_spots(task, test, bank) if test is not None else None
-            result.update(epochs=best_epoch, epochs_run=len(history), refit=cfg.refit)
-            if test is not None and seed == cfg.seeds[0]:
-                result["homogeneity"] = set_homogeneity(test, bank)
-            at_best = history[best_epoch - 1] if 0 < best_epoch <= len(history) else {}
-            if "lambda_mean" in at_best or "tau_mean" in at_best:  # λ / τ at the selected epoch (early-stopping run)
-                result["lambda_tau"] = {k: v for k, v in at_best.items() if k.startswith(("lambda_", "tau_"))}
-        if pred is not None:
-            _save_predictions(tmp / "predictions.npz", pred, test)
-        if not test_sl:
-            bank.save(tmp / "bank.npz")
-            write_json_atomic(tmp / "targets.json", spec.to_dict())
-        result["encoder"] = canonical_encoder(encoder)
-        for name, content in (extra or {}).items():
-            write_json_atomic(tmp / name, content)
-        write_json_atomic(tmp / "result.json", result)
-        write_item_marker(tmp / "done.json", key, [p for p in tmp.rglob("*") if p.is_file()])
+            pred = _write_neural(tmp, method, cfg, fs, spec, encoder, result, task.model.state_dict(), dict(task.hparams),
+                                 history, best_epoch)
+        _finish_item(tmp, key, result, pred, fs, spec, encoder, extra)
     return result
+
+
+def write_run(out: Path, method: str, cfg: TrainConfig, fs: FoldSpots, spec: TargetSpec, encoder: Any, key: str, val_id: str | None,
+              test_sl: list[SlideData], run: RunSpec, fitted: RunFit, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write one run of the training engine as an item folder (the same files as :func:`train_method`), atomically."""
+    result = _result(method, key, spec, val_id, test_sl, run.seed, run.overrides)
+    with atomic_dir(out) as tmp:
+        torch.save({"state_dict": fitted.early_state, "hparams": fitted.hparams}, tmp / "early_stopping.pt")
+        pred = _write_neural(tmp, method, cfg, fs, spec, encoder, result, fitted.state, fitted.hparams, fitted.history,
+                             fitted.best_epoch)
+        _finish_item(tmp, key, result, pred, fs, spec, encoder, extra)
+    return result
+
+
+def _search_record(method: str, cfg: TrainConfig, val_id: str, trials: list[dict[str, Any]], chosen: dict[str, float]) -> dict[str, Any]:
+    return {"method": method, "val": val_id, "knobs": list(tuning.method_knobs(method)),
+            "grid": {k: cfg.tune_grid[k] for k in tuning.method_knobs(method) if k in cfg.tune_grid},
+            "trials": trials, "chosen": chosen, "seed": cfg.seeds[0]}
+
+
+def _best_trial(trials: list[dict[str, Any]]) -> dict[str, Any]:
+    return max(trials, key=lambda t: -np.inf if not np.isfinite(t["val_pcc_m"]) else t["val_pcc_m"])
+
+
+@dataclass
+class RunGroup:
+    """The seeds of one neural method on one fold (or the final model): its slides, item folders and keys."""
+
+    train_sl: list[SlideData]
+    val_id: str
+    test_sl: list[SlideData]
+    spec: TargetSpec
+    encoder: Any
+    items: dict[int, Path]  # seed -> item folder
+    key_of: Callable[[int, dict[str, float]], str]  # (seed, chosen search overrides) -> item key
+    tune_path: Path
+    tune_key: str
+    extra: dict[str, Any] | None = None
+    chosen: dict[str, float] | None = None
+    spots: FoldSpots | None = None
+
+    def todo(self, seeds: list[int]) -> list[int]:
+        return [s for s in seeds if self.chosen is None or not _is_done(self.items[s], self.key_of(s, self.chosen))]
+
+    def fold(self, cfg: TrainConfig) -> FoldSpots:
+        if self.spots is None:
+            self.spots = fold_spots(cfg, self.train_sl, self.val_id, self.test_sl, self.spec, self.encoder)
+        return self.spots
+
+    def job(self, cfg: TrainConfig, runs: list[RunSpec]) -> FitJob:
+        fs = self.fold(cfg)
+        return FitJob(runs, fs.fit, fs.val, fs.everything if cfg.refit else None, fs.bank)
+
+    def write(self, method: str, cfg: TrainConfig, run: RunSpec, fitted: RunFit) -> None:
+        write_run(self.items[run.seed], method, cfg, self.fold(cfg), self.spec, self.encoder, self.key_of(run.seed, run.overrides),
+                  self.val_id, self.test_sl, run, fitted, self.extra)
+
+
+def train_groups(method: str, cfg: TrainConfig, groups: list[RunGroup], device: torch.device) -> tuple[int, int]:
+    """Every seed of a neural method on every fold given, with the training engine, all folds in one ensemble: first the
+    validation-slide search (each trial with the first seed, the refit beside it, so the first seed's item comes out of the
+    search), then the other seeds. Returns (trained, up to date)."""
+    search = cfg.tune_trials > 1
+    for g in groups:
+        current = search and item_is_current(g.tune_path.with_name("tuning.done.json"), g.tune_key)
+        g.chosen = read_json(g.tune_path)["chosen"] if current else None if search else {}
+    total = sum(len(g.items) for g in groups)
+    groups = [g for g in groups if g.todo(list(g.items))]
+    trained, first = 0, cfg.seeds[0]
+    searching = [g for g in groups if g.chosen is None]
+    if searching:
+        candidates = tuning.candidates(method, cfg)
+        results = fit_jobs(method, cfg, [g.job(cfg, [RunSpec(first, c) for c in candidates]) for g in searching], device)
+        for g, fits in zip(searching, results):
+            trials = [dict(zip(("overrides", "val_pcc_m", "epochs"), (c, *best_validation(f.history)))) for c, f in zip(candidates, fits)]
+            g.chosen = _best_trial(trials)["overrides"]
+            write_json_atomic(g.tune_path, _search_record(method, cfg, g.val_id, trials, g.chosen))
+            write_item_marker(g.tune_path.with_name("tuning.done.json"), g.tune_key, [g.tune_path])
+            if first in g.items and first in g.todo([first]):
+                g.write(method, cfg, RunSpec(first, g.chosen), fits[candidates.index(g.chosen)])
+                trained += 1
+    rest = [(g, [RunSpec(s, g.chosen) for s in g.todo(list(g.items))]) for g in groups]
+    rest = [(g, runs) for g, runs in rest if runs]
+    if rest:
+        for (g, runs), fits in zip(rest, fit_jobs(method, cfg, [g.job(cfg, runs) for g, runs in rest], device)):
+            for run, fitted in zip(runs, fits):
+                g.write(method, cfg, run, fitted)
+                trained += 1
+    return trained, total - trained
 
 
 def tune_method(method: str, cfg: TrainConfig, train_sl: list[SlideData], val_id: str, spec: TargetSpec, encoder: Any,
@@ -211,18 +340,18 @@ def tune_method(method: str, cfg: TrainConfig, train_sl: list[SlideData], val_id
     """Try the method's candidate configurations on the validation slide; write ``tuning.json``; return the choice."""
     if item_is_current(path.with_name("tuning.done.json"), key):
         return json.loads(path.read_text())["chosen"]
+    from eca_bio.fit import validation_score
+
     bank, index = _bank_index(cfg, train_sl, spec, encoder)
     fit, val = _fit_val_spots(cfg, train_sl, val_id, spec, index)
     trials = []
     for overrides in tuning.candidates(method, cfg):
         score, epoch = validation_score(method, tuning.apply(cfg, overrides), fit, val, bank, options, cfg.seeds[0])
         trials.append({"overrides": overrides, "val_pcc_m": score, "epochs": epoch})
-    best = max(trials, key=lambda t: -np.inf if not np.isfinite(t["val_pcc_m"]) else t["val_pcc_m"])
-    write_json_atomic(path, {"method": method, "val": val_id, "knobs": list(tuning.method_knobs(method)),
-                             "grid": {k: cfg.tune_grid[k] for k in tuning.method_knobs(method) if k in cfg.tune_grid},
-                             "trials": trials, "chosen": best["overrides"], "seed": cfg.seeds[0]})
+    chosen = _best_trial(trials)["overrides"]
+    write_json_atomic(path, _search_record(method, cfg, val_id, trials, chosen))
     write_item_marker(path.with_name("tuning.done.json"), key, [path])
-    return best["overrides"]
+    return chosen
 
 
 def train_all(cfg: TrainConfig, pre_dir: Path, out_dir: Path, options: dict[str, Any] | None = None,
@@ -273,31 +402,51 @@ def _train_all(cfg: TrainConfig, pre_dir: Path, out_dir: Path, options: dict[str
     if cfg.final_method is not None:
         groups.append([("final", None, cfg.final_method, cfg.seeds[0])])
     done, skipped, error = 0, 0, None
-    mine = [item for group in distributed.shard(groups) for item in group]
-    bar = tqdm(mine, desc="train", disable=not progress)
-    tuned: dict[tuple[str, int, str], dict[str, float]] = {}
+    mine = distributed.shard(groups)
+    device = engine_device(options)
+    bar = tqdm(total=sum(len(g) for g in mine), desc="train", disable=not progress)
+    stacked: dict[str, list[RunGroup]] = {}  # neural methods on the engine: every fold of a method in one ensemble
     try:
-        for transform, fold, method, seed in bar:
+        for group in mine:
+            transform, fold, method, _ = group[0]
+            engine = METHODS[method] is not None and cfg.engine == "vectorised"
             if transform == "final":
+                if engine:
+                    stacked.setdefault(method, []).append(final_group(cfg, slides, manifest, out_dir / "final", base_key))
+                    continue
                 bar.set_postfix_str(f"final {method}")
                 trained = train_final(cfg, slides, manifest, out_dir / "final", options, base_key)
                 done, skipped = done + trained, skipped + (not trained)
+                bar.update(1)
                 continue
-            bar.set_postfix_str(f"{transform} fold {fold['fold']} {method} seed {seed}")
-            group = (transform, fold["fold"], method)
             item_key = {**base_key, "config": item_config(cfg, method), "fold": fold, "transform": transform, "method": method}
-            if group not in tuned:
-                tuned[group] = {} if METHODS[method] is None or cfg.tune_trials <= 1 else tune_method(
-                    method, cfg, [by_id[s] for s in fold["train"]], fold["val"], specs[(transform, fold["fold"])], encoder,
-                    out_dir / transform / f"fold_{fold['fold']}" / method / "tuning.json", options, _digest({**item_key, "tune": True}))
-            key = _digest({**item_key, "seed": seed, "tuned": tuned[group]})
-            item_dir = out_dir / transform / f"fold_{fold['fold']}" / method / f"seed_{seed}"
-            if _is_done(item_dir, key):
-                skipped += 1
+            method_dir = out_dir / transform / f"fold_{fold['fold']}" / method
+            train_sl, test_sl = [by_id[s] for s in fold["train"]], [by_id[t] for t in fold["test"]]
+            spec = specs[(transform, fold["fold"])]
+            tune_key = _digest({**item_key, "tune": True})
+            if engine:
+                stacked.setdefault(method, []).append(RunGroup(
+                    train_sl, fold["val"], test_sl, spec, encoder, {k: method_dir / f"seed_{k}" for _, _, _, k in group},
+                    lambda seed, chosen, item_key=item_key: _digest({**item_key, "seed": seed, "tuned": chosen}),
+                    method_dir / "tuning.json", tune_key))
                 continue
-            train_method(method, cfg, [by_id[s] for s in fold["train"]], fold["val"], [by_id[t] for t in fold["test"]],
-                         specs[(transform, fold["fold"])], encoder, item_dir, options, key, seed=seed, tuned=tuned[group])
-            done += 1
+            bar.set_postfix_str(f"{transform} fold {fold['fold']} {method}")
+            tuned = {} if METHODS[method] is None or cfg.tune_trials <= 1 else tune_method(
+                method, cfg, train_sl, fold["val"], spec, encoder, method_dir / "tuning.json", options, tune_key)
+            for _, _, _, seed in group:
+                key = _digest({**item_key, "seed": seed, "tuned": tuned})
+                if _is_done(method_dir / f"seed_{seed}", key):
+                    skipped += 1
+                else:
+                    train_method(method, cfg, train_sl, fold["val"], test_sl, spec, encoder, method_dir / f"seed_{seed}", options, key,
+                                 seed=seed, tuned=tuned)
+                    done += 1
+                bar.update(1)
+        for method, run_groups in stacked.items():
+            bar.set_postfix_str(f"{method}: {len(run_groups)} fold(s) × seeds × trials together")
+            trained, up_to_date = train_groups(method, cfg, run_groups, device)
+            done, skipped = done + trained, skipped + up_to_date
+            bar.update(trained + up_to_date)
     except Exception as exc:  # noqa: BLE001 - every rank must hear about it
         error = exc
     distributed.raise_if_any_failed(error)
@@ -307,31 +456,48 @@ def _train_all(cfg: TrainConfig, pre_dir: Path, out_dir: Path, options: dict[str
             "final": str(out_dir / "final") if cfg.final_method is not None else None}
 
 
+def _final_key(cfg: TrainConfig, manifest: dict[str, Any], base_key: dict[str, Any]) -> str:
+    transform = cfg.final_transform or cfg.transforms[0]
+    return _digest({**base_key, "config": item_config(cfg, cfg.final_method), "final": cfg.final_method, "transform": transform,
+                    "seed": cfg.seeds[0], "preprocess": {"encoder": manifest["encoder"], "params": manifest.get("params", {})}})
+
+
+def _final_setup(cfg: TrainConfig, slides: list[SlideData], manifest: dict[str, Any]) -> tuple[list[str], TargetSpec, dict[str, Any]]:
+    """The final model's slide ids (the last one early-stops it), targets and the ``preprocess.json`` new slides must match."""
+    ids = sorted(s.slide_id for s in slides)
+    spec = fit_targets(slides, cfg.final_transform or cfg.transforms[0], cfg.n_genes)
+    extra = {"preprocess.json": {"encoder": manifest["encoder"], "params": manifest.get("params", {}),
+                                 "train_inputs": {e["slide_id"]: e["inputs"] for e in manifest["slides"]
+                                                  if e["slide_id"] in ids and e.get("inputs")}}}
+    return ids, spec, extra
+
+
+def final_group(cfg: TrainConfig, slides: list[SlideData], manifest: dict[str, Any], out: Path, base_key: dict[str, Any]) -> RunGroup:
+    """The final model (``final_method`` on every ST slide) as a run group of the training engine."""
+    key = _final_key(cfg, manifest, base_key)
+    ids, spec, extra = _final_setup(cfg, slides, manifest)
+    return RunGroup(slides, ids[-1], [], spec, manifest["encoder"], {cfg.seeds[0]: out}, lambda *_: key,
+                    out.with_name("final_tuning.json"), _digest({"final_tuning": key}), extra)
+
+
 def train_final(cfg: TrainConfig, slides: list[SlideData], manifest: dict[str, Any], out: Path, options: dict[str, Any],
                 base_key: dict[str, Any]) -> bool:
-    """``final_method`` trained on every ST slide (early stopping on one of them), with its exemplar bank
-    and the preprocess parameters (encoder, patch size) that new slides must be embedded with.
-    Returns whether it was trained (False: up to date)."""
-    transform = cfg.final_transform or cfg.transforms[0]
-    key = _digest({**base_key, "config": item_config(cfg, cfg.final_method), "final": cfg.final_method, "transform": transform,
-                   "seed": cfg.seeds[0], "preprocess": {"encoder": manifest["encoder"], "params": manifest.get("params", {})}})
+    """``final_method`` trained on every ST slide (early stopping on one of them) alone, with its exemplar bank and the
+    preprocess parameters (encoder, patch size) that new slides must be embedded with. Returns whether it was trained."""
+    key = _final_key(cfg, manifest, base_key)
     if _is_done(out, key):
         return False
-    ids = sorted(s.slide_id for s in slides)
-    spec = fit_targets(slides, transform, cfg.n_genes)
+    ids, spec, extra = _final_setup(cfg, slides, manifest)
+    tune_path, tune_key = out.with_name("final_tuning.json"), _digest({"final_tuning": key})
     chosen = {}
     if METHODS[cfg.final_method] is not None and cfg.tune_trials > 1:
-        chosen = tune_method(cfg.final_method, cfg, slides, ids[-1], spec, manifest["encoder"], out.with_name("final_tuning.json"),
-                             options, _digest({"final_tuning": key}))
+        chosen = tune_method(cfg.final_method, cfg, slides, ids[-1], spec, manifest["encoder"], tune_path, options, tune_key)
     train_method(cfg.final_method, cfg, slides, ids[-1], [], spec, manifest["encoder"], out, options, key, seed=cfg.seeds[0],
-                 tuned=chosen,
-                 extra={"preprocess.json": {"encoder": manifest["encoder"], "params": manifest.get("params", {}),
-                                            "train_inputs": {e["slide_id"]: e["inputs"] for e in manifest["slides"]
-                                                             if e["slide_id"] in ids and e.get("inputs")}}})
+                 tuned=chosen, extra=extra)
     return True
 
 
-_RUN_FIELDS = ("methods", "transforms", "final_method", "final_transform", "threads")
+_RUN_FIELDS = ("methods", "transforms", "final_method", "final_transform", "threads", "engine")
 _RIDGE_FIELDS = ("n_genes", "cv", "n_folds", "test_slides", "ridge_components", "ridge_alpha", "ridge_alphas")
 
 

@@ -14,12 +14,15 @@ from __future__ import annotations
 import itertools
 import zlib
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from eca_core.attention import ECAConfig
 from eca_bio.methods import METHODS
+from eca_bio.model import RidgeBaseline
+from eca_bio.spots import epoch_scores
+from eca_bio.targets import SlideData, TargetSpec, make_targets
 
 if TYPE_CHECKING:
     from eca_bio.train import TrainConfig
@@ -58,3 +61,18 @@ def apply(cfg: TrainConfig, overrides: dict[str, float]) -> TrainConfig:
     model = {k: v for k, v in overrides.items() if k in ("dropout", "tau_min", "beta", "lambda_max")}
     loss = {"sra_weight": overrides["sra_weight"]} if "sra_weight" in overrides else {}
     return replace(cfg, **top, model=replace(cfg.model, **model), loss=replace(cfg.loss, **loss))
+
+
+def select_ridge_alpha(cfg: TrainConfig, train_sl: list[SlideData], val_id: str | None, spec: TargetSpec,
+                      result: dict[str, Any]) -> float:
+    """The ``ridge_alphas`` value with the best PCC@M on the held-out training slide (recorded in ``result``)."""
+    fit = [s for s in train_sl if s.slide_id != val_id]
+    val = [s for s in train_sl if s.slide_id == val_id]
+    x_fit = np.concatenate([s.features for s in fit])
+    y_fit = np.concatenate([make_targets(s, spec)[0] for s in fit])
+    x_val = np.concatenate([s.features for s in val])
+    y_val = np.concatenate([make_targets(s, spec)[0] for s in val])
+    scores = {a: epoch_scores(RidgeBaseline(cfg.ridge_components, a).fit(x_fit, y_fit).predict(x_val), y_val)[0]
+              for a in cfg.ridge_alphas}
+    result["alpha_val_pcc"] = {str(a): v for a, v in scores.items()}
+    return max(scores, key=lambda a: -np.inf if np.isnan(scores[a]) else scores[a])

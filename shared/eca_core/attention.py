@@ -120,7 +120,7 @@ def _set_statistics(x: Tensor, mask: Tensor, with_dispersion: bool) -> tuple[Ten
     if not with_dispersion:
         return xbar.squeeze(1), None
     with torch.no_grad():
-        sq = torch.linalg.vector_norm(x, dim=-1).square_().unsqueeze(2)  # (B,N,1) ‖x_ij‖², one fused pass
+        sq = torch.linalg.vector_norm(x, dim=-1).square().unsqueeze(2)  # (B,N,1) ‖x_ij‖² (out of place: vmap has no square_ rule)
         var = torch.baddbmm(torch.bmm(w, sq), xbar, xbar.transpose(1, 2), alpha=-1.0)  # (B,1,1) mean ‖x‖² − ‖x̄‖²
         d = var.view(-1).clamp_min_(_EPS).sqrt_()  # ≥ sqrt(eps): rounding can make the difference slightly negative
     return xbar.squeeze(1), d
@@ -222,11 +222,21 @@ class ECAAggregation(nn.Module):
     def __init__(self, set_dim: int, num_heads: int, head_dim: int, dropout: float, cfg: ECAConfig | None) -> None:
         super().__init__()
         self.cfg = cfg or ECAConfig()
-        self.num_heads, self.head_dim, self.dropout = num_heads, head_dim, dropout
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.attn_drop = nn.Dropout(dropout)  # timm's name; another module here (a training engine's) takes the unfused path
         self.temperature = DispersionTemperature(self.cfg) if self.cfg.use_dats else None
         self.residual_scale = ResidualScale(set_dim, self.cfg) if self.cfg.use_sra else None
         self.last_lambda: Tensor | None = None
         self.scale: float | None = None  # logit scale; None: 1/sqrt(head_dim)
+
+    @property
+    def dropout(self) -> float:
+        """Attention-weight dropout probability (held by ``attn_drop``)."""
+        return self.attn_drop.p
+
+    @dropout.setter
+    def dropout(self, p: float) -> None:
+        self.attn_drop.p = p
 
     def _aggregate(self, q: Tensor, k: Tensor, v: Tensor, elements: Tensor, mask: Tensor, need_weights: bool,
                    attn_bias: Tensor | None = None) -> tuple[Tensor, AttentionAux]:
@@ -251,15 +261,16 @@ class ECAAggregation(nn.Module):
         scale = self.scale if self.scale is not None else 1.0 / math.sqrt(self.head_dim)
         if attn_bias is not None:  # an extra additive / boolean mask (nn.MultiheadAttention's attn_mask)
             attn_mask = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill(~attn_mask, float("-inf")) + attn_bias
-        p = self.dropout if self.training else 0.0
         weights = None
-        if need_weights:
+        if need_weights or type(self.attn_drop) is not nn.Dropout:
             scores = (q @ k.transpose(-1, -2)) * scale
             scores = scores.float().masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
                 else scores.float() + attn_mask.float()
             weights = torch.softmax(scores, dim=-1).to(v.dtype)
-            out = F.dropout(weights, p, self.training) @ v
+            out = self.attn_drop(weights) @ v
+            weights = weights if need_weights else None
         else:
+            p = self.attn_drop.p if self.training else 0.0
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, scale=self.scale)
         if residual_scale is not None:
             vbar = self._value_mean(xbar, v, mask)  # (B,H,1,dh)

@@ -57,7 +57,7 @@ def test_train_writes_every_item_and_resumes(tmp_path):
         assert 0.3 <= tau_min <= tau_mean <= tau_max <= 1.0  # τ in [τ_min, 1]
         result = json.loads((out / "egn" / f"fold_{fold['fold']}" / "eca" / "seed_0" / "result.json").read_text())
         assert set(result["lambda_tau"]) == {"lambda_mean", "lambda_min", "lambda_max", "tau_mean", "tau_min", "tau_max"}
-        assert (out / "egn" / f"fold_{fold['fold']}" / "eca" / "seed_0" / "early_stopping.ckpt").is_file()
+        assert (out / "egn" / f"fold_{fold['fold']}" / "eca" / "seed_0" / "early_stopping.pt").is_file()
     assert not list(out.rglob(".*tmp*"))
     again = train_all(tiny_config(), pre, out, progress=False)
     assert again["trained"] == 0 and again["skipped"] == 7

@@ -40,7 +40,7 @@ def test_a_crafted_model_file_is_refused_without_running(tmp_path, capsys):
     pre = make_preprocess_dir(tmp_path / "pre", n_slides=3, n_spots=12, n_genes=8)
     train_all(tiny_config(methods=["ridge"], final_method="eca"), pre, tmp_path / "train", progress=False)
     final = tmp_path / "train" / "final"
-    assert load_trained(final).task is not None  # the real file loads with weights_only=True
+    assert load_trained(final).model is not None  # the real file loads with weights_only=True
     marker = tmp_path / "pwned"
     torch.save({"state_dict": {}, "hparams": _Payload(marker)}, final / "model.pt")
     with pytest.raises(DataError, match=r"model\.pt: not a model written by eca-bio train, refused without running it"):
