@@ -8,10 +8,10 @@ from typing import Sequence
 from eca_core.cli import lazy_cli
 
 COMMANDS = {
-    "preprocess": ("eca_bio.preprocess", "tile slides (+ ST spots), embed patches with a frozen timm encoder, write per-slide HDF5"),
-    "train": ("eca_bio.train", "train expression models with slide-level cross-validation"),
-    "evaluate": ("eca_bio.evaluate", "PCC@F/S/M, MSE, MAE report, per-gene CSV, curves, .h5ad export"),
-    "predict": ("eca_bio.predict", "predict expression on new whole-slide images without sequencing"),
+    "preprocess": ("eca_bio.stages:PREPROCESS_COMMAND", "tile slides (+ ST spots), embed patches with a frozen timm encoder, write per-slide HDF5"),
+    "train": ("eca_bio.stages:TRAIN_COMMAND", "train expression models with slide-level cross-validation"),
+    "evaluate": ("eca_bio.stages:EVALUATE_COMMAND", "PCC@F/S/M, MSE, MAE report, per-gene CSV, curves, .h5ad export"),
+    "predict": ("eca_bio.stages:PREDICT_COMMAND", "predict expression on new whole-slide images without sequencing"),
     "demo": ("eca_bio.demo", "build a small synthetic ST slide set and run the whole pipeline on it"),
     "run": ("eca_core.pipeline", "run a pipeline YAML from pipelines/"),
 }

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -23,22 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from eca_core.errors import InputError
+from eca_bio.configs import EncoderConfig
 
 
 class EncoderError(InputError):
     """The encoder cannot be built or does not accept the configured input."""
-
-
-@dataclass
-class EncoderConfig:
-    """Which frozen encoder embeds the patches."""
-
-    name: str = "vit_small_patch16_224"      # timm model name or "hf-hub:org/repo"; transformers: "org/repo" or a local folder
-    pretrained: bool = True                  # load the name's pretrained weights (timm cache / hub)
-    weights: str | None = None               # local .safetensors / .pth / .pt / .bin state dict (overrides pretrained)
-    kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model kwargs, e.g. img_size, depth
-    seed: int = 0                            # seed for random-init encoders (pretrained=False, no weights)
-    backend: Literal["timm", "transformers"] = "timm"  # timm | transformers (ViT-style AutoModel: CLS = pooled, patch tokens)
 
 
 class FrozenEncoder(nn.Module):

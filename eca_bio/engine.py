@@ -42,7 +42,7 @@ from eca_bio.model import ExpressionModel, model_from_hparams
 from eca_bio.spots import SpotSet, epoch_scores
 
 if TYPE_CHECKING:
-    from eca_bio.train import TrainConfig
+    from eca_bio.configs import TrainConfig
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.AdamW's defaults, the optimizer of the per-fit loop
 

@@ -11,42 +11,23 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from eca_core.cli import StageCommand
-from eca_core.config import check, to_dict
+from eca_core.config import to_dict
 from eca_core.io import atomic_dir, plain_name, read_json, write_json_atomic, write_text_atomic
 from eca_core.metrics import regression_report
-from eca_core.pipeline import Stage, StageContext
+from eca_core.pipeline import StageContext
 from eca_bio.targets import DataError, read_manifest
+from eca_bio.configs import EvaluateConfig
 
 METRICS = ("pcc_f", "pcc_s", "pcc_m", "mse", "mae")
 TRANSFORM_NOTES = {
     "egn": "egn = log10(counts + 1), per-gene min-max (EGN/ECA paper protocol; rewards predicting sequencing depth)",
     "libsize": "libsize = log1p(counts per 10k per spot), per-gene min-max (library-size normalised)",
 }
-
-
-@dataclass
-class EvaluateConfig:
-    """Parameters of the evaluate stage."""
-
-    primary: str = "eca"  # the method the claims are about
-    softmax: str = "softmax"  # its softmax counterpart
-    references: list[str] = field(default_factory=lambda: ["ridge", "ridge_cv"])  # linear probes on the same features
-    mse_tolerance: float = 1.02  # claim: ECA MSE <= tolerance x softmax MSE
-    export_method: str | None = "eca"  # write test predictions of this method as .h5ad per slide
-    genes_to_plot: int = 4
-    export_images: bool = True  # embed hires/lowres slide images in the .h5ad
-
-    def __post_init__(self) -> None:
-        check(self, mse_tolerance=">0", genes_to_plot=">=0")
-        if self.export_method == "":
-            self.export_method = None
 
 
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
@@ -430,21 +411,13 @@ def evaluate_run(train_dir: Path, out_dir: Path, cfg: EvaluateConfig | None = No
             "claims": {t: {k: v["holds"] for k, v in c.items()} for t, c in checks.items()}}
 
 
-def _stage_run(ctx: StageContext) -> dict[str, Any]:
+def run_stage(ctx: StageContext) -> dict[str, Any]:
     result = evaluate_run(ctx.stage_dir("train"), ctx.out_dir, ctx.config, ctx.maybe_stage_dir("preprocess"))
     print((Path(ctx.out_dir) / "report.md").read_text())
     return result
 
 
-def _report(result: dict[str, Any], args: Any) -> None:
+def report(result: dict[str, Any], args: Any) -> None:
     print(f"report: {result['report']}\nsummary: {result['summary']}")
     for transform, paths in result["h5ad"].items():
         print(f".h5ad ({transform}): {Path(paths[0]).parent if paths else '-'}")
-
-
-STAGE = Stage("evaluate", _stage_run, config=EvaluateConfig, needs=("train",), optional=("preprocess",), main_only=True,
-              description="PCC@F/S/M, MSE, MAE per fold and overall; per-gene CSV; curves; .h5ad")
-COMMAND = StageCommand("eca_bio.evaluate:STAGE", out_help="report folder (replaced atomically)",
-                       needs_help={"train": "output folder of `eca-bio train`",
-                                   "preprocess": "preprocess folder (slide images for the .h5ad export)"}, report=_report)
-configure_parser, main = COMMAND.configure_parser, COMMAND.main

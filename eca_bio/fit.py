@@ -20,7 +20,7 @@ from eca_bio.spots import SpotDataset, SpotSet
 from eca_bio.task import ExpressionTask
 
 if TYPE_CHECKING:
-    from eca_bio.train import TrainConfig
+    from eca_bio.configs import TrainConfig
 
 
 def _trainer(options: dict[str, Any], max_epochs: int, callbacks: list, validate: bool, min_epochs: int = 1):

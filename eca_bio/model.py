@@ -15,33 +15,15 @@ so ``attention = softmax | eca | no_sra | no_dats | no_dnpl`` switches every att
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from eca_core.attention import ECAConfig, ECACrossAttention, ECAPooling
+from eca_core.attention import ECACrossAttention, ECAPooling
 from eca_core.config import from_dict
-
-
-@dataclass
-class ModelConfig:
-    """Architecture switches of :class:`ExpressionModel`."""
-
-    pool: Literal["attention", "mean"] = "attention"
-    attention: Literal["softmax", "eca", "no_sra", "no_dats", "no_dnpl"] = "eca"
-    hidden: int = 128
-    heads: int = 4
-    dropout: float = 0.1
-    use_exemplars: bool = True
-    tau_min: float = 0.3
-    beta: float = 1.0
-    lambda_max: float = 2.0
-
-    def eca_config(self) -> ECAConfig:
-        return ECAConfig.variant(self.attention, tau_min=self.tau_min, beta=self.beta, lambda_max=self.lambda_max)
+from eca_bio.configs import ModelConfig
 
 
 class ExpressionModel(nn.Module):

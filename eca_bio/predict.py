@@ -14,42 +14,18 @@ evaluate stage's metrics per section and pooled (``external_test.md`` / ``.json`
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 
 from eca_core import distributed
-from eca_core.cli import StageCommand
-from eca_core.config import check, from_dict
+from eca_core.config import from_dict
 from eca_core.io import read_json, write_json_atomic
-from eca_core.pipeline import Stage, StageContext
+from eca_core.pipeline import StageContext
 from eca_bio.exemplars import ExemplarIndex
-from eca_bio.slides import DEFAULT_MAX_MEGAPIXELS
 from eca_bio.targets import DataError, canonical_encoder, load_slide
-
-
-@dataclass
-class PredictConfig:
-    """Parameters of the predict stage / command."""
-
-    slides: list[str] = field(default_factory=list)  # WSIs (any OpenSlide format or plain image) to predict on
-    st_dir: str | None = None  # labeled sections (any supported layout) to test on: metrics against their measured expression
-    sections: list[str] | None = None  # subset of section ids in st_dir (default: all)
-    mpp: float | None = None  # microns per pixel of the slides; wins over their metadata (with a warning)
-    features_dir: str | None = None  # TRIDENT/CLAM feature files <slide id>.h5 of the slides (a model trained on such files needs them)
-    allow_unusual_mpp: bool = False  # accept mpp outside 0.05-50 um/px and patches under 8 px
-    max_image_megapixels: float = DEFAULT_MAX_MEGAPIXELS  # plain images (JPEG/PNG/TIFF) decoded whole: larger ones are refused
-    genes_to_plot: int = 4  # heatmaps of the most variable predicted genes
-    batch_size: int = 16  # embedding batch size
-    num_workers: int = 0
-    export_images: bool = True  # embed hires/lowres slide images in the .h5ad
-
-    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("batch_size", "num_workers", "max_image_megapixels")
-
-    def __post_init__(self) -> None:
-        check(self, mpp=">0", genes_to_plot=">=0", batch_size=">=1", num_workers=">=0")
+from eca_bio.configs import PredictConfig
 
 
 def find_model(path: Path) -> Path:
@@ -229,29 +205,20 @@ def write_external_report(tested: dict[str, dict[str, Any]], trained: Any, model
                                                       "pooled": {k: pooled[k] for k in keep if k in pooled}})
 
 
-def _stage_run(ctx: StageContext) -> dict[str, Any]:
+def run_stage(ctx: StageContext) -> dict[str, Any]:
     if not ctx.config.slides and not ctx.config.st_dir:
         return {"slides": {}, "note": "no slides to predict"}
     return predict_slides(ctx.stage_dir("train"), ctx.config, ctx.out_dir, ctx.options)
 
 
-def _stage_inputs(ctx: StageContext) -> list[Path]:
+def stage_inputs(ctx: StageContext) -> list[Path]:
     cfg = ctx.config
     return [Path(s) for s in cfg.slides] + [Path(p) for p in (cfg.features_dir, cfg.st_dir) if p]
 
 
-def _report(result: dict[str, Any], args: Any) -> None:
+def report(result: dict[str, Any], args: Any) -> None:
     for sid, r in result.get("slides", {}).items():
         score = f", PCC@M {r['pcc_m']:.4f} against its measured expression" if "pcc_m" in r else ""
         print(f"{sid}: {r['tiles']} tiles{score}\n  {r['h5ad']}\n  {r['png']}")
     if result.get("report"):
         print(f"external test report: {result['report']}")
-
-
-STAGE = Stage("predict", _stage_run, config=PredictConfig, inputs=_stage_inputs, needs=("train",),
-              description="expression maps for new WSIs without sequencing")
-COMMAND = StageCommand("eca_bio.predict:STAGE", out_help="output folder for .h5ad and PNG files",
-                       needs_flags={"train": "--model"},
-                       needs_help={"train": "pipeline run dir (with train/final), a train output folder, or a trained model folder"},
-                       report=_report)
-configure_parser, main = COMMAND.configure_parser, COMMAND.main

@@ -35,24 +35,21 @@ import json
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, Literal
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from eca_core import distributed
-from eca_core.cli import StageCommand
-from eca_core.config import check, from_dict, to_dict
+from eca_core.config import from_dict, to_dict
 from eca_core.errors import ConfigError, InputError
 from eca_core.io import atomic_path, write_json_atomic
-from eca_core.pipeline import Stage, StageContext
+from eca_core.pipeline import StageContext
 from eca_core.resume import RunLock, clean_temp_files, content_hash, item_is_current, write_item_marker
 from eca_bio import slide_h5
-from eca_bio.encoders import EncoderConfig
 from eca_bio.precomputed import check_same_image, find_features_file, join_features_to_spots, precomputed_encoder
-from eca_bio.slides import DEFAULT_MAX_MEGAPIXELS
-from eca_bio.tissue import TissueConfig
+from eca_bio.configs import PreprocessConfig
 
 FORMAT_VERSION = 2  # 2: float32 features, TRIDENT coords attributes
 MIN_PATCH_PX = 8  # smaller level-0 patches mean the microns per pixel are wrong
@@ -60,44 +57,6 @@ MIN_PATCH_PX = 8  # smaller level-0 patches mean the microns per pixel are wrong
 
 class PreprocessError(ConfigError):
     """The preprocess configuration or its inputs cannot be used."""
-
-
-@dataclass
-class PreprocessConfig:
-    """Parameters of the preprocess stage (YAML ``preprocess:`` params; one source of truth for defaults)."""
-
-    st_dir: str | None = None                 # legacy-ST / Visium section folder, a folder of them, or a HEST-1k folder
-    st_format: Literal["auto", "legacy_st", "visium", "visium_hd", "hest"] = "auto"
-    visium_hd_bin: str = "square_016um"       # Visium HD: the binned_outputs/ folder whose bins are the spots
-    sections: list[str] | None = None         # subset of section ids in st_dir (default: all)
-    images: dict[str, str] = field(default_factory=dict)  # section id -> full-res image (default: found in its folder)
-    slides: list[str] = field(default_factory=list)  # WSIs without ST: tiled over detected tissue
-    mpp: float | None = None                  # microns per pixel of every slide and section; wins over their metadata (with a warning)
-    allow_unusual_mpp: bool = False           # accept mpp outside 0.05-50 um/px and patches under 8 px
-    max_image_megapixels: float = DEFAULT_MAX_MEGAPIXELS  # plain images (JPEG/PNG/TIFF) decoded whole: larger ones are refused
-    patch_um: float = 112.0                   # patch side in microns (224 px at 0.5 um/px)
-    patch_px: int = 224                       # encoder input side in pixels
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    features_dir: str | None = None           # TRIDENT/CLAM feature files <slide id>.h5 to use instead of embedding
-    features_encoder: str | None = None       # encoder that made features_dir's files (default: the files' 'encoder' attribute)
-    features_patch_size: int | None = None    # level-0 patch side of features_dir files that do not record it (CLAM's)
-    token_grid: int | None = None             # pool patch tokens to k x k (None: keep all tokens)
-    store_tokens: bool = True                 # write the 'tokens' dataset
-    batch_size: int = 32
-    num_workers: int = 2                      # DataLoader workers that read and cut patches
-    precision: str = "32-true"                # Lightning precision, e.g. "bf16-mixed" on GPUs
-    tissue: TissueConfig = field(default_factory=TissueConfig)
-    grid_overlap: float = 0.0                 # WSI grid: fraction of overlap between neighbouring patches
-    min_tissue: float = 0.25                  # WSI grid: minimum tissue fraction of a kept patch
-    max_outside_fraction: float = 0.1         # ST: more spots outside the image than this is an error
-    progress: bool = True                     # progress bars and one log line per slide
-    skip_errors: bool = False                 # cohorts: a slide that cannot be read is listed in the manifest and skipped
-
-    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("batch_size", "num_workers", "progress", "max_image_megapixels")
-
-    def __post_init__(self) -> None:
-        check(self, patch_um=">0", patch_px=">=8", max_image_megapixels=">0", batch_size=">=1", num_workers=">=0", token_grid=">=1",
-              grid_overlap="[0,1)", min_tissue="[0,1]", max_outside_fraction="[0,1]", mpp=">0")
 
 
 @dataclass
@@ -531,7 +490,7 @@ def _manifest(cfg: PreprocessConfig, out_dir: Path, plans: list[_Plan], encoder_
 # ----------------------------------------------------------------------------------------- stage + CLI
 
 
-def _stage_inputs(ctx: StageContext) -> list[Path]:
+def stage_inputs(ctx: StageContext) -> list[Path]:
     cfg: PreprocessConfig = ctx.config
     paths = [Path(cfg.st_dir)] if cfg.st_dir else []
     paths += [Path(p) for p in cfg.images.values()]
@@ -543,19 +502,13 @@ def _stage_inputs(ctx: StageContext) -> list[Path]:
     return paths
 
 
-def _run_stage(ctx: StageContext) -> dict[str, Any]:
+def run_stage(ctx: StageContext) -> dict[str, Any]:
     manifest = run_preprocess(ctx.config, ctx.out_dir, ctx.options)
     return {"slides": len(manifest["slides"]), "patches": sum(s["n_patches"] for s in manifest["slides"]),
             "feature_dim": manifest["feature_dim"], "manifest": str(Path(ctx.out_dir) / "manifest.json")}
 
 
-def _report(summary: dict[str, Any], args: Any) -> None:
+def report(summary: dict[str, Any], args: Any) -> None:
     if "slides" in summary:
         print(f"{summary['slides']} slide(s), {summary['patches']} patches, feature_dim {summary['feature_dim']}: "
               f"{Path(summary['manifest']).resolve()}")
-
-
-STAGE = Stage("preprocess", run=_run_stage, config=PreprocessConfig, inputs=_stage_inputs,
-              description="tile slides (+ ST spots), embed patches with a frozen timm encoder, write per-slide HDF5")
-COMMAND = StageCommand("eca_bio.preprocess:STAGE", out_help="output folder (manifest.json, slides/)", report=_report)
-configure_parser, main = COMMAND.configure_parser, COMMAND.main

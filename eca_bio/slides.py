@@ -21,11 +21,11 @@ import numpy as np
 from PIL import Image
 
 from eca_core.errors import InputError
+from eca_bio.configs import DEFAULT_MAX_MEGAPIXELS
 
 # Pillow's own decompression-bomb guard (179 megapixels) would refuse full-resolution H&E JPEGs; plain images
 # are held to max_megapixels instead (checked from the header, before anything is decoded).
 Image.MAX_IMAGE_PIXELS = None
-DEFAULT_MAX_MEGAPIXELS = 1000.0  # 3 GB of RGB in memory; pyramidal slides (OpenSlide) are read lazily and never limited
 
 PLAIN_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
 TIFF_SUFFIXES = {".tif", ".tiff", ".btf"}

@@ -21,9 +21,9 @@ import scipy.sparse as sp
 
 from eca_core.errors import InputError
 from eca_core.io import inside, plain_name, read_json, require_self_contained_h5
+from eca_bio.configs import TRANSFORMS
 from eca_bio.slide_h5 import read_slide_h5
 
-TRANSFORMS = ("egn", "libsize")
 Transform = Literal["egn", "libsize"]
 
 

@@ -6,25 +6,11 @@ H&E tissue is stained (saturated); glass, background and most scanner borders ar
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-
-
-@dataclass
-class TissueConfig:
-    """Parameters of ``detect_tissue`` (thumbnail scale is set by ``thumbnail_px``)."""
-
-    thumbnail_px: int = 2048          # longer side of the slide thumbnail (also the patch-check PNG)
-    work_mpp: float = 4.0             # detection resolution, microns per pixel (coarser = faster morphology)
-    min_saturation: float = 0.05      # floor under the Otsu threshold (0-1): faint slides stay background
-    max_darkness: float = 0.1         # pixels with value below this (0-1) are not tissue (pen, black borders)
-    close_um: float = 50.0            # morphological closing radius, microns
-    open_um: float = 20.0             # opening radius, microns (removes dust/specks)
-    min_area_um2: float = 50_000.0    # tissue components smaller than this are dropped
-    fill_holes: bool = True
+from eca_bio.configs import TissueConfig
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:

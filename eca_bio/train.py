@@ -14,20 +14,18 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from eca_core import distributed
-from eca_core.cli import StageCommand
-from eca_core.config import check, to_dict
+from eca_core.config import to_dict
 from eca_core.io import atomic_dir, read_json, write_json_atomic
-from eca_core.losses import LossConfig
-from eca_core.pipeline import Stage, StageContext, digest
+from eca_core.pipeline import StageContext, digest
 from eca_core.resume import RunLock, clean_temp_files, content_hash, item_is_current, write_item_marker
 from eca_core.trainer import quiet_lightning
 from eca_bio.exemplars import ExemplarBank, ExemplarIndex
@@ -37,75 +35,13 @@ from eca_bio.model import model_from_hparams
 from eca_bio.tuning import select_ridge_alpha
 from eca_bio.folds import plan_folds
 from eca_bio.methods import METHOD_LABELS, METHODS, method_seeds
-from eca_bio.model import ModelConfig, RidgeBaseline
+from eca_bio.model import RidgeBaseline
 from eca_bio.spots import SpotSet, build_spots, make_bank
-from eca_bio.targets import TRANSFORMS, SlideData, TargetSpec, canonical_encoder, fit_targets, load_preprocessed, make_targets
+from eca_bio.targets import SlideData, TargetSpec, canonical_encoder, fit_targets, load_preprocessed, make_targets
 from eca_bio.spots import predict_spots
+from eca_bio.configs import TrainConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    """Parameters of the train stage (the ``train:`` block of a bio pipeline YAML)."""
-
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
-    transforms: list[str] = field(default_factory=lambda: list(TRANSFORMS))
-    n_genes: int = 250
-    cv: Literal["loso", "kfold", "fixed", "none"] = "loso"  # fixed: test_slides only (HEST-Benchmark style); none: only the final model
-    n_folds: int = 4  # k-fold by slide (cv: kfold)
-    test_slides: list[str] = field(default_factory=list)  # cv: fixed: the held-out test slides
-    k: int = 8  # exemplars per spot
-    exemplar_backend: Literal["auto", "exact", "faiss"] = "auto"
-    use_tokens: bool = True  # attend over stored patch tokens (else the CLS feature only)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)  # its `pcc` is set per method
-    epochs: int = 60
-    patience: int = 10
-    min_epochs: int = 3
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    refit: bool = True  # retrain on all training slides for the early-stopped number of epochs
-    tune_trials: int = 1  # validation-slide search: configurations tried per neural method (1: the defaults only)
-    tune_grid: dict[str, list[float]] = field(default_factory=lambda: {
-        "lr": [3e-4, 1e-3, 3e-3], "weight_decay": [1e-5, 1e-4, 1e-2], "dropout": [0.0, 0.1, 0.3],
-        "tau_min": [0.2, 0.3, 0.5], "beta": [0.5, 1.0, 2.0], "lambda_max": [1.5, 2.0, 3.0],
-        "sra_weight": [1e-4, 1e-3, 1e-2]})  # each method draws from its own knobs (eca_bio.tuning)
-    ridge_components: int = 256
-    ridge_alpha: float | None = None  # None: HEST's 100 / (components · genes)
-    ridge_alphas: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6])  # ridge_cv grid
-    final_method: str | None = "eca"  # trained on every ST slide for `eca-bio predict`; None to skip
-    final_transform: str | None = None  # default: the first of `transforms`
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # neural methods run once per seed (ridge is deterministic: once); the final model uses the first
-    threads: int | None = None  # torch CPU threads (default: torch's)
-    engine: Literal["vectorised", "per_fit"] = "vectorised"  # per_fit: one Lightning Trainer per fit (the reference loop; same results)
-
-    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("threads", "engine")
-
-    def __post_init__(self) -> None:
-        if not self.seeds:
-            raise ValueError("train.seeds must list at least one seed")
-        unknown = sorted(set(self.tune_grid) - {"lr", "weight_decay", "dropout", "tau_min", "beta", "lambda_max", "sra_weight"})
-        if unknown:
-            raise ValueError(f"train.tune_grid: unknown knob(s) {unknown}")
-        check(self, tune_trials=">=1", n_genes=">=1", n_folds=">=2", k=">=1", epochs=">=1", patience=">=0", min_epochs=">=1",
-              batch_size=">=2", lr=">0", weight_decay=">=0", ridge_components=">=1", ridge_alpha=">0",
-              ridge_alphas=">0", threads=">=1")
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad or not self.methods:
-            raise ValueError(f"train.methods: unknown {bad}; choose from {list(METHODS)}")
-        bad = [t for t in self.transforms if t not in TRANSFORMS]
-        if bad or not self.transforms:
-            raise ValueError(f"train.transforms: unknown {bad}; choose from {list(TRANSFORMS)}")
-        if self.final_method is not None and self.final_method not in METHODS:
-            raise ValueError(f"train.final_method {self.final_method!r} is not one of {list(METHODS)}")
-        if self.final_transform is not None and self.final_transform not in TRANSFORMS:
-            raise ValueError(f"train.final_transform {self.final_transform!r} is not one of {list(TRANSFORMS)}")
-        if (self.cv == "fixed") != bool(self.test_slides):
-            raise ValueError("train.test_slides names the test slides of cv: fixed (and only then)")
-        if self.cv == "none" and self.final_method is None:
-            raise ValueError("train.cv: none trains only the final model; set final_method")
 
 
 # ---------------------------------------------------------------------------------------- the CV run
@@ -523,17 +459,10 @@ def _slide_key(s: SlideData) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------- stage / CLI
 
-def _stage_run(ctx: StageContext) -> dict[str, Any]:
+def run_stage(ctx: StageContext) -> dict[str, Any]:
     return train_all(ctx.config, ctx.stage_dir("preprocess"), ctx.out_dir, ctx.options)
 
 
-def _report(summary: dict[str, Any], args: Any) -> None:
+def report(summary: dict[str, Any], args: Any) -> None:
     print(json.dumps(summary, indent=2))
     print(f"models and predictions: {Path(args.out).resolve()}")
-
-
-STAGE = Stage("train", _stage_run, config=TrainConfig, needs=("preprocess",),
-              description="slide-level CV of ridge, mean-pool, softmax and ECA expression models")
-COMMAND = StageCommand("eca_bio.train:STAGE", out_help="output folder for models, histories and predictions",
-                       needs_help={"preprocess": "output folder of `eca-bio preprocess` (has manifest.json)"}, report=_report)
-configure_parser, main = COMMAND.configure_parser, COMMAND.main

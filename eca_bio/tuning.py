@@ -25,7 +25,7 @@ from eca_bio.spots import epoch_scores
 from eca_bio.targets import SlideData, TargetSpec, make_targets
 
 if TYPE_CHECKING:
-    from eca_bio.train import TrainConfig
+    from eca_bio.configs import TrainConfig
 
 SHARED_KNOBS = ("lr", "weight_decay", "dropout")
 DATS_KNOBS = ("tau_min", "beta")

@@ -50,7 +50,9 @@ def lazy_cli(prog: str, description: str, commands: dict[str, tuple[str, str]], 
     module_name, help_text = commands[ns.command]
     name = f"{prog} {ns.command}"
     try:
-        module = importlib.import_module(module_name)
+        mod_name, _, attr = module_name.partition(":")
+        module = importlib.import_module(mod_name)
+        module = getattr(module, attr) if attr else module  # a StageCommand declared in a light module, or a module
         parser = argparse.ArgumentParser(prog=name, description=help_text, allow_abbrev=False,
                                          formatter_class=argparse.RawDescriptionHelpFormatter)
         module.configure_parser(parser)
@@ -236,10 +238,10 @@ class StageCommand:
     ``--out DIR`` is the stage's output folder; each stage it reads gets ``--<stage> DIR``.
     """
 
-    def __init__(self, stage: str, out_help: str = "output folder", positional: str | None = None,
+    def __init__(self, stage: Any, out_help: str = "output folder", positional: str | None = None,
                  needs_help: Mapping[str, str] | None = None, needs_flags: Mapping[str, str] | None = None,
                  exclude: Sequence[str] = (),
-                 report: Callable[[dict[str, Any], argparse.Namespace], None] | None = None) -> None:
+                 report: Callable[[dict[str, Any], argparse.Namespace], None] | str | None = None) -> None:
         self.ref, self.out_help, self.positional = stage, out_help, positional
         self.needs_help, self.exclude, self.report = dict(needs_help or {}), tuple(exclude), report
         self.needs_flags = dict(needs_flags or {})
@@ -288,7 +290,9 @@ class StageCommand:
             summary = dict(run_on_ranks(stage, ctx) or {})
             distributed.barrier()
         if self.report is not None and distributed.is_main():
-            self.report(summary, args)
+            from eca_core.pipeline import resolve_callable
+
+            resolve_callable(self.report)(summary, args)
         return 0
 
 

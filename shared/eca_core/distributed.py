@@ -33,6 +33,8 @@ class RankError(ECAError):
 
 
 def _dist():
+    if "torch.distributed" not in sys.modules:  # no process group can exist yet: answer without importing torch
+        return None
     import torch.distributed as dist
 
     return dist if dist.is_available() and dist.is_initialized() else None

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from eca_core.loss_config import LossConfig
+
+__all__ = ["ECAObjective", "LossConfig", "dnpl_loss", "pcc_loss", "pcc_per_dim", "sra_penalty"]
 
 _EPS = 1e-8
 
@@ -77,19 +78,6 @@ def sra_penalty(model_or_lambdas: nn.Module | Tensor | list[Tensor]) -> Tensor:
     if not lams:
         return torch.zeros(())
     return torch.stack([((lam.float() - 1.0) ** 2).mean() for lam in lams]).mean()
-
-
-@dataclass
-class LossConfig:
-    """L = MSE + pcc_weight · (DNPL | plain PCC | nothing) + sra_weight · R."""
-
-    pcc: Literal["dnpl", "plain", "none"] = "dnpl"
-    pcc_weight: float = 0.5
-    sra_weight: float = 1e-3
-
-    def __post_init__(self) -> None:
-        if self.pcc not in ("dnpl", "plain", "none"):
-            raise ValueError(f"LossConfig.pcc must be 'dnpl', 'plain' or 'none', got {self.pcc!r}")
 
 
 class ECAObjective(nn.Module):

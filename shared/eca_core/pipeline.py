@@ -92,13 +92,21 @@ class Stage:
     """
 
     name: str
-    run: Callable[[StageContext], Mapping[str, Any] | None]
+    run: Callable[[StageContext], Mapping[str, Any] | None] | str  # or "package.module:function", imported when it runs
     config: type | None = None
-    inputs: Callable[[StageContext], list[Path]] | None = None
+    inputs: Callable[[StageContext], list[Path]] | str | None = None
     needs: tuple[str, ...] = ()
     description: str = ""
     optional: tuple[str, ...] = ()  # earlier stages it reads when they are there (e.g. images for an export)
     main_only: bool = False  # runs on rank 0 alone (reports, small files); the other ranks wait for it
+
+    def execute(self, ctx: StageContext) -> Mapping[str, Any] | None:
+        """Run the stage (importing its code now when ``run`` is a reference: declarations stay light)."""
+        return resolve_callable(self.run)(ctx)
+
+    def input_paths(self, ctx: StageContext) -> list[Path]:
+        """The external inputs whose content enters the stage key."""
+        return list(resolve_callable(self.inputs)(ctx)) if self.inputs else []
 
     def parse(self, params: Mapping[str, Any] | None, where: str) -> Any:
         """The stage's typed config from YAML params (ConfigError naming ``where`` and the key)."""
@@ -244,6 +252,14 @@ def load_stages(module: str) -> dict[str, Stage]:
     return {name: resolve_stage(ref, name) for name, ref in stages.items()}
 
 
+def resolve_callable(ref: Callable | str) -> Callable:
+    """A function from itself or from a ``"package.module:function"`` reference."""
+    if not isinstance(ref, str):
+        return ref
+    mod_name, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(mod_name), attr)
+
+
 def resolve_stage(ref: Stage | str, name: str = "") -> Stage:
     """A ``Stage`` object from itself or from a ``"package.module:ATTR"`` reference."""
     if isinstance(ref, Stage):
@@ -381,7 +397,7 @@ def run_stage(stage: Stage, ctx: StageContext, marker: Path, upstream: Mapping[s
 def _decide(stage: Stage, ctx: StageContext, marker: Path, upstream: Mapping[str, str],
             force: bool) -> tuple[str, dict | None, dict, str]:
     """("skip" | reason to run again | "", the done record, input hashes, stage key), decided on rank 0."""
-    inputs = {str(p): content_hash(Path(p)) for p in (stage.inputs(ctx) if stage.inputs else [])}
+    inputs = {str(p): content_hash(Path(p)) for p in stage.input_paths(ctx)}
     key = digest({"stage": stage.name, "params": stage.key_params(ctx.config), "inputs": inputs, "upstream": dict(upstream)})
     done = read_done(marker)
     if done is None or force:
@@ -400,7 +416,7 @@ def run_on_ranks(stage: Stage, ctx: StageContext) -> Mapping[str, Any] | None:
     summary = None
     try:
         if not stage.main_only or distributed.is_main():
-            summary = stage.run(ctx)
+            summary = stage.execute(ctx)
     except Exception as exc:  # noqa: BLE001 - every rank must hear about it
         error = exc
     distributed.raise_if_any_failed(error)
