@@ -7,14 +7,12 @@ from this module before torch, Lightning, timm or anndata are imported.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from eca_core.config import check
+from eca_core.eca_config import ECAConfig
 from eca_core.loss_config import LossConfig
 from eca_bio.methods import METHODS
-
-if TYPE_CHECKING:
-    from eca_core.attention import ECAConfig
 
 TRANSFORMS = ("egn", "libsize")  # target transforms (eca_bio.targets)
 DEFAULT_MAX_MEGAPIXELS = 1000.0  # 3 GB of RGB in memory; pyramidal slides (OpenSlide) are read lazily and never limited
@@ -35,8 +33,6 @@ class ModelConfig:
     lambda_max: float = 2.0
 
     def eca_config(self) -> ECAConfig:
-        from eca_core.attention import ECAConfig
-
         return ECAConfig.variant(self.attention, tau_min=self.tau_min, beta=self.beta, lambda_max=self.lambda_max)
 
 

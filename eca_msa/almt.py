@@ -17,39 +17,14 @@ is plain ALMT, ``"eca"`` adds DATS + SRA where the tokens aggregate the (homogen
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eca_core.attention import ECAConfig, ECACrossAttention
+from eca_core.attention import ECACrossAttention
 from eca_core.errors import InputError
-
-
-@dataclass
-class ALMTConfig:
-    """The published ALMT on MOSI (Haoyu-ha/ALMT configs/mosi.yaml); lengths and feature sizes follow the data."""
-
-    text_dim: int = 768
-    audio_dim: int = 5
-    vision_dim: int = 20
-    text_len: int = 50
-    audio_len: int = 375
-    vision_len: int = 500
-    dim: int = 128  # projection dim of every modality
-    tokens: int = 8  # learned tokens per modality and hyper-modality tokens
-    heads: int = 8  # projection / text / fusion transformers
-    dim_head: int = 64  # ALMT's transformer blocks use 64 per head (its default)
-    mlp_dim: int = 128
-    hyper_depth: int = 3
-    hyper_heads: int = 8
-    hyper_dim_head: int = 16
-    fusion_depth: int = 2
-    dropout: float = 0.0
-    mask_padding: bool = False  # mask frames/tokens past the lengths (published ALMT attends to padding; option mask-padding)
-    text_model: str | None = "bert-base-uncased"  # BERT hub name or local folder fine-tuned on `text_bert` ids (published); None: the precomputed `text` features
-    video_attention: ECAConfig = field(default_factory=lambda: ECAConfig(mode="softmax"))
+from eca_msa.configs import ALMTConfig
 
 
 def split_heads(x: Tensor, heads: int) -> Tensor:

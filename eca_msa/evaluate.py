@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from eca_core.cli import StageCommand, report_paths
-from eca_core.config import check, from_dict
+from eca_core.config import from_dict
 from eca_core.io import atomic_path, read_json, write_json_atomic, write_text_atomic
-from eca_core.pipeline import Stage, StageContext
+from eca_core.pipeline import StageContext
 from eca_msa.metrics import HIGHER_IS_BETTER
-from eca_msa.train import SETTING_LABELS, TrainConfig
+from eca_msa.configs import SETTING_LABELS, EvaluateConfig, TrainConfig
 
 RERUN = "re-run `eca-msa train`"
 SHORT = {"Non0_F1_score": "F1 (Non0)", "Corr": "Corr", "MAE": "MAE", "Has0_acc_2": "Acc-2 (Has0)", "Has0_F1_score": "F1 (Has0)",
@@ -21,17 +19,6 @@ SHORT = {"Non0_F1_score": "F1 (Non0)", "Corr": "Corr", "MAE": "MAE", "Has0_acc_2
          "F1_score": "F1"}
 MOSI_ORDER = ["Non0_F1_score", "Corr", "MAE", "Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Mult_acc_5", "Mult_acc_7"]
 SIMS_ORDER = ["F1_score", "Corr", "MAE", "Mult_acc_2", "Mult_acc_3", "Mult_acc_5"]
-
-
-@dataclass
-class EvaluateConfig:
-    """``std_ddof``: 1 gives the sample standard deviation over seeds."""
-
-    std_ddof: int = 1  # 1: sample standard deviation over seeds
-    baseline: str = "almt_pcc"  # the report adds each setting's difference of means to this one
-
-    def __post_init__(self) -> None:
-        check(self, std_ddof="[0,1]")
 
 
 def load_runs(train_dir: str | Path) -> list[dict[str, Any]]:
@@ -195,15 +182,8 @@ def evaluate(train_dir: str | Path, out_dir: str | Path, cfg: EvaluateConfig | N
     return report
 
 
-def _run_stage(ctx: StageContext) -> dict[str, Any]:
+def run_stage(ctx: StageContext) -> dict[str, Any]:
     report = evaluate(ctx.stage_dir("train"), ctx.out_dir, ctx.config)
     print(report["table_markdown"])
     return {"report": str(ctx.out_dir / "report.md"), "curves": str(ctx.out_dir / "curves.png"),
             "corr_mean": {s: e["metrics"]["Corr"]["mean"] for s, e in report["settings"].items()}}
-
-
-
-STAGE = Stage("evaluate", _run_stage, config=EvaluateConfig, needs=("train",), main_only=True, description="mean ± std report and validation curves")
-COMMAND = StageCommand("eca_msa.evaluate:STAGE", out_help="report folder",
-                       needs_help={"train": "folder written by `eca-msa train` (holds results.json)"}, report=report_paths("report", "curves"))
-configure_parser, main = COMMAND.configure_parser, COMMAND.main

@@ -10,7 +10,6 @@ decimals for display); the keys are MMSA's. Rounding to classes uses ``np.round`
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score
 
 MOSI_KEYS = ("Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score", "Mult_acc_5", "Mult_acc_7", "MAE", "Corr")
 SIMS_KEYS = ("Mult_acc_2", "Mult_acc_3", "Mult_acc_5", "F1_score", "MAE", "Corr")
@@ -60,6 +59,8 @@ def mosi_regression_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, fl
     truth > 0 vs pred > 0. Acc-5/Acc-7: both clipped to ±2 / ±3 and rounded. Corr: ``np.corrcoef``
     (NaN when predictions are constant).
     """
+    from sklearn.metrics import accuracy_score, f1_score
+
     pred, truth = _flat(pred, truth)
     non0 = truth != 0
     if not non0.any():
@@ -88,6 +89,8 @@ def _bins(x: np.ndarray, edges: list[float]) -> np.ndarray:
 
 def sims_regression_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     """MMSA ``__eval_sims_regression`` (labels in [-1, 1]): 2/3/5-class accuracy by fixed bins, weighted F1, MAE, Corr."""
+    from sklearn.metrics import f1_score
+
     pred, truth = _flat(pred, truth)
     pred, truth = np.clip(pred, -1.0, 1.0), np.clip(truth, -1.0, 1.0)
     e2, e3, e5 = [-1.01, 0.0, 1.01], [-1.01, -0.1, 0.1, 1.01], [-1.01, -0.7, -0.1, 0.1, 0.7, 1.01]

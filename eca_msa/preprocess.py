@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eca_core.cli import StageCommand
 from eca_core.io import write_json_atomic
-from eca_core.pipeline import Stage, StageContext
+from eca_core.pipeline import StageContext
 from eca_msa.data import CACHE_NAME, load_mmsa, save_cache
-
-
-@dataclass
-class PreprocessConfig:
-    """The MMSA pickle to validate and cache."""
-
-    pkl: str = ""  # MMSA feature pickle (e.g. MOSI unaligned_50.pkl); empty: the pickle of an earlier generate stage
 
 
 def preprocess(pkl: str | Path, out_dir: str | Path) -> dict[str, Any]:
@@ -37,7 +28,7 @@ def _pickle_path(ctx: StageContext) -> Path:
     return ctx.stage_dir("generate") / PICKLE_NAME
 
 
-def _run_stage(ctx: StageContext) -> dict[str, Any]:
+def run_stage(ctx: StageContext) -> dict[str, Any]:
     pkl = _pickle_path(ctx)
     summary = preprocess(pkl, ctx.out_dir)
     sizes = {s: summary[s]["n"] for s in ("train", "valid", "test")}
@@ -45,18 +36,11 @@ def _run_stage(ctx: StageContext) -> dict[str, Any]:
         | {"cache": str(ctx.out_dir / CACHE_NAME)}
 
 
-def _inputs(ctx: StageContext) -> list[Path]:
+def stage_inputs(ctx: StageContext) -> list[Path]:
     return [Path(ctx.config.pkl)] if ctx.config.pkl else []
 
 
-def _report(s: dict[str, Any], args: Any) -> None:
+def report(s: dict[str, Any], args: Any) -> None:
     print(f"{s['source']}: valid MMSA data (train {s['train']}, valid {s['valid']}, test {s['test']}); "
           f"text {s['text_len']}×{s['text_dim']}, audio {s['audio_len']}×{s['audio_dim']}, vision {s['vision_len']}×{s['vision_dim']}")
     print(f"cache: {s['cache']}")
-
-
-STAGE = Stage("preprocess", _run_stage, config=PreprocessConfig, inputs=_inputs, optional=("generate",), main_only=True,
-              description="validate an MMSA pickle (loaded without running code) and cache its tensors")
-COMMAND = StageCommand("eca_msa.preprocess:STAGE", out_help=f"folder for {CACHE_NAME} and summary.json", positional="pkl",
-                       report=_report)
-configure_parser, main = COMMAND.configure_parser, COMMAND.main

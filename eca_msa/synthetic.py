@@ -12,62 +12,20 @@ Padding past the lengths is non-zero for some clips and audio holds -inf values,
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
-from eca_core.cli import StageCommand
-from eca_core.config import check, to_dict
+from eca_core.config import to_dict
 from eca_core.io import atomic_path
-from eca_core.pipeline import Stage, StageContext
+from eca_core.pipeline import StageContext
 from eca_msa.datasets import dataset_spec
+from eca_msa.configs import SyntheticConfig
 
 CLS_ID, SEP_ID, VOCAB = 101, 102, 30522
 POSITIVE_IDS, NEGATIVE_IDS, NEUTRAL_IDS = (2000, 3000), (3000, 4000), (4000, VOCAB)
-
-
-@dataclass
-class SyntheticConfig:
-    """Sizes default to the named data set's (MOSI: 1284/229/686 clips; 50 tokens × 768, 375 × 5 audio, 500 × 20 video)."""
-
-    dataset: str = "mosi"  # schema to follow: mosi | mosei | sims (split sizes, shapes, label range; see eca_msa.datasets)
-    n_train: int | None = None  # None: the data set's
-    n_valid: int | None = None  # None: the data set's
-    n_test: int | None = None  # None: the data set's
-    text_len: int | None = None  # None: the data set's
-    text_dim: int | None = None  # None: the data set's
-    audio_len: int | None = None  # None: the data set's
-    audio_dim: int | None = None  # None: the data set's
-    vision_len: int | None = None  # None: the data set's
-    vision_dim: int | None = None  # None: the data set's
-    key_frames: int = 3  # informative frames per clip
-    center_std: float = 1.0  # σ_c: spread of clip centres across clips
-    frame_noise: float = 0.05  # σ_floor: spread of ordinary frames around their clip centre
-    key_contrast: float = 3.0  # std of a_i, the key frames' offset along u
-    key_gain: float = 2.0 / 3.0  # κ: weight of a_i in the label (κ·a_i has std 2)
-    text_weight: float = 1.0
-    video_weight: float = 1.0
-    label_noise: float = 0.2
-    label_std: float | None = None  # label std before clipping; None: half the data set's label bound (MOSI 1.5, SIMS 0.5)
-    dirty_padding: float = 0.3  # fraction of clips whose padding frames are not zero
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        spec = dataset_spec(self.dataset)
-        defaults = dict(zip(("n_train", "n_valid", "n_test"), spec.splits)) | {
-            "text_len": spec.text[0], "text_dim": spec.text[1], "audio_len": spec.audio[0], "audio_dim": spec.audio[1],
-            "vision_len": spec.vision[0], "vision_dim": spec.vision[1], "label_std": spec.label_max / 2}
-        for name, value in defaults.items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
-        check(self, n_train=">=2", n_valid=">=2", n_test=">=2", text_len=">=2", text_dim=">=1", audio_len=">=2",
-              audio_dim=">=1", vision_len=">=8", vision_dim=">=2", center_std=">=0", frame_noise=">=0",
-              label_noise=">=0", label_std=">0", dirty_padding="[0,1]")
-        if not 1 <= self.key_frames < self.vision_len // 4:
-            raise ValueError(f"SyntheticConfig.key_frames must be in [1, vision_len/4), got {self.key_frames}")
 
 
 def _unit(rng: np.random.Generator, dim: int) -> np.ndarray:
@@ -168,16 +126,11 @@ def write_mmsa_pickle(path: str | Path, cfg: SyntheticConfig | None = None, prog
 PICKLE_NAME = "synthetic_mmsa.pkl"
 
 
-def _run_stage(ctx: StageContext) -> dict[str, Any]:
+def run_stage(ctx: StageContext) -> dict[str, Any]:
     path = write_mmsa_pickle(ctx.out_dir / PICKLE_NAME, ctx.config, progress=True)
     return {"pickle": str(path), "config": to_dict(ctx.config)}
 
 
-def _report(summary: dict[str, Any], args: Any) -> None:
+def report(summary: dict[str, Any], args: Any) -> None:
     path = Path(summary["pickle"])
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
-
-
-STAGE = Stage("generate", _run_stage, config=SyntheticConfig, main_only=True, description="write a synthetic MMSA pickle shaped like MOSI, MOSEI or CH-SIMS")
-COMMAND = StageCommand("eca_msa.synthetic:STAGE", out_help=f"output folder (gets {PICKLE_NAME})", report=_report)
-configure_parser, main = COMMAND.configure_parser, COMMAND.main

@@ -20,103 +20,29 @@ import logging
 import shutil
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 
 from eca_core import distributed
-from eca_core.cli import StageCommand, report_paths
-from eca_core.config import check, from_dict, to_dict
+from eca_core.config import from_dict, to_dict
 from eca_core.errors import InputError
 from eca_core.io import write_json_atomic
 from eca_core.losses import ECAObjective, LossConfig
-from eca_core.pipeline import Stage, StageContext, digest
+from eca_core.pipeline import StageContext, digest
 from eca_core.resume import item_is_current, write_item_marker
 from eca_core.trainer import call_trainer, make_trainer
-from eca_msa import presets
 from eca_msa.almt import ALMT, ALMTConfig
 from eca_msa.datasets import DATASETS, dataset_spec
 from eca_msa.metrics import HIGHER_IS_BETTER, mmsa_loss, regression_metrics
-from eca_msa.schedule import SCHEDULES, lr_factor
-
-SETTINGS: dict[str, dict[str, str]] = {
-    "almt": {"video_attention": "softmax", "pcc": "none"},
-    "almt_pcc": {"video_attention": "softmax", "pcc": "plain"},
-    "almt_eca": {"video_attention": "eca", "pcc": "dnpl"},
-}
-SETTING_LABELS = {"almt": "(i) ALMT (MSE)", "almt_pcc": "(ii) ALMT + PCC", "almt_eca": "(iii) ALMT + ECA + DNPL"}
+from eca_msa.schedule import lr_factor
+from eca_msa.configs import SETTINGS, TrainConfig
 
 
-@dataclass
-class TrainConfig:
-    """Training of every (setting, seed). The defaults are the published ALMT on MOSI (preset ``almt-mosi``).
-
-    ``preset`` and ``options`` (see :mod:`eca_msa.presets`) are resolved when a config is read:
-    the preset's values, then each option's, then the keys given explicitly.
-    """
-
-    preset: str = "almt-mosi"  # published ALMT of a data set: almt-mosi | almt-mosei | almt-sims
-    options: list[str] = field(default_factory=list)  # project variants on top: frozen-text, mask-padding, select-mae
-    settings: list[str] = field(default_factory=lambda: ["almt", "almt_pcc", "almt_eca"])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    epochs: int = 200
-    batch_size: int = 64
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    schedule: str = "warmup-cosine"  # warmup-cosine (ALMT: 10% linear warm-up from 0, then cosine; per epoch) | constant
-    pcc_weight: float = 1.0  # MSE / PCC weights 1.0 / 1.0
-    sra_weight: float = 1e-3
-    select_metric: str = "Loss"  # validation metric that picks the epoch (Loss: MMSA's validation loss; MAE; Corr, ...: higher is better)
-    patience: int = 32  # early stopping on select_metric (MMSA's ALMT: 32)
-    dataset: str = "mosi"  # metric rules and label range: mosi | mosei | sims
-    model: ALMTConfig = field(default_factory=ALMTConfig)  # lengths/feature sizes are taken from the data
-    progress_bar: bool = True  # a progress bar per run
-    threads: int = 0  # torch CPU threads (0: leave as is)
-
-    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("progress_bar", "threads")
-    LABEL_FIELDS: ClassVar[tuple[str, ...]] = ("preset", "options", "settings", "seeds")  # name the run, not one model
-
-    @classmethod
-    def resolve_presets(cls, data: dict[str, Any]) -> dict[str, Any]:
-        """Lay ``data`` over its preset and options (called by :func:`eca_core.config.from_dict`)."""
-        return presets.resolve(data, cls.preset)
-
-    def __post_init__(self) -> None:
-        check(self, epochs=">=1", batch_size=">=2", lr=">0", weight_decay=">=0", pcc_weight=">=0", sra_weight=">=0",
-              patience=">=0", threads=">=0")
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset {self.dataset!r} is not one of {list(DATASETS)}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule {self.schedule!r} is not one of {list(SCHEDULES)}")
-        unknown = [s for s in self.settings if s not in SETTINGS]
-        if unknown or not self.settings:
-            raise ValueError(f"TrainConfig.settings: unknown {unknown}; choose from {list(SETTINGS)}")
-        if self.select_metric not in HIGHER_IS_BETTER:
-            raise ValueError(f"TrainConfig.select_metric {self.select_metric!r}: choose from {sorted(HIGHER_IS_BETTER)}")
-        if not self.seeds:
-            raise ValueError("TrainConfig.seeds must list at least one seed")
-
-    def provenance(self) -> str:
-        """Preset, options and every key set on top of them, in one line (reports print it)."""
-        base = flatten(to_dict(from_dict(TrainConfig, {"preset": self.preset, "options": list(self.options)})))
-        overrides = {k: v for k, v in flatten(to_dict(self)).items()
-                     if k.split(".")[0] not in (*self.RUNTIME_FIELDS, *self.LABEL_FIELDS) and base.get(k) != v}
-        return presets.describe(self.preset, list(self.options), overrides)
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dict → {"a.b": value}."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def setting_configs(cfg: TrainConfig, setting: str, shapes: dict[str, int]) -> tuple[ALMTConfig, LossConfig]:
@@ -329,17 +255,9 @@ def train_all(data, cfg: TrainConfig, out_dir: Path, options: dict[str, Any] | N
     return summary
 
 
-def _run_stage(ctx: StageContext) -> dict[str, Any]:
+def run_stage(ctx: StageContext) -> dict[str, Any]:
     from eca_msa.data import load_cache
 
     data = load_cache(ctx.stage_dir("preprocess"))
     summary = train_all(data, ctx.config, ctx.out_dir, ctx.options)
     return {"runs": len(summary["runs"]), "results": str(ctx.out_dir / "results.json")}
-
-
-
-STAGE = Stage("train", _run_stage, config=TrainConfig, needs=("preprocess",),
-              description="train ALMT settings × seeds, select epochs on validation, test")
-COMMAND = StageCommand("eca_msa.train:STAGE", out_help="output folder (one sub-folder per setting and seed)",
-                       needs_help={"preprocess": "folder written by `eca-msa preprocess` (holds mmsa_cache.pt)"}, report=report_paths("results"))
-configure_parser, main = COMMAND.configure_parser, COMMAND.main

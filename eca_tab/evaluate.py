@@ -11,32 +11,19 @@ mean (heavy-tailed targets such as Appliances can differ in the two).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from eca_core.cli import StageCommand, report_paths
-from eca_core.config import check
 from eca_core.io import atomic_path, read_json, write_json_atomic, write_text_atomic
-from eca_core.pipeline import Stage, StageContext
+from eca_core.pipeline import StageContext
 from eca_tab.datasets import DATASETS
 from eca_tab.train import METHOD_LABELS
+from eca_tab.configs import TabEvaluateConfig
 
 RERUN = "re-run `eca-tab train`"
 METRICS = ("mae", "mse", "pcc")
-
-
-@dataclass
-class TabEvaluateConfig:
-    """What the report compares against."""
-
-    baseline: str = "softmax"  # every other method is tested against this one
-    std_ddof: int = 1  # 1: sample standard deviation over seeds
-
-    def __post_init__(self) -> None:
-        check(self, std_ddof="[0,1]")
 
 
 def load_fits(train_dir: str | Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -217,16 +204,8 @@ def evaluate(train_dir: str | Path, out_dir: str | Path, cfg: TabEvaluateConfig 
     return report
 
 
-def _run_stage(ctx: StageContext) -> dict[str, Any]:
+def run_stage(ctx: StageContext) -> dict[str, Any]:
     report = evaluate(ctx.stage_dir("train"), ctx.out_dir, ctx.config)
     print(report["table_markdown"])
     return {"report": str(ctx.out_dir / "report.md"), "curves": str(ctx.out_dir / "curves.png"),
             "pcc_mean": {m: e["metrics"]["pcc"]["mean"] for m, e in report["methods"].items()}}
-
-
-
-STAGE = Stage("evaluate", _run_stage, config=TabEvaluateConfig, needs=("train",), main_only=True,
-              description="MAE / MSE / PCC ± std, paired tests, PCC-plateau curves")
-COMMAND = StageCommand("eca_tab.evaluate:STAGE", out_help="report folder",
-                       needs_help={"train": "folder written by `eca-tab train` (holds results.json)"}, report=report_paths("report", "curves"))
-configure_parser, main = COMMAND.configure_parser, COMMAND.main

@@ -9,32 +9,11 @@ keeps the model exactly as the package builds it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 from torch import nn
 
-from eca_core.config import check
 from eca_core.variants import layer_config
-
-
-@dataclass
-class FTConfig:
-    """FT-Transformer size. Defaults: the ECA paper's UCI settings (d_token 256, 8 heads, dropout 0.1) on
-    the package's default recipe for that width (4 blocks, ReGLU, FFN 4/3·d, no residual dropout)."""
-
-    n_blocks: int = 4
-    d_block: int = 256  # d_token
-    attention_n_heads: int = 8
-    attention_dropout: float = 0.1
-    ffn_d_hidden_multiplier: float = 4 / 3
-    ffn_dropout: float = 0.1
-    residual_dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        check(self, n_blocks=">=1", d_block=">=1", attention_n_heads=">=1", attention_dropout="[0,1)",
-              ffn_d_hidden_multiplier=">0", ffn_dropout="[0,1)", residual_dropout="[0,1)")
-        if self.d_block % self.attention_n_heads:
-            raise ValueError(f"FTConfig.d_block {self.d_block} is not a multiple of attention_n_heads {self.attention_n_heads}")
+from eca_tab.configs import FTConfig
 
 
 def build_ft_transformer(n_num: int, cat_cardinalities: list[int], cfg: FTConfig, variant: str = "softmax",

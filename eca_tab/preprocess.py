@@ -6,52 +6,19 @@ Writes ``prepared.npz`` (per split: numeric features, categorical codes, target,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from eca_core.cli import StageCommand
-from eca_core.config import check
 from eca_core.errors import InputError
 from eca_core.io import read_json, write_json_atomic
-from eca_core.pipeline import Stage, StageContext
-from eca_tab.datasets import get_dataset
+from eca_core.pipeline import StageContext
+from eca_tab.configs import PreprocessConfig
 from eca_tab.table import (PREPARED, SPLITS, Prepared, column_kinds, encode_categories, expand_dates, read_csv,
                            scale_numeric, split_rows, transform_target)
 
 SCHEMA = "schema.json"
-
-
-@dataclass
-class PreprocessConfig:
-    """Which CSV, which target, how to treat its columns, and the split (FT-Transformer paper: 64/16/20)."""
-
-    csv: str = ""  # the CSV file (UCI's file as distributed, or any table with a header row)
-    dataset: str = ""  # a preset that sets target/drop/target_transform: appliances | online_news | superconductivity
-    target: str = ""  # the numeric column to predict
-    drop: list[str] = field(default_factory=list)  # columns to leave out (ids, URLs, leaks)
-    categorical: list[str] = field(default_factory=list)  # columns to treat as categories (non-numeric text is anyway)
-    date_columns: list[str] = field(default_factory=list)  # columns to treat as dates (text that parses as dates is anyway)
-    date: Literal["drop", "expand"] = "drop"  # date columns: drop, or expand into hour of day, day of week, day of year
-    target_transform: Literal["none", "log", "log1p"] = "none"  # applied before training; metrics are on this scale
-    split: Literal["random", "chronological"] = "random"  # chronological: oldest rows train, newest test (by the first date column)
-    split_seed: int = 0  # seed of the random split (and of the quantile scaler's noise)
-    val_fraction: float = 0.16
-    test_fraction: float = 0.2
-    scaling: Literal["quantile", "standard"] = "quantile"  # numeric features, fitted on the training rows
-
-    @classmethod
-    def resolve_presets(cls, data: dict[str, Any]) -> dict[str, Any]:
-        """Lay the given keys over the data set preset's (called by :func:`eca_core.config.from_dict`)."""
-        name = data.get("dataset") or ""
-        return {**get_dataset(name).preprocess_defaults(), **data} if name else data
-
-    def __post_init__(self) -> None:
-        check(self, val_fraction="(0,1)", test_fraction="(0,1)")
-        if self.val_fraction + self.test_fraction >= 0.9:
-            raise ValueError("val_fraction + test_fraction must leave at least 10% of the rows for training")
 
 
 def prepare(cfg: PreprocessConfig) -> Prepared:
@@ -112,7 +79,7 @@ def load_prepared(folder: str | Path) -> Prepared:
     return Prepared.load(folder / PREPARED, schema)
 
 
-def _run_stage(ctx: StageContext) -> dict[str, Any]:
+def run_stage(ctx: StageContext) -> dict[str, Any]:
     prepared = prepare(ctx.config)
     prepared.save(ctx.out_dir / PREPARED)
     write_json_atomic(ctx.out_dir / SCHEMA, prepared.schema)
@@ -122,20 +89,13 @@ def _run_stage(ctx: StageContext) -> dict[str, Any]:
             "prepared": str(ctx.out_dir / PREPARED)}
 
 
-def _inputs(ctx: StageContext) -> list[Path]:
+def stage_inputs(ctx: StageContext) -> list[Path]:
     return [Path(ctx.config.csv)] if ctx.config.csv else []
 
 
-def _report(s: dict[str, Any], args: Any) -> None:
+def report(s: dict[str, Any], args: Any) -> None:
     dates = s["dates"]
     print(f"{s['source']}: target {s['target']}; {s['numeric']} numeric + {s['categorical']} categorical feature(s)"
           + (f"; date column(s) {dates['columns']}: {dates['treatment']}" if dates["columns"] else "")
           + f"; {s['split']} split train {s['n_train']} / val {s['n_val']} / test {s['n_test']}")
     print(f"prepared: {s['prepared']}")
-
-
-STAGE = Stage("preprocess", _run_stage, config=PreprocessConfig, inputs=_inputs, main_only=True,
-              description="CSV -> seeded split, scaled numeric features, categorical codes")
-COMMAND = StageCommand("eca_tab.preprocess:STAGE", out_help=f"folder for {PREPARED} and {SCHEMA}", positional="csv",
-                       report=_report)
-configure_parser, main = COMMAND.configure_parser, COMMAND.main

@@ -13,62 +13,26 @@ world size), each on its rank's own device, so every fit is the one a single pro
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 
 from eca_core import distributed
-from eca_core.cli import StageCommand, report_paths
-from eca_core.config import check, to_dict
+from eca_core.config import to_dict
 from eca_core.io import read_json, write_json_atomic
 from eca_core.losses import ECAObjective, LossConfig
 from eca_core.metrics import pearson_per_column
-from eca_core.pipeline import Stage, StageContext, digest
+from eca_core.pipeline import StageContext, digest
 from eca_core.resume import content_hash, item_is_current, write_item_marker
-from eca_core.variants import VARIANTS, get_variant, layer_config
-from eca_tab.model import FTConfig, build_ft_transformer, parameter_groups
+from eca_core.variants import get_variant, layer_config
+from eca_tab.model import build_ft_transformer, parameter_groups
 from eca_tab.table import PREPARED, Prepared
+from eca_tab.configs import TabTrainConfig
 
 METHOD_LABELS = {"softmax": "FT-Transformer", "eca": "+ ECA (full)", "no_sra": "+ ECA (w/o SRA)",
                  "no_dats": "+ ECA (w/o DATS)", "no_dnpl": "+ ECA (w/o DNPL)"}
-
-
-@dataclass
-class TabTrainConfig:
-    """Every (method, seed) fit. Defaults: the ECA paper's UCI settings (batch 128, dropout 0.1, d_token 256,
-    8 heads) on the FT-Transformer paper's recipe (AdamW lr 1e-4, weight decay 1e-5, patience 16)."""
-
-    methods: list[str] = field(default_factory=lambda: ["softmax", "eca", "no_sra", "no_dats", "no_dnpl"])
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])
-    epochs: int = 200  # at most; early stopping usually ends a fit sooner
-    patience: int = 16  # epochs without a lower validation MSE before stopping
-    batch_size: int = 128
-    lr: float = 1e-4
-    weight_decay: float = 1e-5
-    pcc_weight: float = 0.5  # weight of the PCC / DNPL term
-    sra_weight: float = 1e-3  # weight of the SRA penalty (ECA variants with SRA)
-    tau_min: float = 0.3  # DATS
-    beta: float = 1.0  # DATS
-    lambda_max: float = 2.0  # SRA
-    model: FTConfig = field(default_factory=FTConfig)
-    eval_batch_size: int = 4096
-    progress_bar: bool = True  # a progress bar over the fits
-    threads: int = 0  # torch CPU threads (0: leave as is)
-
-    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("progress_bar", "threads", "eval_batch_size")
-    LABEL_FIELDS: ClassVar[tuple[str, ...]] = ("methods", "seeds")  # name the run, not one fit
-
-    def __post_init__(self) -> None:
-        check(self, epochs=">=1", patience=">=1", batch_size=">=2", lr=">0", weight_decay=">=0", pcc_weight=">=0",
-              sra_weight=">=0", tau_min="[0,1]", beta=">0", lambda_max=">=1", eval_batch_size=">=1", threads=">=0")
-        unknown = [m for m in self.methods if m not in VARIANTS]
-        if unknown or not self.methods:
-            raise ValueError(f"TabTrainConfig.methods: unknown {unknown}; choose from {list(VARIANTS)}")
-        if not self.seeds:
-            raise ValueError("TabTrainConfig.seeds must list at least one seed")
 
 
 def run_device(options: dict[str, Any] | None) -> torch.device:
@@ -227,7 +191,7 @@ def train_all(data: Prepared, data_key: str, cfg: TabTrainConfig, out_dir: Path,
     return summary
 
 
-def _run_stage(ctx: StageContext) -> dict[str, Any]:
+def run_stage(ctx: StageContext) -> dict[str, Any]:
     from eca_tab.preprocess import load_prepared
 
     folder = ctx.stage_dir("preprocess")
@@ -235,11 +199,3 @@ def _run_stage(ctx: StageContext) -> dict[str, Any]:
     data_key = digest({"prepared": content_hash(folder / PREPARED), "schema": data.schema})
     summary = train_all(data, data_key, ctx.config, ctx.out_dir, ctx.options)
     return {"fits": len(summary["fits"]), "results": str(ctx.out_dir / "results.json")}
-
-
-
-STAGE = Stage("train", _run_stage, config=TabTrainConfig, needs=("preprocess",),
-              description="FT-Transformer and its ECA variants × seeds, early stopping on validation MSE")
-COMMAND = StageCommand("eca_tab.train:STAGE", out_help="output folder (one sub-folder per method and seed)",
-                       needs_help={"preprocess": "folder written by `eca-tab preprocess` (holds prepared.npz)"}, report=report_paths("results"))
-configure_parser, main = COMMAND.configure_parser, COMMAND.main

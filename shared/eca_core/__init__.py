@@ -9,7 +9,7 @@ The pipelines (runner, CLIs, diagnostics, synthetic benchmark) live in submodule
 _EXPORTS = {
     "AttentionAux": "eca_core.attention",
     "ECAAggregation": "eca_core.attention",
-    "ECAConfig": "eca_core.attention",
+    "ECAConfig": "eca_core.eca_config",
     "ECACrossAttention": "eca_core.attention",
     "ECAPooling": "eca_core.attention",
     "collect_attention_stats": "eca_core.attention",
