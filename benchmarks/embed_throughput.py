@@ -9,6 +9,7 @@ conservative count). Also prints peak resident memory of this process and of its
 
     OMP_NUM_THREADS=1 python benchmarks/embed_throughput.py [--her2st ../shared/data/her2st] [--threads 1]
         [--num-workers 1] [--batch-size 32] [--encoder vit_small_patch16_224] [--sections B4 C2 C3 C4]
+        [--accelerator gpu --precision bf16-mixed]
 """
 
 from __future__ import annotations
@@ -30,15 +31,17 @@ from eca_bio.st import exclude_outside_image, find_sections, read_section
 from eca_bio.tiling import patch_size_px, spot_patches
 
 
-def bare_forward(encoder, norm, patches: np.ndarray, n_patches: int) -> float:
-    """Seconds for encoder(x) over ``n_patches`` patches in batches of ``len(patches)`` already-normalised tensors."""
-    x = norm(patches)  # (B, 3, P, P) float32
+def bare_forward(encoder, norm, patches: np.ndarray, n_patches: int, device: torch.device = torch.device("cpu"),
+                 bf16: bool = False) -> float:
+    """Seconds for encoder(x) over ``n_patches`` patches in batches of ``len(patches)`` already-normalised tensors
+    (on ``device``, under bf16 autocast if asked, as Lightning's ``bf16-mixed`` runs it)."""
+    x = norm(patches).to(device)  # (B, 3, P, P) float32
     n_batches = -(-n_patches // len(patches))
-    with torch.inference_mode():  # as Trainer.predict runs it
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):  # as Trainer.predict runs it
         start = time.perf_counter()
         for _ in range(n_batches):
             pooled, tokens = encoder(x)
-            pooled.half().numpy(), tokens.half().numpy()  # same float16 host copy as the pipeline
+            pooled.half().cpu().numpy(), tokens.half().cpu().numpy()  # same float16 host copy as the pipeline
         return (time.perf_counter() - start) * n_patches / (n_batches * len(patches))
 
 
@@ -53,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-workers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (both measurements)")
     ap.add_argument("--token-grid", type=int, default=None)
+    ap.add_argument("--accelerator", default="cpu", help="cpu | gpu (the embedding stage's Lightning accelerator)")
+    ap.add_argument("--precision", default="32-true", help="e.g. bf16-mixed on GPUs (both measurements)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -65,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs_in.append((sec.section_id, reader, spot_patches(adata.obsm["spatial"], size), size, list(adata.obs_names)))
     n_patches = sum(len(j[2]) for j in jobs_in)
 
-    cfg = EncoderConfig(args.encoder, pretrained=False)
+    cfg = EncoderConfig(args.encoder, pretrained=False, kwargs={"img_size": args.patch_px})  # timm ViTs take any input size
     encoder, norm, info = build_encoder(cfg, args.patch_px, args.token_grid)
     sid, reader, coords, size, _ = jobs_in[0]
     patches = np.stack([np.asarray(reader.read_region(int(x), int(y), size, size, size=(args.patch_px,) * 2))
@@ -75,8 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"encoder {args.encoder} (random init), feature_dim {info['feature_dim']}, tokens {info['num_tokens']}; "
           f"batch {args.batch_size}, torch threads {args.threads}, DataLoader workers {args.num_workers}")
     print(f"her2st: {len(jobs_in)} sections, {n_patches} spot patches of {args.patch_um:g} um -> {args.patch_px} px")
-    with torch.inference_mode():
-        encoder(norm(patches))  # warm-up
+    device = torch.device("cuda" if args.accelerator in ("gpu", "cuda") else "cpu")
+    bf16 = args.precision.startswith("bf16")
+    encoder.to(device)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        encoder(norm(patches).to(device))  # warm-up
     t_pipe = t_bare = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for s, r, c, z, b in jobs_in:
@@ -84,10 +92,10 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             done = embed_slides([job], encoder, norm, info["feature_dim"], info["num_tokens"], args.patch_px,
                                 batch_size=args.batch_size, num_workers=args.num_workers,
-                                options={"accelerator": "cpu", "devices": 1}, progress=False)
+                                options={"accelerator": args.accelerator, "devices": 1}, progress=False, precision=args.precision)
             tp = time.perf_counter() - start
             assert done == [s], done
-            tb = bare_forward(encoder, norm, patches, len(c))
+            tb = bare_forward(encoder, norm, patches, len(c), device, bf16)
             t_pipe, t_bare = t_pipe + tp, t_bare + tb
             print(f"  {s}: {len(c)} patches  embedding stage {len(c) / tp:.2f} patches/s  bare forward {len(c) / tb:.2f} patches/s")
     pipeline, bare = n_patches / t_pipe, n_patches / t_bare

@@ -145,6 +145,19 @@ def top_genes(adata: ad.AnnData, n: int) -> list[str]:
     return [adata.var_names[i] for i in order[:n]]
 
 
+def _background(img: np.ndarray, view: tuple[float, float, float, float], max_px: int = 800) -> tuple[np.ndarray, tuple]:
+    """The part of the slide image a panel shows (``view`` = x0, x1, y_bottom, y_top in image pixels), subsampled to at
+    most ``max_px`` a side (a panel is ~400 px), with its imshow extent: resampling the whole image per panel is slow."""
+    h, w = img.shape[:2]
+    x0, x1 = max(0, int(np.floor(view[0]))), min(w, int(np.ceil(view[1])))
+    y0, y1 = max(0, int(np.floor(view[3]))), min(h, int(np.ceil(view[2])))
+    if x1 <= x0 or y1 <= y0:
+        return img, (-0.5, w - 0.5, h - 0.5, -0.5)
+    step = max(1, int(np.ceil(max(x1 - x0, y1 - y0) / max_px)))
+    crop = img[y0:y1:step, x0:x1:step]
+    return crop, (x0 - 0.5, x0 - 0.5 + crop.shape[1] * step, y0 - 0.5 + crop.shape[0] * step, y0 - 0.5)
+
+
 def plot_gene_maps(adata: ad.AnnData, genes: list[str], path: str | Path, image_key: str = "hires",
                    title: str = "") -> Path:
     """PNG: for each gene, predicted (and measured, if present) values drawn over the slide image."""
@@ -170,6 +183,9 @@ def plot_gene_maps(adata: ad.AnnData, genes: list[str], path: str | Path, image_
     cols = 2 if has_truth else 1
     fig, axes = plt.subplots(len(genes), cols, figsize=(4.2 * cols, 3.8 * len(genes)), squeeze=False)
     diam = float(lib["scalefactors"].get("spot_diameter_fullres", 1.0)) * scale  # in image pixels
+    pad = 1.5 * diam  # zoom to the spots: tissue is often a small part of the slide
+    view = (xy[:, 0].min() - pad, xy[:, 0].max() + pad, xy[:, 1].max() + pad, xy[:, 1].min() - pad)
+    background, extent = _background(img, view) if img is not None and len(img) else (None, None)
     drawn = []
     for row, gene in enumerate(genes):
         j = list(adata.var_names).index(gene)
@@ -180,11 +196,10 @@ def plot_gene_maps(adata: ad.AnnData, genes: list[str], path: str | Path, image_
         vmax = max(float(v.max()) for _, v in panels)
         for col, (name, values) in enumerate(panels):
             ax = axes[row, col]
-            if img is not None and len(img):
-                ax.imshow(img)
-            pad = 1.5 * diam  # zoom to the spots: tissue is often a small part of the slide
-            ax.set_xlim(xy[:, 0].min() - pad, xy[:, 0].max() + pad)
-            ax.set_ylim(xy[:, 1].max() + pad, xy[:, 1].min() - pad)
+            if background is not None:
+                ax.imshow(background, extent=extent)
+            ax.set_xlim(*view[:2])
+            ax.set_ylim(*view[2:])
             ax.set_aspect("equal")
             sc = ax.scatter(xy[:, 0], xy[:, 1], c=values, cmap="viridis", vmin=vmin, vmax=vmax,
                             marker="o" if has_truth else "s", alpha=0.85, linewidths=0)

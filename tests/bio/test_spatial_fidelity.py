@@ -21,6 +21,15 @@ def test_morans_i_of_known_maps():
     assert (g != g.T).nnz == 0 and g.diagonal().sum() == 0
 
 
+def test_morans_i_equals_scanpys():
+    import scanpy as sc
+
+    xy = np.random.default_rng(2).uniform(0, 50, size=(90, 2))
+    values = np.random.default_rng(3).normal(size=(90, 5)) + xy[:, :1] / 25
+    ours = morans_i(values, xy)
+    np.testing.assert_allclose(ours, np.asarray(sc.metrics.morans_i(spot_graph(xy), values.T)), rtol=1e-9, atol=1e-12)
+
+
 def test_fidelity_flags_predictions_smoother_than_the_tissue():
     xy = _grid()
     rng = np.random.default_rng(1)
