@@ -187,6 +187,7 @@ class PredictConfig:
 
     slides: list[str] = field(default_factory=list)  # WSIs (any OpenSlide format or plain image) to predict on
     st_dir: str | None = None  # labeled sections (any supported layout) to test on: metrics against their measured expression
+    st_format: Literal["auto", "legacy_st", "visium", "visium_hd", "hest"] = "auto"  # st_dir's layout (not the training run's)
     sections: list[str] | None = None  # subset of section ids in st_dir (default: all)
     mpp: float | None = None  # microns per pixel of the slides; wins over their metadata (with a warning)
     features_dir: str | None = None  # TRIDENT/CLAM feature files <slide id>.h5 of the slides (a model trained on such files needs them)

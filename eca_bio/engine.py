@@ -195,7 +195,7 @@ def run_hparams(method: str, cfg: TrainConfig, spots: SpotSet, overrides: dict[s
     cfg = tuning.apply(cfg, overrides)
     model_overrides, pcc = METHODS[method]
     return {"in_dim": int(spots.features.shape[1]), "n_genes": int(spots.targets.shape[1]),
-            "model": {**to_dict(cfg.model), **model_overrides, "use_exemplars": True},
+            "model": {**to_dict(cfg.model), **model_overrides},
             "loss": {**to_dict(cfg.loss), "pcc": pcc}, "lr": float(cfg.lr), "weight_decay": float(cfg.weight_decay)}
 
 

@@ -39,7 +39,7 @@ def _loader(ds: Dataset, batch_size: int, shuffle: bool, options: dict[str, Any]
 def _new_task(method: str, cfg: TrainConfig, spots: SpotSet, seed: int) -> ExpressionTask:
     """A freshly seeded model of ``method`` for ``spots``' feature and gene dimensions."""
     overrides, pcc = METHODS[method]
-    model_cfg = {**to_dict(cfg.model), **overrides, "use_exemplars": True}
+    model_cfg = {**to_dict(cfg.model), **overrides}
     loss_cfg = {**to_dict(cfg.loss), "pcc": pcc}
     L.seed_everything(seed, workers=True, verbose=False)
     task = ExpressionTask(spots.features.shape[1], spots.targets.shape[1], model_cfg, loss_cfg, cfg.lr, cfg.weight_decay)

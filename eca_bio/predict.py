@@ -46,7 +46,7 @@ def preprocess_config_for(model_dir: Path, cfg: PredictConfig, saved: dict[str, 
     params = dict(saved.get("params") or {})
     if not params:
         raise DataError(f"{model_dir}/preprocess.json has no preprocess parameters; cannot embed new slides consistently")
-    params.update(st_dir=cfg.st_dir, sections=cfg.sections, images={}, slides=[str(s) for s in cfg.slides], mpp=cfg.mpp,
+    params.update(st_dir=cfg.st_dir, st_format=cfg.st_format, sections=cfg.sections, images={}, slides=[str(s) for s in cfg.slides], mpp=cfg.mpp,
                   features_dir=cfg.features_dir,
                   allow_unusual_mpp=cfg.allow_unusual_mpp, max_image_megapixels=cfg.max_image_megapixels,
                   batch_size=cfg.batch_size, num_workers=cfg.num_workers)

@@ -43,6 +43,15 @@ class Section:
     format: Layout
 
 
+# layout -> what a section folder of it holds (messages; the layouts are detected by detect_layout)
+LAYOUTS: dict[str, str] = {
+    "visium": "a Visium Space Ranger folder (filtered_feature_bc_matrix.h5 + spatial/)",
+    "visium_hd": "a Visium HD Space Ranger folder (binned_outputs/<bin>/ + microscope image)",
+    "legacy_st": "a legacy ST folder (<id>.tsv.gz + <id>_selection.tsv + an H&E image)",
+    "hest": "a HEST-1k folder (st/<id>.h5ad, wsis/<id>.tif, metadata/<id>.json)",
+}
+
+
 def detect_layout(path: str | os.PathLike) -> Layout | None:
     """'visium' for a Space Ranger output folder, 'legacy_st' for ``<id>.tsv.gz`` + ``<id>_selection.tsv``,
     'hest' for a HEST-1k folder (``st/<id>.h5ad``, ``wsis/<id>.tif``, ``metadata/<id>.json``), else None."""
@@ -81,11 +90,7 @@ def find_sections(st_dir: str | os.PathLike, fmt: STFormat = "auto", sections: l
         else:
             found.append(Section(folder.name, folder, "visium"))
     if not found:
-        want = {"auto": "a Visium Space Ranger folder (filtered_feature_bc_matrix.h5 + spatial/), a legacy ST "
-                        "folder (<id>.tsv.gz + <id>_selection.tsv + an H&E image) or a HEST-1k folder (st/, wsis/, metadata/)",
-                "hest": "a HEST-1k folder (st/<id>.h5ad, wsis/<id>.tif, metadata/<id>.json)",
-                "visium": "a Visium Space Ranger folder (filtered_feature_bc_matrix.h5 + spatial/)",
-                "legacy_st": "a legacy ST folder (<id>.tsv.gz + <id>_selection.tsv + an H&E image)"}[fmt]
+        want = LAYOUTS[fmt] if fmt in LAYOUTS else ", ".join(LAYOUTS.values())
         raise STError(f"{st_dir}: not {want}, nor a folder of such folders")
     ids = [s.section_id for s in found]
     dupes = sorted({i for i in ids if ids.count(i) > 1})

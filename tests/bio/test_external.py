@@ -106,3 +106,24 @@ def test_the_content_check_spares_unlabeled_slides(tmp_path):
     check("new_slide", {"image": "abc"}, False)  # unlabeled: fine
     with pytest.raises(DataError, match="section R9: its counts has the same content as the counts of training slide S1"):
         check("R9", {"image": "zzz", "counts": "def"}, True)
+
+
+def test_predict_reads_new_sections_in_their_own_layout_not_the_training_runs(tmp_path):
+    for k in range(4):
+        make_legacy_st(tmp_path / ("cohort_a" if k < 3 else "cohort_b") / f"S{k}", section=f"S{k}", n=5, origin=150.0 + 7 * k,
+                       seed=1 + k)
+    run_preprocess(cfg_for(st_dir=str(tmp_path / "cohort_a"), st_format="legacy_st"), tmp_path / "pre", CPU, progress=False)
+    cfg = TrainConfig(methods=["ridge"], transforms=["egn"], cv="none", n_genes=6, k=2, epochs=1, patience=1, min_epochs=1,
+                      batch_size=8, model=ModelConfig(hidden=8, heads=2, use_exemplars=False), final_method="eca", threads=1)
+    train_all(cfg, tmp_path / "pre", tmp_path / "train", CPU, progress=False)
+    import torch
+
+    saved = torch.load(tmp_path / "train" / "final" / "model.pt", weights_only=True)
+    assert saved["hparams"]["model"]["use_exemplars"] is False  # the flag is honoured, not overridden
+    assert not any(k.startswith("exemplar_") for k in saved["state_dict"])
+    with pytest.raises(Exception, match="not a Visium Space Ranger folder"):  # the st_format asked for, not the run's legacy_st
+        predict_slides(tmp_path / "train", PredictConfig(st_dir=str(tmp_path / "cohort_b"), st_format="visium", export_images=False),
+                       tmp_path / "wrong", CPU, progress=False)
+    result = predict_slides(tmp_path / "train", PredictConfig(st_dir=str(tmp_path / "cohort_b"), export_images=False),
+                            tmp_path / "test", CPU, progress=False)
+    assert set(result["slides"]) == {"S3"}

@@ -131,3 +131,12 @@ def test_visium_broken_h5(tmp_path):
     (folder / "filtered_feature_bc_matrix.h5").write_bytes(b"not hdf5")
     with pytest.raises(STError, match="filtered_feature_bc_matrix.h5"):
         read_10x_h5(folder / "filtered_feature_bc_matrix.h5")
+
+
+def test_every_layout_has_a_message_when_a_folder_is_not_one(tmp_path):
+    from eca_bio.st import LAYOUTS
+
+    (tmp_path / "empty").mkdir()
+    for fmt in (*LAYOUTS, "auto"):
+        with pytest.raises(STError, match="not a .*folder"):  # visium_hd was a KeyError ('error: visium_hd')
+            find_sections(tmp_path / "empty", fmt)
