@@ -13,7 +13,7 @@ COMMANDS = {
     "evaluate": ("eca_bio.stages:EVALUATE_COMMAND", "PCC@F/S/M, MSE, MAE report, per-gene CSV, curves, .h5ad export"),
     "predict": ("eca_bio.stages:PREDICT_COMMAND", "predict expression on new whole-slide images without sequencing"),
     "demo": ("eca_bio.demo", "build a small synthetic ST slide set and run the whole pipeline on it"),
-    "run": ("eca_core.pipeline", "run a pipeline YAML from pipelines/"),
+    "run": ("eca_core.cli:RUN_COMMAND", "run a pipeline YAML from pipelines/"),
 }
 
 

@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Literal
 from eca_core.config import check
 from eca_core.eca_config import ECAConfig
 from eca_core.loss_config import LossConfig
+from eca_core.variants import layer_config
 from eca_bio.methods import METHODS
 
 TRANSFORMS = ("egn", "libsize")  # target transforms (eca_bio.targets)
@@ -33,7 +34,7 @@ class ModelConfig:
     lambda_max: float = 2.0
 
     def eca_config(self) -> ECAConfig:
-        return ECAConfig.variant(self.attention, tau_min=self.tau_min, beta=self.beta, lambda_max=self.lambda_max)
+        return layer_config(self.attention, tau_min=self.tau_min, beta=self.beta, lambda_max=self.lambda_max)
 
 
 @dataclass

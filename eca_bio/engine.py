@@ -1,166 +1,42 @@
-"""The training engine: the seeds, search trials and refits of one method on one fold, trained as one ensemble.
+"""The training engine: every seed, search trial and refit of a method, on every fold, trained as one ensemble.
 
-Every study here is many small fits of one model that differ only in initialisation, batch order,
-dropout draws and a few hyper-parameters. :func:`fit_runs` trains them together: the members'
-parameters are stacked (``torch.func.stack_module_state``) and one ``vmap``-ed
-``functional_call`` + ``grad`` step updates all of them, with per-member learning rate, weight decay,
-dropout, τ_min, β, λ_max and SRA weight as tensors. The data live on the device as tensors and a
-batch is an index slice; validation is one forward per member; the best state is kept in memory.
+The members' parameters are stacked (``torch.func.stack_module_state``); one ``vmap``-ed ``functional_call``
+forward and one backward update them all, with per-member learning rate, weight decay, dropout, τ_min, β,
+λ_max and SRA weight (:mod:`eca_bio.members`). Data live on the device; a batch is an index slice;
+validation is one forward per member; the best state is kept in memory. Members whose spot sets have one
+size form a cohort (same batch shapes each step); folds of other sizes are cohorts of the same loop.
 
-Each *run* (a seed and a trial's overrides) is an early-stopping member on the fitting slides and,
-with ``refit``, a refit member on all training slides that trains in lockstep beside it and is
-snapshotted at every epoch where its partner's validation PCC@M reaches a new best: the snapshot at
-the best epoch is exactly the model a separate refit for that many epochs ends with.
-
-A member is the same fit as one run of the per-fit Lightning loop (:mod:`eca_bio.fit`) with the same
-seed: the same initialisation (``torch.manual_seed(seed)`` before the model is built), the same batch
-order (a generator seeded with ``seed``, consumed as ``DataLoader`` consumes it), the same dropout
-draws (:class:`MemberDropout`, one generator per member, drawn in call order), the same AdamW and the
-same early stopping (Lightning's ``EarlyStopping`` and ``min_epochs`` rules). ``tests/bio/test_engine.py``
-holds the two to 1e-4.
+A *run* (a seed and a trial's overrides) is first an early-stopping member on the fitting slides
+(:func:`fit_early`), then, with ``refit``, a member on all training slides trained for the best epoch count
+(:func:`fit_refits`): two passes, so a search trial that is not chosen is never refitted. A member is the
+same fit as one run of the per-fit Lightning loop (:mod:`eca_bio.fit`) with the same seed: same
+initialisation, batch order (``DataLoader``'s generator consumption), dropout draws, AdamW and early
+stopping (Lightning's ``EarlyStopping`` and ``min_epochs`` rules); ``tests/bio/test_engine.py`` holds the
+two to 1e-4.
 """
 
 from __future__ import annotations
 
-import copy
 import math
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eca_core.attention import DispersionTemperature, ECAAggregation, ResidualScale, _TAU_FLOOR, _EPS, collect_attention_stats
+from eca_core.attention import collect_attention_stats
 from eca_core.config import from_dict, to_dict
 from eca_core.losses import LossConfig, dnpl_loss, pcc_loss, sra_penalty
 from eca_bio.exemplars import ExemplarBank
+from eca_bio.members import DropoutStream, knob_template, member_tape, stacked_adamw, use_member_dropout
 from eca_bio.methods import METHODS
 from eca_bio.model import ExpressionModel, model_from_hparams
 from eca_bio.spots import SpotSet, epoch_scores
 
 if TYPE_CHECKING:
     from eca_bio.configs import TrainConfig
-
-BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.AdamW's defaults, the optimizer of the per-fit loop
-
-
-# ----------------------------------------------------------------------------------------- dropout per member
-
-class _Tape:
-    """What the members' dropout and DATS/SRA modules read inside one vmapped call: per-member knobs, noise."""
-
-    def __init__(self) -> None:
-        self.active = False
-        self.knobs: dict[str, Tensor] = {}
-        self.noise: list[Tensor] = []
-        self.record: list[torch.Size] | None = None
-
-
-_TAPE = _Tape()
-
-
-@contextmanager
-def _tape(knobs: dict[str, Tensor], noise: list[Tensor] | None = None, record: list | None = None) -> Iterator[None]:
-    _TAPE.active, _TAPE.knobs, _TAPE.noise, _TAPE.record = True, knobs, list(noise or []), record
-    try:
-        yield
-    finally:
-        _TAPE.active, _TAPE.knobs, _TAPE.noise, _TAPE.record = False, {}, [], None
-
-
-class _Stream:
-    """One member's dropout generator, shared by its dropout modules and drawn in call order."""
-
-    def __init__(self, seed: int) -> None:
-        self.seed, self.generator = dropout_seed(seed), None
-
-    def rand(self, shape: torch.Size, device: torch.device) -> Tensor:
-        if self.generator is None or self.generator.device != device:
-            self.generator = torch.Generator(device=device).manual_seed(self.seed)
-        return torch.rand(shape, generator=self.generator, device=device)
-
-
-def dropout_seed(seed: int) -> int:
-    """The seed of a member's dropout generator (its batch-order generator has ``seed`` itself)."""
-    return int(np.random.SeedSequence([int(seed), 1]).generate_state(1)[0])
-
-
-class MemberDropout(nn.Module):
-    """Dropout whose mask is ``noise >= p`` for uniform noise from the member's own generator.
-
-    Alone it draws from its :class:`_Stream`; inside the engine's vmapped step it takes the noise and
-    ``p`` of each member from the tape, so a member draws exactly what it would draw alone.
-    """
-
-    def __init__(self, p: float, stream: _Stream) -> None:
-        super().__init__()
-        self.p, self.stream = float(p), stream
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training:
-            return x
-        if _TAPE.active:
-            if _TAPE.record is not None:  # the engine's dry run: which shapes a step draws, in order
-                _TAPE.record.append(x.shape)
-                return x
-            noise = _TAPE.noise.pop(0)
-            return x * (noise >= _TAPE.knobs["dropout"]) * _TAPE.knobs["dropout_scale"]
-        return x * (self.stream.rand(x.shape, x.device) >= self.p) * (1.0 / (1.0 - self.p))
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"
-
-
-def use_member_dropout(model: ExpressionModel, seed: int) -> ExpressionModel:
-    """Give ``model``'s dropout modules (those of ``cfg.dropout``) one :class:`MemberDropout` stream of ``seed``."""
-    stream = _Stream(seed)
-    for name in model.dropout_modules():
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent), attr, MemberDropout(model.cfg.dropout, stream))
-    return model
-
-
-class _KnobTemperature(DispersionTemperature):
-    """DATS with τ_min and β of each member from the tape (the same arithmetic, without Python branches)."""
-
-    @torch.no_grad()
-    def forward(self, d: Tensor) -> Tensor:
-        k = _TAPE.knobs
-        d = d if d.dtype == torch.float32 else d.float()
-        ref = self.d_ref
-        if self.training:  # lerp_'s arithmetic, spelled out (vmap has no rule for lerp_ with a tensor weight)
-            mean, weight = d.mean(), torch.where(self.initialised, self.momentum, 1.0)
-            ref.copy_(torch.where(weight < 0.5, ref + weight * (mean - ref), mean - (mean - ref) * (1 - weight)))
-            self.initialised.fill_(True)
-        else:
-            ref = torch.where(self.initialised, ref, d)
-        tau = (d / (ref + _EPS)).mul_(k["beta"]).tanh_()  # β = 1: x·1 is x, so this equals DATS's tanh_ branch
-        return tau.mul_(k["one_minus_tau_min"]).add_(k["tau_min"]).clamp_min_(_TAU_FLOOR)  # τ >= τ_min: no-op above the floor
-
-
-class _KnobResidualScale(ResidualScale):
-    """SRA with λ_max of each member from the tape."""
-
-    def forward(self, xbar: Tensor) -> Tensor:
-        first, last = self.mlp[0], self.mlp[2]
-        raw = F.linear(F.gelu(F.linear(xbar, first.weight, first.bias), approximate="tanh"), last.weight, last.bias).squeeze(-1)
-        return F.softplus(raw).add_(1.0).clamp_max_(_TAPE.knobs["lambda_max"])
-
-
-def _knob_template(model: nn.Module) -> nn.Module:
-    """A structural copy of a member's model whose DATS/SRA modules read their knobs from the tape."""
-    template = copy.deepcopy(model)
-    for name, module in list(template.named_modules()):
-        swap = {DispersionTemperature: _KnobTemperature, ResidualScale: _KnobResidualScale}.get(type(module))
-        if swap is not None:
-            module.__class__ = swap  # same parameters and buffers; only forward reads the tape
-        if isinstance(module, ECAAggregation) and type(module.attn_drop) is nn.Dropout and module.attn_drop.p == 0:
-            module.attn_drop = nn.Identity()  # the unfused attention path: vmap has no rule for fused SDPA on CPU
-    return template
-
 
 # ----------------------------------------------------------------------------------------- runs and members
 
@@ -206,21 +82,21 @@ def new_model(hparams: dict[str, Any], seed: int) -> ExpressionModel:
 
 
 class _Member:
-    """One member's bookkeeping: its data order, early-stopping state and snapshots."""
+    """One member's bookkeeping: its data order, early-stopping state and kept states. An early-stopping member
+    validates every epoch; a refit member trains for ``epochs`` (its partner's best epoch count) and keeps its end state."""
 
-    def __init__(self, job: int, run: int, spec: RunSpec, hp: dict[str, Any], refit: bool, n: int) -> None:
-        self.job, self.run, self.spec, self.hp, self.refit, self.n = job, run, spec, hp, refit, n
+    def __init__(self, job: int, run: int, spec: RunSpec, hp: dict[str, Any], n: int, epochs: int | None = None) -> None:
+        self.job, self.run, self.spec, self.hp, self.n = job, run, spec, hp, n
+        self.refit, self.epochs = epochs is not None, epochs
         self.slot = 0  # the job's position in its cohort's data stack
         self.order = torch.Generator().manual_seed(spec.seed)  # DataLoader(shuffle, generator) consumption
-        self.noise = _Stream(spec.seed)
+        self.noise = DropoutStream(spec.seed)
         self.alive = True
         self.history: list[dict[str, float]] = []
         self.best32 = -math.inf  # Lightning's EarlyStopping/ModelCheckpoint compare the logged float32 value
         self.wait, self.stop = 0, False
         self.best64, self.best_epoch = -math.inf, 0  # best_validation(): first finite maximum
-        self.best_state: dict[str, Tensor] | None = None
-        self.snapshot: dict[str, Tensor] | None = None
-        self.partner: _Member | None = None
+        self.best_state: dict[str, Tensor] | None = None  # early stopping: the best epoch's; refit: the last epoch's
 
     def permutation(self, batch_size: int) -> Tensor:
         """This epoch's spot order, drawn as a shuffling ``DataLoader`` run by Lightning draws it: the iterator's
@@ -319,26 +195,11 @@ class _Group:
         self.members = [self.members[i] for i in alive]
         self._knobs = self._slots = None
 
-    @torch.no_grad()
     def adamw(self, grads: dict[str, Tensor]) -> None:
-        """torch.optim.AdamW's update (its defaults, per-member lr and weight decay), on every member at once."""
+        """One AdamW step of every member (its own learning rate and weight decay)."""
         self.steps += 1
         k = self.knobs()
-        b1, b2 = BETAS
-        bc1 = 1 - b1 ** self.steps
-        bc2_sqrt = (1 - b2 ** self.steps) ** 0.5
-        lr64 = k["lr"].double().cpu()
-        decay = (1 - lr64 * k["weight_decay"].double().cpu()).float().to(self.device)
-        step_size = (lr64 / bc1).float().to(self.device)
-        bc2_sqrt = bc2_sqrt.float().to(self.device)
-        for name, p in self.params.items():
-            shape = (-1,) + (1,) * (p.dim() - 1)
-            g = grads[name]
-            p.mul_(decay.view(shape))
-            self.exp_avg[name].lerp_(g, 1 - b1)
-            self.exp_avg_sq[name].mul_(b2).addcmul_(g, g, value=1 - b2)
-            denom = (self.exp_avg_sq[name].sqrt() / bc2_sqrt.view(shape)).add_(EPS)
-            p.sub_(step_size.view(shape) * self.exp_avg[name] / denom)
+        stacked_adamw(self.params, grads, self.exp_avg, self.exp_avg_sq, self.steps, k["lr"], k["weight_decay"])
 
 
 # ----------------------------------------------------------------------------------------- the vmapped step
@@ -347,7 +208,7 @@ def _objective(template: nn.Module, loss_cfg: LossConfig):
     """(params, buffers, knobs, noise, batch) -> (loss, (pred, λ, τ)) of one member, for vmap(grad(...))."""
 
     def loss_fn(params, buffers, knobs, noise, f, t, e, ey, y):
-        with _tape(knobs, noise), collect_attention_stats() as stats:
+        with member_tape(knobs, noise), collect_attention_stats() as stats:
             pred = torch.func.functional_call(template, (params, buffers), (f, t, e, ey))
         mse = F.mse_loss(pred.float(), y.float())
         total = mse
@@ -363,7 +224,7 @@ def _objective(template: nn.Module, loss_cfg: LossConfig):
 
 def _predict_fn(template: nn.Module):
     def predict(params, buffers, knobs, f, t, e, ey):
-        with _tape(knobs):
+        with member_tape(knobs):
             return torch.func.functional_call(template, (params, buffers), (f, t, e, ey))
 
     return predict
@@ -371,13 +232,15 @@ def _predict_fn(template: nn.Module):
 
 @dataclass
 class FitJob:
-    """The runs of one method on one fold and the spot sets they share (``everything``: None without refit)."""
+    """The runs of one method on one fold and the spot sets they share; ``refit_epochs`` (one per run) makes the
+    runs refits on ``everything`` for that many epochs instead of early-stopped fits on ``fit``."""
 
     runs: list[RunSpec]
     fit: SpotSet
     val: SpotSet
     everything: SpotSet | None
     bank: ExemplarBank
+    refit_epochs: list[int] | None = None
 
 
 class _Engine:
@@ -386,21 +249,16 @@ class _Engine:
     def __init__(self, method: str, cfg: TrainConfig, jobs: list[FitJob], device: torch.device) -> None:
         self.cfg, self.device, self.jobs = cfg, device, jobs
         self.hparams = [[run_hparams(method, cfg, job.fit, r.overrides) for r in job.runs] for job in jobs]
-        self.early: list[list[_Member]] = []
+        self.rows: list[list[_Member]] = []
         members, models = [], []
         for j, job in enumerate(jobs):
-            row = []
-            for i, (r, hp) in enumerate(zip(job.runs, self.hparams[j])):
-                row.append(_Member(j, i, r, hp, False, len(job.fit.targets)))
-                members.append(row[-1])
-                models.append(new_model(hp, r.seed))
-                if job.everything is not None:
-                    members.append(_Member(j, i, r, hp, True, len(job.everything.targets)))
-                    members[-1].partner = row[-1]
-                    models.append(new_model(hp, r.seed))
-            self.early.append(row)
-        self.refits = [m for m in members if m.refit]
-        self.template = _knob_template(models[0]).to(device)
+            spots = job.fit if job.refit_epochs is None else job.everything
+            epochs = job.refit_epochs or [None] * len(job.runs)
+            row = [_Member(j, i, r, hp, len(spots.targets), e) for i, (r, hp, e) in enumerate(zip(job.runs, self.hparams[j], epochs))]
+            models += [new_model(hp, r.seed) for r, hp in zip(job.runs, self.hparams[j])]
+            members += row
+            self.rows.append(row)
+        self.template = knob_template(models[0]).to(device)
         self.loss_cfg = from_dict(LossConfig, self.hparams[0][0]["loss"], "loss")
         self.groups = []
         for refit, n in sorted({(m.refit, m.n) for m in members}):  # cohorts: same batch shapes every step
@@ -427,7 +285,7 @@ class _Engine:
             params = {k: v[0] for k, v in group.params.items()}
             buffers = {k: v[0].clone() for k, v in group.buffers.items()}
             f, t, e, ey, _ = group.data.batch(group.slots()[:1], torch.arange(b, device=self.device)[None])
-            with torch.no_grad(), _tape(knobs, record=record):
+            with torch.no_grad(), member_tape(knobs, record=record):
                 torch.func.functional_call(self.template, (params, buffers), (f[0], None if t is None else t[0], e[0], ey[0]))
             self.noise_shapes[b] = record
         return self.noise_shapes[b]
@@ -462,7 +320,7 @@ class _Engine:
         self.template.train()
         return scores
 
-    def run(self) -> list[list[RunFit]]:
+    def run(self) -> list[list[_Member]]:
         cfg = self.cfg
         min_epochs = min(cfg.min_epochs, cfg.epochs)
         bs = cfg.batch_size
@@ -489,11 +347,15 @@ class _Engine:
                             if tau.shape[-1]:
                                 log["tau"].append(tau[i])
             for g in live:
-                if not g.refit:
+                if g.refit:
+                    for i, m in enumerate(g.members):
+                        if epoch >= m.epochs:  # a refit for the best epoch count: its state now
+                            m.best_state, m.alive = g.state(i), False
+                else:
                     self._end_epoch(g, epoch, logs, min_epochs)
             for g in self.groups:
                 g.keep([i for i, m in enumerate(g.members) if m.alive])
-        return self._results()
+        return self.rows
 
     def _end_epoch(self, early: _Group, epoch: int, logs: dict[int, dict[str, list[Tensor]]], min_epochs: int) -> None:
         scores = self._validate(early)
@@ -516,40 +378,8 @@ class _Engine:
                 m.stop = m.stop or m.wait >= self.cfg.patience  # Lightning's should_stop stays set
             if math.isfinite(val) and val > m.best64:
                 m.best64, m.best_epoch = val, epoch
-                self._snapshot_partner(m)
-        for m in early.members:
             if (m.stop and epoch >= min_epochs) or epoch == self.cfg.epochs:
-                self._finish(m)
-
-    def _partners(self, early: _Member) -> Iterator[tuple[_Group, int]]:
-        for g in self.groups:
-            if g.refit:
-                for i, m in enumerate(g.members):
-                    if m.partner is early:
-                        yield g, i
-
-    def _snapshot_partner(self, early: _Member) -> None:
-        for g, i in self._partners(early):
-            g.members[i].snapshot = g.state(i)
-
-    def _finish(self, m: _Member) -> None:
-        """A member stopped: its refit partner stops with it (kept at the best epoch, or the last if none was finite)."""
-        m.alive = False
-        for g, i in self._partners(m):
-            g.members[i].alive = False
-            if m.best_epoch == 0:
-                g.members[i].snapshot = g.state(i)
-
-    def _results(self) -> list[list[RunFit]]:
-        refits = {(m.job, m.run): m for m in self.refits}
-        out = []
-        for j, row in enumerate(self.early):
-            fits = []
-            for m in row:
-                state = refits[(j, m.run)].snapshot if (j, m.run) in refits else m.best_state
-                fits.append(RunFit(state, m.best_state, self.hparams[j][m.run], m.history, m.best_epoch or len(m.history)))
-            out.append(fits)
-        return out
+                m.alive = False
 
 
 def best_validation(history: list[dict[str, float]]) -> tuple[float, int]:
@@ -575,12 +405,30 @@ def engine_device(options: dict[str, Any] | None) -> torch.device:
     return torch.device("cuda", int(index))
 
 
-def fit_jobs(method: str, cfg: TrainConfig, jobs: list[FitJob], device: torch.device | str = "cpu") -> list[list[RunFit]]:
-    """Train every run of every job of ``method`` together: early stopping on the job's ``val`` and, when the job has
-    ``everything``, the refit on it for the best epoch count; one list of :class:`RunFit` per job, runs in order."""
+def fit_early(method: str, cfg: TrainConfig, jobs: list[FitJob], device: torch.device | str = "cpu") -> list[list[RunFit]]:
+    """Every run of every job trained together with early stopping on its job's ``val``; one list of :class:`RunFit`
+    per job (runs in order) holding the best epoch's model, the history and the best epoch count (``refit`` next)."""
     if not any(job.runs for job in jobs):
         return [[] for _ in jobs]
-    return _Engine(method, cfg, jobs, torch.device(device)).run()
+    rows = _Engine(method, cfg, [replace(job, refit_epochs=None) for job in jobs], torch.device(device)).run()
+    return [[RunFit(m.best_state, m.best_state, m.hp, m.history, m.best_epoch or len(m.history)) for m in row] for row in rows]
+
+
+def fit_refits(method: str, cfg: TrainConfig, jobs: list[FitJob], device: torch.device | str = "cpu") -> list[list[dict[str, Tensor]]]:
+    """Every run of every job retrained together on its job's ``everything`` for its ``refit_epochs``; the end states."""
+    if not any(job.runs for job in jobs):
+        return [[] for _ in jobs]
+    return [[m.best_state for m in row] for row in _Engine(method, cfg, jobs, torch.device(device)).run()]
+
+
+def fit_jobs(method: str, cfg: TrainConfig, jobs: list[FitJob], device: torch.device | str = "cpu") -> list[list[RunFit]]:
+    """Early stopping, then (for jobs with ``everything``) the refit for the best epoch count, all jobs together."""
+    early = fit_early(method, cfg, jobs, device)
+    refit = [i for i, job in enumerate(jobs) if job.everything is not None and job.runs]
+    states = fit_refits(method, cfg, [replace(jobs[i], refit_epochs=[f.best_epoch for f in early[i]]) for i in refit], device)
+    for i, kept in zip(refit, states):
+        early[i] = [replace(f, state=state) for f, state in zip(early[i], kept)]
+    return early
 
 
 def fit_runs(method: str, cfg: TrainConfig, runs: list[RunSpec], fit: SpotSet, val: SpotSet, everything: SpotSet | None,

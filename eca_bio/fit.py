@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from eca_core.config import to_dict
 from eca_core.trainer import call_trainer, make_trainer
-from eca_bio.engine import best_validation, use_member_dropout
+from eca_bio.engine import best_validation
+from eca_bio.members import use_member_dropout
 from eca_bio.exemplars import ExemplarBank
 from eca_bio.methods import METHODS
 from eca_bio.spots import SpotDataset, SpotSet

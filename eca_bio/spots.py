@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -12,6 +12,9 @@ from torch.utils.data import Dataset
 from eca_core.metrics import pearson_per_column
 from eca_bio.exemplars import ExemplarBank, ExemplarIndex
 from eca_bio.targets import SlideData, TargetSpec, canonical_encoder, make_targets
+
+if TYPE_CHECKING:
+    from eca_bio.configs import TrainConfig
 
 
 @dataclass
@@ -75,6 +78,29 @@ def make_bank(slides: list[SlideData], spec: TargetSpec, encoder: Any) -> Exempl
     y = np.concatenate([make_targets(s, spec)[0] for s in slides])
     sids = np.concatenate([[s.slide_id] * s.n_spots for s in slides])
     return ExemplarBank(emb, y, sids, spec.genes, canonical_encoder(encoder))
+
+
+@dataclass
+class FoldSpots:
+    """A fold's exemplar bank and spot sets: fitting, early-stopping (val), all training slides, test (None: final model)."""
+
+    bank: ExemplarBank
+    fit: SpotSet
+    val: SpotSet
+    everything: SpotSet
+    test: SpotSet | None
+
+
+def fold_spots(cfg: TrainConfig, train_sl: list[SlideData], val_id: str | None, test_sl: list[SlideData], spec: TargetSpec,
+               encoder: Any) -> FoldSpots:
+    """Bank, k-NN exemplars and spot sets of one fold: the held-out training slide ``val_id`` early-stops, the others
+    fit; each spot's exemplars come from other training slides."""
+    bank = make_bank(train_sl, spec, encoder)
+    index = ExemplarIndex(bank, cfg.k, cfg.exemplar_backend)
+    fit = build_spots([s for s in train_sl if s.slide_id != val_id], spec, index, cfg.use_tokens)
+    val = build_spots([s for s in train_sl if s.slide_id == val_id], spec, index, cfg.use_tokens)
+    return FoldSpots(bank, fit, val, build_spots(train_sl, spec, index, cfg.use_tokens),
+                     build_spots(test_sl, spec, index, cfg.use_tokens) if test_sl else None)
 
 
 def epoch_scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:

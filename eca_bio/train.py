@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,17 +28,15 @@ from eca_core.io import atomic_dir, read_json, write_json_atomic
 from eca_core.pipeline import StageContext, digest
 from eca_core.resume import RunLock, clean_temp_files, content_hash, item_is_current, write_item_marker
 from eca_core.trainer import quiet_lightning
-from eca_bio.exemplars import ExemplarBank, ExemplarIndex
 from eca_bio import tuning
-from eca_bio.engine import FitJob, RunFit, RunSpec, best_validation, engine_device, fit_jobs
+from eca_bio.engine import FitJob, RunFit, RunSpec, best_validation, engine_device, fit_early, fit_refits
 from eca_bio.model import model_from_hparams
 from eca_bio.tuning import select_ridge_alpha
 from eca_bio.folds import plan_folds
 from eca_bio.methods import METHOD_LABELS, METHODS, method_seeds
 from eca_bio.model import RidgeBaseline
-from eca_bio.spots import SpotSet, build_spots, make_bank
+from eca_bio.spots import FoldSpots, SpotSet, fold_spots, predict_spots
 from eca_bio.targets import SlideData, TargetSpec, canonical_encoder, fit_targets, load_preprocessed, make_targets
-from eca_bio.spots import predict_spots
 from eca_bio.configs import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -82,39 +80,6 @@ def set_homogeneity(spots: SpotSet, bank: Any) -> dict[str, Any]:
                      "r_median": float(np.median(r)) if r.size else float("nan"),
                      "bound_applies": float(np.mean(r < 1)) if r.size else float("nan")}
     return out
-
-
-def _bank_index(cfg: TrainConfig, train_sl: list[SlideData], spec: TargetSpec, encoder: Any) -> tuple[ExemplarBank, ExemplarIndex]:
-    """The exemplar bank of the training slides and its k-NN index."""
-    bank = make_bank(train_sl, spec, encoder)
-    return bank, ExemplarIndex(bank, cfg.k, cfg.exemplar_backend)
-
-
-def _fit_val_spots(cfg: TrainConfig, train_sl: list[SlideData], val_id: str | None, spec: TargetSpec,
-                   index: ExemplarIndex) -> tuple[SpotSet, SpotSet]:
-    """The spots that fit a neural model and those of the held-out training slide that early-stop it."""
-    fit = build_spots([s for s in train_sl if s.slide_id != val_id], spec, index, cfg.use_tokens)
-    return fit, build_spots([s for s in train_sl if s.slide_id == val_id], spec, index, cfg.use_tokens)
-
-
-@dataclass
-class FoldSpots:
-    """A fold's exemplar bank and spot sets: fitting, early-stopping (val), all training slides, test (None: final model)."""
-
-    bank: ExemplarBank
-    fit: SpotSet
-    val: SpotSet
-    everything: SpotSet
-    test: SpotSet | None
-
-
-def fold_spots(cfg: TrainConfig, train_sl: list[SlideData], val_id: str | None, test_sl: list[SlideData], spec: TargetSpec,
-               encoder: Any) -> FoldSpots:
-    """Bank, k-NN exemplars and spot sets of one fold (each spot's exemplars come from other training slides)."""
-    bank, index = _bank_index(cfg, train_sl, spec, encoder)
-    fit, val = _fit_val_spots(cfg, train_sl, val_id, spec, index)
-    return FoldSpots(bank, fit, val, build_spots(train_sl, spec, index, cfg.use_tokens),
-                     build_spots(test_sl, spec, index, cfg.use_tokens) if test_sl else None)
 
 
 def _result(method: str, key: str, spec: TargetSpec, val_id: str | None, test_sl: list[SlideData], seed: int,
@@ -239,35 +204,45 @@ class RunGroup:
 
 
 def train_groups(method: str, cfg: TrainConfig, groups: list[RunGroup], device: torch.device) -> tuple[int, int]:
-    """Every seed of a neural method on every fold given, with the training engine, all folds in one ensemble: first the
-    validation-slide search (each trial with the first seed, the refit beside it, so the first seed's item comes out of the
-    search), then the other seeds. Returns (trained, up to date)."""
+    """Every seed of a neural method on every fold given, with the training engine, all folds in one ensemble: the
+    validation-slide search (each trial with the first seed; the chosen one is the first seed's run), the other seeds'
+    early-stopped runs, then every seed's refit for its best epoch count. Returns (trained, up to date)."""
     search = cfg.tune_trials > 1
     for g in groups:
         current = search and item_is_current(g.tune_path.with_name("tuning.done.json"), g.tune_key)
         g.chosen = read_json(g.tune_path)["chosen"] if current else None if search else {}
     total = sum(len(g.items) for g in groups)
     groups = [g for g in groups if g.todo(list(g.items))]
-    trained, first = 0, cfg.seeds[0]
+    first = cfg.seeds[0]
+    fitted: dict[tuple[int, int], RunFit] = {}  # (group, seed) -> its early-stopped run
     searching = [g for g in groups if g.chosen is None]
     if searching:
         candidates = tuning.candidates(method, cfg)
-        results = fit_jobs(method, cfg, [g.job(cfg, [RunSpec(first, c) for c in candidates]) for g in searching], device)
+        results = fit_early(method, cfg, [g.job(cfg, [RunSpec(first, c) for c in candidates]) for g in searching], device)
         for g, fits in zip(searching, results):
             trials = [dict(zip(("overrides", "val_pcc_m", "epochs"), (c, *best_validation(f.history)))) for c, f in zip(candidates, fits)]
             g.chosen = _best_trial(trials)["overrides"]
             write_json_atomic(g.tune_path, _search_record(method, cfg, g.val_id, trials, g.chosen))
             write_item_marker(g.tune_path.with_name("tuning.done.json"), g.tune_key, [g.tune_path])
             if first in g.items and first in g.todo([first]):
-                g.write(method, cfg, RunSpec(first, g.chosen), fits[candidates.index(g.chosen)])
-                trained += 1
-    rest = [(g, [RunSpec(s, g.chosen) for s in g.todo(list(g.items))]) for g in groups]
-    rest = [(g, runs) for g, runs in rest if runs]
-    if rest:
-        for (g, runs), fits in zip(rest, fit_jobs(method, cfg, [g.job(cfg, runs) for g, runs in rest], device)):
-            for run, fitted in zip(runs, fits):
-                g.write(method, cfg, run, fitted)
-                trained += 1
+                fitted[(id(g), first)] = fits[candidates.index(g.chosen)]
+    rest = [(g, [s for s in g.todo(list(g.items)) if (id(g), s) not in fitted]) for g in groups]
+    rest = [(g, seeds) for g, seeds in rest if seeds]
+    for (g, seeds), fits in zip(rest, fit_early(method, cfg, [g.job(cfg, [RunSpec(s, g.chosen) for s in seeds]) for g, seeds in rest],
+                                                device)):
+        fitted.update({(id(g), s): f for s, f in zip(seeds, fits)})
+    todo = [(g, [s for s in g.items if (id(g), s) in fitted]) for g in groups]
+    todo = [(g, seeds) for g, seeds in todo if seeds]
+    if cfg.refit:  # every seed's refit on all training slides for its best epoch count, all folds together
+        jobs = [replace(g.job(cfg, [RunSpec(s, g.chosen) for s in seeds]), refit_epochs=[fitted[(id(g), s)].best_epoch for s in seeds])
+                for g, seeds in todo]
+        for (g, seeds), states in zip(todo, fit_refits(method, cfg, jobs, device)):
+            for s, state in zip(seeds, states):
+                fitted[(id(g), s)] = replace(fitted[(id(g), s)], state=state)
+    for g, seeds in todo:
+        for s in seeds:
+            g.write(method, cfg, RunSpec(s, g.chosen), fitted[(id(g), s)])
+    trained = sum(len(seeds) for _, seeds in todo)
     return trained, total - trained
 
 
@@ -278,11 +253,10 @@ def tune_method(method: str, cfg: TrainConfig, train_sl: list[SlideData], val_id
         return json.loads(path.read_text())["chosen"]
     from eca_bio.fit import validation_score
 
-    bank, index = _bank_index(cfg, train_sl, spec, encoder)
-    fit, val = _fit_val_spots(cfg, train_sl, val_id, spec, index)
+    fs = fold_spots(cfg, train_sl, val_id, [], spec, encoder)
     trials = []
     for overrides in tuning.candidates(method, cfg):
-        score, epoch = validation_score(method, tuning.apply(cfg, overrides), fit, val, bank, options, cfg.seeds[0])
+        score, epoch = validation_score(method, tuning.apply(cfg, overrides), fs.fit, fs.val, fs.bank, options, cfg.seeds[0])
         trials.append({"overrides": overrides, "val_pcc_m": score, "epochs": epoch})
     chosen = _best_trial(trials)["overrides"]
     write_json_atomic(path, _search_record(method, cfg, val_id, trials, chosen))

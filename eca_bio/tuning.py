@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from eca_core.attention import ECAConfig
 from eca_bio.methods import METHODS
 from eca_bio.model import RidgeBaseline
 from eca_bio.spots import epoch_scores
 from eca_bio.targets import SlideData, TargetSpec, make_targets
+from eca_core.variants import layer_config
 
 if TYPE_CHECKING:
     from eca_bio.configs import TrainConfig
@@ -37,7 +37,7 @@ def method_knobs(method: str) -> tuple[str, ...]:
     overrides, _ = METHODS[method]
     knobs = SHARED_KNOBS
     if overrides.get("pool") == "attention":
-        eca = ECAConfig.variant(overrides["attention"])
+        eca = layer_config(overrides["attention"])
         knobs += DATS_KNOBS if eca.use_dats else ()
         knobs += SRA_KNOBS if eca.use_sra else ()
     return knobs

@@ -11,7 +11,7 @@ COMMANDS = {
     "preprocess": ("eca_tab.stages:PREPROCESS_COMMAND", "CSV with a numeric target -> seeded split, scaled features (UCI presets)"),
     "train": ("eca_tab.stages:TRAIN_COMMAND", "FT-Transformer and its ECA variants × seeds, early stopping on validation"),
     "evaluate": ("eca_tab.stages:EVALUATE_COMMAND", "MAE / MSE / PCC ± std over seeds, paired tests, PCC-plateau curves (PNG)"),
-    "run": ("eca_core.pipeline", "run a pipeline YAML from pipelines/ (tab_appliances.yaml, ...)"),
+    "run": ("eca_core.cli:RUN_COMMAND", "run a pipeline YAML from pipelines/ (tab_appliances.yaml, ...)"),
 }
 
 

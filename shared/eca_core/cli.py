@@ -24,7 +24,7 @@ from eca_core.config import from_dict, iter_fields, parse_yaml, read_yaml, set_d
 from eca_core.errors import ConfigError, ECAError
 
 CORE_COMMANDS = {
-    "run": ("eca_core.pipeline", "run a pipeline YAML (stages skipped when unchanged)"),
+    "run": ("eca_core.cli:RUN_COMMAND", "run a pipeline YAML (stages skipped when unchanged)"),
     "diagnose": ("eca_core.diagnostics", "homogeneity diagnostics and the Theorem 2.2 bound for sets in .npz/.h5"),
     "synthetic": ("eca_core.synthetic", "the paper's synthetic benchmark: ECA vs softmax at four homogeneity levels"),
 }
@@ -294,6 +294,31 @@ class StageCommand:
 
             resolve_callable(self.report)(summary, args)
         return 0
+
+
+class RunCommand:
+    """``run`` of every CLI (``eca run``, ``eca-bio run``, ...): run a pipeline YAML and print where its outputs are."""
+
+    def configure_parser(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("pipeline", type=Path, help="pipeline YAML (see pipelines/)")
+        parser.add_argument("--run-dir", type=Path, default=None, help="run directory (default: the YAML's run_dir)")
+        parser.add_argument("--from", dest="from_stage", default=None, help="force a re-run from this stage on")
+        parser.add_argument("--until", default=None, help="stop after this stage")
+        parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                            help="override a stage parameter (value parsed as YAML); repeatable")
+        add_runtime_arguments(parser)
+
+    def main(self, args: argparse.Namespace) -> int:
+        from eca_core.pipeline import PipelineSpec, run_pipeline
+
+        spec = PipelineSpec.from_yaml(args.pipeline).with_overrides(args.overrides)
+        run_dir = Path(args.run_dir or spec.run_dir)
+        run_pipeline(spec, run_dir, args.from_stage, args.until, runtime_options(args))
+        print(f"run directory: {run_dir.resolve()}")
+        return 0
+
+
+RUN_COMMAND = RunCommand()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

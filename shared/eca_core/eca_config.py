@@ -37,10 +37,3 @@ class ECAConfig:
     @property
     def use_sra(self) -> bool:
         return self.mode == "eca" and self.sra is not False
-
-    @classmethod
-    def variant(cls, name: str, **overrides) -> "ECAConfig":
-        """The layer config of a named variant (the table lives in :mod:`eca_core.variants`)."""
-        from eca_core.variants import layer_config
-
-        return layer_config(name, **overrides)

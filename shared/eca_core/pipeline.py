@@ -425,35 +425,3 @@ def run_on_ranks(stage: Stage, ctx: StageContext) -> Mapping[str, Any] | None:
 
 def _quiet(*_: Any, **__: Any) -> None:
     return None
-
-
-# ----------------------------------------------------------------------------------------- the `run` command
-
-
-def configure_parser(parser: Any) -> None:
-    """Arguments of every ``run`` command (``eca run``, ``eca-bio run``, ``eca-msa run``)."""
-    from eca_core.cli import add_runtime_arguments
-
-    parser.add_argument("pipeline", type=Path, help="pipeline YAML (see pipelines/)")
-    parser.add_argument("--run-dir", type=Path, default=None, help="run directory (default: the YAML's run_dir)")
-    parser.add_argument("--from", dest="from_stage", default=None, help="force a re-run from this stage on")
-    parser.add_argument("--until", default=None, help="stop after this stage")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
-                        help="override a stage parameter (value parsed as YAML); repeatable")
-    add_runtime_arguments(parser)
-
-
-def run_from_args(args: Any) -> tuple[Path, dict[str, dict[str, Any]]]:
-    """Run the pipeline named on the command line; returns the run directory and the done records."""
-    from eca_core.cli import runtime_options
-
-    spec = PipelineSpec.from_yaml(args.pipeline).with_overrides(args.overrides)
-    run_dir = Path(args.run_dir or spec.run_dir)
-    return run_dir, run_pipeline(spec, run_dir, args.from_stage, args.until, runtime_options(args))
-
-
-def main(args: Any) -> int:
-    """``run`` sub-command: run the pipeline and print where its outputs are."""
-    run_dir, _ = run_from_args(args)
-    print(f"run directory: {run_dir.resolve()}")
-    return 0

@@ -33,6 +33,7 @@ from eca_core.attention import ECAConfig, ECAPooling
 from eca_core.config import to_dict
 from eca_core.losses import ECAObjective, LossConfig, pcc_per_dim
 from eca_core.variants import VARIANTS as ALL_VARIANTS, pcc_loss
+from eca_core.variants import layer_config
 
 VARIANTS = tuple(ALL_VARIANTS)
 # Mean key contrast per level, calibrated so mean d ≈ 0.10, 0.24, 0.42, 0.73 (checked by tests/core/test_synthetic.py).
@@ -138,7 +139,7 @@ class TrainConfig:
     lambda_max: float = 2.0
 
     def eca_config(self, variant: str) -> ECAConfig:
-        return ECAConfig.variant(variant, tau_min=self.tau_min, beta=self.beta, lambda_max=self.lambda_max)
+        return layer_config(variant, tau_min=self.tau_min, beta=self.beta, lambda_max=self.lambda_max)
 
     def loss_config(self, variant: str) -> LossConfig:
         """The variant's PCC term (plain for softmax and w/o-DNPL, DNPL otherwise; see eca_core.variants)."""

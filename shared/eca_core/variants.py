@@ -16,10 +16,9 @@ no_dnpl    mode=eca (DATS + SRA)           plain PCC
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from eca_core.attention import ECAConfig
+from eca_core.eca_config import ECAConfig
 
 
 @dataclass(frozen=True)
@@ -50,8 +49,6 @@ def get_variant(name: str) -> Variant:
 
 def layer_config(name: str, **overrides: Any) -> ECAConfig:
     """The ``ECAConfig`` of variant ``name``, with hyper-parameter ``overrides`` (tau_min, beta, ...)."""
-    from eca_core.attention import ECAConfig  # the table itself stays torch-free
-
     return ECAConfig(**{**dict(get_variant(name).layer), **overrides})
 
 

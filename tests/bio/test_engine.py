@@ -10,11 +10,13 @@ import torch
 
 from eca_core.config import from_dict
 from eca_bio import tuning
-from eca_bio.engine import FitJob, MemberDropout, RunSpec, _Stream, fit_jobs, fit_runs
+from eca_bio.engine import FitJob, RunSpec, fit_jobs, fit_runs
+from eca_bio.members import DropoutStream, MemberDropout
 from eca_bio.fit import fit_neural
 from eca_bio.spots import predict_spots
 from eca_bio.targets import fit_targets, load_preprocessed
-from eca_bio.train import TrainConfig, fold_spots, train_all
+from eca_bio.spots import fold_spots
+from eca_bio.train import TrainConfig, train_all
 from tests.bio.fixtures_model import make_preprocess_dir
 
 CPU = {"accelerator": "cpu", "devices": 1}
@@ -93,13 +95,13 @@ def test_folds_of_different_sizes_in_one_ensemble_equal_each_fold_alone(slides):
 
 def test_member_dropout_draws_from_its_own_stream_and_is_identity_in_eval():
     x = torch.ones(64, 32)
-    drop = MemberDropout(0.25, _Stream(7)).train()
+    drop = MemberDropout(0.25, DropoutStream(7)).train()
     y = drop(x)
     kept = y != 0
     assert 0.6 < kept.float().mean() < 0.9 and torch.allclose(y[kept], torch.full_like(y[kept], 1 / 0.75))
-    assert torch.equal(MemberDropout(0.25, _Stream(7)).train()(x), y)  # the same seed draws the same mask
-    assert not torch.equal(MemberDropout(0.25, _Stream(8)).train()(x), y)
-    assert torch.equal(MemberDropout(0.0, _Stream(7)).train()(x), x) and torch.equal(drop.eval()(x), x)
+    assert torch.equal(MemberDropout(0.25, DropoutStream(7)).train()(x), y)  # the same seed draws the same mask
+    assert not torch.equal(MemberDropout(0.25, DropoutStream(8)).train()(x), y)
+    assert torch.equal(MemberDropout(0.0, DropoutStream(7)).train()(x), x) and torch.equal(drop.eval()(x), x)
 
 
 def test_train_stage_writes_the_same_items_with_either_loop(tmp_path):

@@ -6,6 +6,7 @@ from torch import nn
 
 from eca_core.attention import ECAConfig, ECACrossAttention, ECAPooling, set_dispersion
 from eca_core.losses import sra_penalty
+from eca_core.variants import layer_config
 
 
 def _softmax_reference(q, k, v, mask):
@@ -197,11 +198,11 @@ def test_set_dispersion_matches_definition():
 
 
 def test_variant_names():
-    assert ECAConfig.variant("softmax").use_sra is False
-    assert ECAConfig.variant("no_sra").use_dats and not ECAConfig.variant("no_sra").use_sra
-    assert ECAConfig.variant("no_dats").use_sra and not ECAConfig.variant("no_dats").use_dats
+    assert layer_config("softmax").use_sra is False
+    assert layer_config("no_sra").use_dats and not layer_config("no_sra").use_sra
+    assert layer_config("no_dats").use_sra and not layer_config("no_dats").use_dats
     with pytest.raises(ValueError, match="unknown ECA variant"):
-        ECAConfig.variant("bogus")
+        layer_config("bogus")
 
 
 def test_fast_set_statistics_match_careful_form():

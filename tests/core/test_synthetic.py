@@ -47,9 +47,9 @@ def test_kappa_holds_target_signal_fixed():
 
 
 def test_gating_regressor_shape_and_softmax_is_convex():
-    from eca_core.attention import ECAConfig
+    from eca_core.variants import layer_config
 
-    model = GatingRegressor(16, ECAConfig.variant("softmax"))
+    model = GatingRegressor(16, layer_config("softmax"))
     x = torch.randn(7, 10, 16)
     assert model(x).shape == (7,)
     z, aux = model.pool(x, return_aux=True)
