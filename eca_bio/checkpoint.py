@@ -6,12 +6,12 @@ from elsewhere never runs code here.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from eca_core.io import read_json
 from eca_bio.exemplars import ExemplarBank
 from eca_bio.model import ExpressionModel, RidgeBaseline, model_from_hparams
 from eca_bio.targets import DataError, TargetSpec
@@ -40,8 +40,8 @@ def load_trained(item_dir: Path, bank: ExemplarBank | None = None) -> TrainedMod
     if bank is None and (item_dir / "bank.npz").is_file():
         bank = ExemplarBank.load(item_dir / "bank.npz")
     if (item_dir / "ridge.npz").is_file():
-        spec = TargetSpec.from_dict(json.loads((item_dir / "targets.json").read_text()))
-        result = json.loads(result_path.read_text())
+        spec = TargetSpec.from_dict(read_json(item_dir / "targets.json", DataError))
+        result = read_json(result_path, DataError)
         return TrainedModel(result["method"], spec, result.get("encoder", ""), 0, False, None, RidgeBaseline.load(item_dir / "ridge.npz"), bank)
     try:
         ckpt = torch.load(item_dir / "model.pt", map_location="cpu", weights_only=True)  # never runs code from the file

@@ -109,10 +109,10 @@ def _fold_entry(item: Path, fold: dict[str, Any], seeds: list[int]) -> dict[str,
     """One fold of one method: metrics as the mean over its seeds, per-seed values, per-gene PCC (mean over seeds)."""
     from eca_bio.spatial_fidelity import fidelity
 
-    genes = json.loads((item.parent / "targets.json").read_text())["genes"]
+    genes = read_json(item.parent / "targets.json", DataError, "run `eca-bio train` again")["genes"]
     runs = seed_predictions(item, seeds)
     reports = [regression_report(z["pred"], z["truth"], genes) for z in runs]
-    results = [json.loads((item / f"seed_{k}" / "result.json").read_text()) for k in seeds]
+    results = [read_json(item / f"seed_{k}" / "result.json", DataError, "run `eca-bio train` again") for k in seeds]
     z = seed_mean(runs)
     moran = fidelity(z["pred"], z["truth"], z["centres"], z["slide_ids"], genes)  # seed-averaged prediction
     per_gene = {g: [r["per_output"][g] for r in reports] for g in genes}
@@ -127,7 +127,7 @@ def _fold_entry(item: Path, fold: dict[str, Any], seeds: list[int]) -> dict[str,
             "lambda_tau": [r.get("lambda_tau") for r in results if r.get("lambda_tau")],
             "tuned": results[0].get("tuned", {}),
             "homogeneity": results[0].get("homogeneity"),
-            "tuning": json.loads((item / "tuning.json").read_text()) if (item / "tuning.json").is_file() else None,
+            "tuning": read_json(item / "tuning.json", DataError) if (item / "tuning.json").is_file() else None,
             **{k: moran[k] for k in ("moran_pred", "moran_truth", "moran_ratio")}, "moran_per_gene": moran["per_gene"]}
 
 

@@ -250,7 +250,7 @@ def tune_method(method: str, cfg: TrainConfig, train_sl: list[SlideData], val_id
                 path: Path, options: dict[str, Any], key: str) -> dict[str, float]:
     """Try the method's candidate configurations on the validation slide; write ``tuning.json``; return the choice."""
     if item_is_current(path.with_name("tuning.done.json"), key):
-        return json.loads(path.read_text())["chosen"]
+        return read_json(path)["chosen"]
     from eca_bio.fit import validation_score
 
     fs = fold_spots(cfg, train_sl, val_id, [], spec, encoder)

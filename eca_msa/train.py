@@ -15,7 +15,6 @@ run with the same configuration is not repeated, so a crash loses at most the ru
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -31,7 +30,7 @@ import torch
 from eca_core import distributed
 from eca_core.config import from_dict, to_dict
 from eca_core.errors import InputError
-from eca_core.io import write_json_atomic
+from eca_core.io import read_json, write_json_atomic
 from eca_core.losses import ECAObjective, LossConfig
 from eca_core.pipeline import StageContext, digest
 from eca_core.resume import item_is_current, write_item_marker
@@ -171,7 +170,7 @@ def train_one(data, cfg: TrainConfig, setting: str, seed: int, out_dir: Path, op
     key = _run_key(cfg, setting, seed, shapes, data.content_key or data.source)
     done_path = out_dir / "metrics.json"
     if item_is_current(out_dir / "done.json", key):
-        return json.loads(done_path.read_text())
+        return read_json(done_path)
     if out_dir.exists():  # an unfinished or outdated run: start it afresh
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

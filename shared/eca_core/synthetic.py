@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from eca_core.attention import ECAConfig, ECAPooling
 from eca_core.config import to_dict
 from eca_core.losses import ECAObjective, LossConfig, pcc_per_dim
-from eca_core.variants import VARIANTS as ALL_VARIANTS, pcc_loss
+from eca_core.variants import VARIANTS as ALL_VARIANTS, pcc_term
 from eca_core.variants import layer_config
 
 VARIANTS = tuple(ALL_VARIANTS)
@@ -143,7 +143,7 @@ class TrainConfig:
 
     def loss_config(self, variant: str) -> LossConfig:
         """The variant's PCC term (plain for softmax and w/o-DNPL, DNPL otherwise; see eca_core.variants)."""
-        return LossConfig(pcc=pcc_loss(variant), pcc_weight=self.pcc_weight, sra_weight=self.sra_weight)
+        return LossConfig(pcc=pcc_term(variant), pcc_weight=self.pcc_weight, sra_weight=self.sra_weight)
 
 
 @dataclass

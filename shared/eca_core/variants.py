@@ -52,6 +52,6 @@ def layer_config(name: str, **overrides: Any) -> ECAConfig:
     return ECAConfig(**{**dict(get_variant(name).layer), **overrides})
 
 
-def pcc_loss(name: str) -> str:
+def pcc_term(name: str) -> str:
     """The PCC term of variant ``name``'s loss: ``"plain"`` or ``"dnpl"``."""
     return get_variant(name).pcc
