@@ -12,6 +12,7 @@ COMMANDS = {
     "train": ("eca_bio.stages:TRAIN_COMMAND", "train expression models with slide-level cross-validation"),
     "evaluate": ("eca_bio.stages:EVALUATE_COMMAND", "PCC@F/S/M, MSE, MAE report, per-gene CSV, curves, .h5ad export"),
     "predict": ("eca_bio.stages:PREDICT_COMMAND", "predict expression on new whole-slide images without sequencing"),
+    "diagnose": ("eca_bio.diagnose", "homogeneity of a preprocess folder's token sets against their expression targets (Theorem 2.2)"),
     "demo": ("eca_bio.demo", "build a small synthetic ST slide set and run the whole pipeline on it"),
     "run": ("eca_core.cli:RUN_COMMAND", "run a pipeline YAML from pipelines/"),
 }

@@ -272,81 +272,43 @@ def load_targets(arrays: _ArrayFile, path: Path, key: str, n_sets: int) -> np.nd
     return y
 
 
-def expression_targets(path: Path, arrays: _ArrayFile, n_sets: int, n_genes: int = 50) -> tuple[np.ndarray, list[str]] | None:
-    """Targets of a bio per-slide file found beside it: ``<slide>.h5ad`` raw counts in the file's ``barcodes``
-    order, log10(1 + counts) of the ``n_genes`` genes with the largest mean count (the EGN transform). None when
-    the file has no barcodes or no counts file sits beside it."""
-    h5ad = path.with_suffix(".h5ad")
-    if "barcodes" not in arrays or not h5ad.is_file():
-        return None
-    import anndata as ad
-    import scipy.sparse as sp
-
-    barcodes = [b.decode() if isinstance(b, bytes) else str(b) for b in arrays["barcodes"]]
-    if len(barcodes) != n_sets:
-        raise ValueError(f"{path}: {len(barcodes)} barcodes for {n_sets} sets")
-    adata = ad.read_h5ad(h5ad)
-    missing = sorted(set(barcodes) - set(adata.obs_names))
-    if missing:
-        raise ValueError(f"{h5ad}: {len(missing)} spot(s) of {path} are absent, e.g. {missing[:3]}")
-    adata = adata[barcodes]
-    means = np.asarray(adata.X.mean(axis=0)).ravel()
-    top = np.argsort(-means, kind="stable")[:n_genes]
-    counts = adata.X[:, top]
-    counts = counts.toarray() if sp.issparse(counts) else np.asarray(counts)
-    return np.log10(np.asarray(counts, dtype=np.float64) + 1.0), [str(adata.var_names[j]) for j in top]
-
-
 # ----------------------------------------------------------------------------- CLI
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """``eca diagnose FILE``."""
-    parser.add_argument("file", type=Path, help="sets in .npz/.npy or .h5/.hdf5 (the bio per-slide file with 'tokens' works), "
-                                                "or a bio preprocess folder (every slide in its manifest)")
+    parser.add_argument("file", type=Path, help="sets in .npz/.npy or .h5/.hdf5 (the bio per-slide file with 'tokens' works; "
+                                                "with its expression targets: eca-bio diagnose)")
     parser.add_argument("--x", default=None, help="key of the sets (N, T, D); default 'x', else 'tokens'")
     parser.add_argument("--y", default=None, help="key of the targets (N,) or (N, K); default 'y' when the file has it")
     parser.add_argument("--y-file", type=Path, default=None, help="read the targets from this .npz/.npy/.h5 instead of FILE")
     parser.add_argument("--mask", default=None, help="key of a boolean mask (N, T), True = real element; default 'mask' when present")
     parser.add_argument("--lengths", default=None, help="key of set lengths (N,) instead of a mask")
     parser.add_argument("--alpha", type=float, default=1e-3, help="ridge penalty (times N) of the mean-pooling head")
-    parser.add_argument("--genes", type=int, default=50,
-                        help="bio slide files: targets are log10(1 + counts) of this many top genes from the .h5ad beside them")
     parser.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
 
 
 def main(args: argparse.Namespace) -> int:
-    files = [Path(args.file)]
-    if Path(args.file).is_dir():  # a bio preprocess folder: every slide of its manifest
-        from eca_core.io import read_json
-
-        manifest = Path(args.file) / "manifest.json"
-        if not manifest.is_file():
-            raise FileNotFoundError(f"{args.file}: a folder without manifest.json (give a sets file or a bio preprocess folder)")
-        files = [Path(args.file) / e["h5"] for e in read_json(manifest)["slides"]]
-    reports = [diagnose_file(f, args) for f in files]
+    if Path(args.file).is_dir():
+        raise FileNotFoundError(f"{args.file}: a folder; give a sets file (for a bio preprocess folder: eca-bio diagnose)")
+    report = diagnose_file(Path(args.file), args)
     if args.json is not None:
         from eca_core.io import write_json_atomic
 
-        write_json_atomic(args.json, reports[0] if len(reports) == 1 else {"files": reports})
+        write_json_atomic(args.json, report)
         print(f"wrote {args.json}")
     return 0
 
 
 def diagnose_file(path: Path, args: argparse.Namespace) -> dict:
-    """Print (and return) the report of one sets file, with its targets from --y / --y-file or found beside it."""
+    """Print (and return) the report of one sets file, with its targets from --y / --y-file (if any)."""
     x, mask, arrays = load_sets(path, args.x, args.mask, args.lengths)
-    y, names, source = None, None, str(path)
+    y = None
     if args.y_file is not None:
         y_arrays = _read_arrays(args.y_file)
         key = args.y or ("y" if "y" in y_arrays else "x")
         y = load_targets(y_arrays, args.y_file, key, x.shape[0])
     elif args.y is not None or "y" in arrays:
         y = load_targets(arrays, path, args.y or "y", x.shape[0])
-    else:
-        found = expression_targets(path, arrays, x.shape[0], args.genes)
-        if found is not None:
-            y, names = found
-            source += f" (targets: log10(1 + counts) of the top {len(names)} genes of {path.with_suffix('.h5ad').name})"
-    report = homogeneity_report(x, mask, y, alpha=args.alpha, output_names=names)
-    print(format_report(report, source))
+    report = homogeneity_report(x, mask, y, alpha=args.alpha)
+    print(format_report(report, str(path)))
     return {"file": str(path), **report.to_dict()}
