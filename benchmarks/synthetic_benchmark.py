@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from eca_core.synthetic import VARIANTS, BenchmarkConfig, TrainConfig, format_markdown, run_benchmark, write_outputs
+from eca_core.synthetic import VARIANTS, BenchmarkConfig, SyntheticTrainConfig, format_markdown, run_benchmark, write_outputs
 
 
 def check_claims(summary: dict) -> list[tuple[str, bool, str]]:
@@ -57,11 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/synthetic_benchmark"))
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    parser.add_argument("--epochs", type=int, default=SyntheticTrainConfig.epochs)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = BenchmarkConfig(variants=list(VARIANTS), seeds=list(range(args.seeds)), train=TrainConfig(epochs=args.epochs))
+    cfg = BenchmarkConfig(variants=list(VARIANTS), seeds=list(range(args.seeds)), train=SyntheticTrainConfig(epochs=args.epochs))
     results = run_benchmark(cfg, on_level=lambda partial: write_outputs(partial, args.out))
     write_outputs(results, args.out)
     print(format_markdown(results))

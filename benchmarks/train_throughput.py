@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from eca_core.config import from_dict, read_yaml, set_dotted, parse_yaml  # noqa: E402
-from eca_bio.configs import PreprocessConfig, TrainConfig  # noqa: E402
+from eca_bio.configs import PreprocessConfig, BioTrainConfig  # noqa: E402
 
 HER2ST = ROOT.parent / "shared" / "data" / "her2st"
 HER2ST_SUBSET = {  # the her2st pipeline's train stage, smaller: three neural methods, one transform, fewer epochs
@@ -74,7 +74,7 @@ def prepare(study: str, work: Path, sets: list[str]) -> tuple[Path, dict]:
     return work / "pre", train
 
 
-def fits(cfg: TrainConfig, n_folds: int) -> int:
+def fits(cfg: BioTrainConfig, n_folds: int) -> int:
     """Fits the protocol makes: per neural method and fold, the search trials plus each seed's run and its refit."""
     neural = [m for m in cfg.methods if m not in ("ridge", "ridge_cv")]
     per_fold = (cfg.tune_trials if cfg.tune_trials > 1 else 0) + len(cfg.seeds) * (2 if cfg.refit else 1)
@@ -112,7 +112,7 @@ def run(study: str, work: Path, sets: list[str], accelerator: str = "cpu", noise
     loops = [("per_fit", None), ("vectorised", None)] + ([("per_fit_1thread", 1)] if noise else [])
     for name, threads in loops:
         engine = name.split("_1")[0]
-        cfg = from_dict(TrainConfig, {**params, "engine": engine, "threads": threads or params.get("threads")}, "train")
+        cfg = from_dict(BioTrainConfig, {**params, "engine": engine, "threads": threads or params.get("threads")}, "train")
         start = time.perf_counter()
         summary = train_all(cfg, pre, work / name, {"accelerator": accelerator, "devices": 1}, progress=False)
         times[name] = time.perf_counter() - start

@@ -102,7 +102,7 @@ class PreprocessConfig:
 
 
 @dataclass
-class TrainConfig:
+class BioTrainConfig:
     """Parameters of the train stage (the ``train:`` block of a bio pipeline YAML)."""
 
     methods: list[str] = field(default_factory=lambda: list(METHODS))

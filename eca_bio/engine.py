@@ -36,7 +36,7 @@ from eca_bio.model import ExpressionModel, model_from_hparams
 from eca_bio.spots import SpotSet, epoch_scores
 
 if TYPE_CHECKING:
-    from eca_bio.configs import TrainConfig
+    from eca_bio.configs import BioTrainConfig
 
 # ----------------------------------------------------------------------------------------- runs and members
 
@@ -64,7 +64,7 @@ class RunFit:
         return model_from_hparams(self.hparams, self.state)
 
 
-def run_hparams(method: str, cfg: TrainConfig, spots: SpotSet, overrides: dict[str, float]) -> dict[str, Any]:
+def run_hparams(method: str, cfg: BioTrainConfig, spots: SpotSet, overrides: dict[str, float]) -> dict[str, Any]:
     """The ``hparams`` of one run: what rebuilds its model (and what the per-fit loop's task saves)."""
     from eca_bio import tuning
 
@@ -246,7 +246,7 @@ class FitJob:
 class _Engine:
     """The epoch loop over cohorts of members (see the module docstring)."""
 
-    def __init__(self, method: str, cfg: TrainConfig, jobs: list[FitJob], device: torch.device) -> None:
+    def __init__(self, method: str, cfg: BioTrainConfig, jobs: list[FitJob], device: torch.device) -> None:
         self.cfg, self.device, self.jobs = cfg, device, jobs
         self.hparams = [[run_hparams(method, cfg, job.fit, r.overrides) for r in job.runs] for job in jobs]
         self.rows: list[list[_Member]] = []
@@ -405,7 +405,7 @@ def engine_device(options: dict[str, Any] | None) -> torch.device:
     return torch.device("cuda", int(index))
 
 
-def fit_early(method: str, cfg: TrainConfig, jobs: list[FitJob], device: torch.device | str = "cpu") -> list[list[RunFit]]:
+def fit_early(method: str, cfg: BioTrainConfig, jobs: list[FitJob], device: torch.device | str = "cpu") -> list[list[RunFit]]:
     """Every run of every job trained together with early stopping on its job's ``val``; one list of :class:`RunFit`
     per job (runs in order) holding the best epoch's model, the history and the best epoch count (``refit`` next)."""
     if not any(job.runs for job in jobs):
@@ -414,14 +414,14 @@ def fit_early(method: str, cfg: TrainConfig, jobs: list[FitJob], device: torch.d
     return [[RunFit(m.best_state, m.best_state, m.hp, m.history, m.best_epoch or len(m.history)) for m in row] for row in rows]
 
 
-def fit_refits(method: str, cfg: TrainConfig, jobs: list[FitJob], device: torch.device | str = "cpu") -> list[list[dict[str, Tensor]]]:
+def fit_refits(method: str, cfg: BioTrainConfig, jobs: list[FitJob], device: torch.device | str = "cpu") -> list[list[dict[str, Tensor]]]:
     """Every run of every job retrained together on its job's ``everything`` for its ``refit_epochs``; the end states."""
     if not any(job.runs for job in jobs):
         return [[] for _ in jobs]
     return [[m.best_state for m in row] for row in _Engine(method, cfg, jobs, torch.device(device)).run()]
 
 
-def fit_jobs(method: str, cfg: TrainConfig, jobs: list[FitJob], device: torch.device | str = "cpu") -> list[list[RunFit]]:
+def fit_jobs(method: str, cfg: BioTrainConfig, jobs: list[FitJob], device: torch.device | str = "cpu") -> list[list[RunFit]]:
     """Early stopping, then (for jobs with ``everything``) the refit for the best epoch count, all jobs together."""
     early = fit_early(method, cfg, jobs, device)
     refit = [i for i, job in enumerate(jobs) if job.everything is not None and job.runs]
@@ -431,7 +431,7 @@ def fit_jobs(method: str, cfg: TrainConfig, jobs: list[FitJob], device: torch.de
     return early
 
 
-def fit_runs(method: str, cfg: TrainConfig, runs: list[RunSpec], fit: SpotSet, val: SpotSet, everything: SpotSet | None,
+def fit_runs(method: str, cfg: BioTrainConfig, runs: list[RunSpec], fit: SpotSet, val: SpotSet, everything: SpotSet | None,
              bank: ExemplarBank, device: torch.device | str = "cpu") -> list[RunFit]:
     """The runs of one job (see :func:`fit_jobs`)."""
     return fit_jobs(method, cfg, [FitJob(runs, fit, val, everything, bank)], device)[0]

@@ -21,7 +21,7 @@ from eca_bio.spots import SpotDataset, SpotSet
 from eca_bio.task import ExpressionTask
 
 if TYPE_CHECKING:
-    from eca_bio.configs import TrainConfig
+    from eca_bio.configs import BioTrainConfig
 
 
 def _trainer(options: dict[str, Any], max_epochs: int, callbacks: list, validate: bool, min_epochs: int = 1):
@@ -37,7 +37,7 @@ def _loader(ds: Dataset, batch_size: int, shuffle: bool, options: dict[str, Any]
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=workers, drop_last=drop_last)
 
 
-def _new_task(method: str, cfg: TrainConfig, spots: SpotSet, seed: int) -> ExpressionTask:
+def _new_task(method: str, cfg: BioTrainConfig, spots: SpotSet, seed: int) -> ExpressionTask:
     """A freshly seeded model of ``method`` for ``spots``' feature and gene dimensions."""
     overrides, pcc = METHODS[method]
     model_cfg = {**to_dict(cfg.model), **overrides}
@@ -48,7 +48,7 @@ def _new_task(method: str, cfg: TrainConfig, spots: SpotSet, seed: int) -> Expre
     return task
 
 
-def _early_stopped(task: ExpressionTask, cfg: TrainConfig, fit: SpotSet, val: SpotSet, bank: ExemplarBank,
+def _early_stopped(task: ExpressionTask, cfg: BioTrainConfig, fit: SpotSet, val: SpotSet, bank: ExemplarBank,
                    options: dict[str, Any], seed: int, callbacks: list) -> list[dict[str, float]]:
     """Train ``task`` on ``fit`` with early stopping on ``val``'s PCC@M; its per-epoch history."""
     stop = L.pytorch.callbacks.EarlyStopping(monitor="val_pcc", mode="max", patience=cfg.patience)
@@ -58,7 +58,7 @@ def _early_stopped(task: ExpressionTask, cfg: TrainConfig, fit: SpotSet, val: Sp
     return task.history
 
 
-def fit_neural(method: str, cfg: TrainConfig, fit: SpotSet, val: SpotSet | None, everything: SpotSet, bank: ExemplarBank,
+def fit_neural(method: str, cfg: BioTrainConfig, fit: SpotSet, val: SpotSet | None, everything: SpotSet, bank: ExemplarBank,
                work: Path, options: dict[str, Any], seed: int = 0) -> tuple[ExpressionTask, list[dict[str, float]], int]:
     """Early-stop on ``val`` (best validation PCC@M), then refit on ``everything`` for that many epochs; ``seed``
     sets the initialisation, dropout and batch order."""
@@ -75,7 +75,7 @@ def fit_neural(method: str, cfg: TrainConfig, fit: SpotSet, val: SpotSet | None,
     return final, history, best_epoch
 
 
-def validation_score(method: str, cfg: TrainConfig, fit: SpotSet, val: SpotSet, bank: ExemplarBank,
+def validation_score(method: str, cfg: BioTrainConfig, fit: SpotSet, val: SpotSet, bank: ExemplarBank,
                      options: dict[str, Any], seed: int = 0) -> tuple[float, int]:
     """(best validation PCC@M, its epoch) of one configuration trained with early stopping; nothing is kept."""
     return best_validation(_early_stopped(_new_task(method, cfg, fit, seed), cfg, fit, val, bank, options, seed, []))

@@ -14,7 +14,7 @@ from eca_bio.exemplars import ExemplarBank, ExemplarIndex
 from eca_bio.targets import SlideData, TargetSpec, canonical_encoder, make_targets
 
 if TYPE_CHECKING:
-    from eca_bio.configs import TrainConfig
+    from eca_bio.configs import BioTrainConfig
 
 
 @dataclass
@@ -91,7 +91,7 @@ class FoldSpots:
     test: SpotSet | None
 
 
-def fold_spots(cfg: TrainConfig, train_sl: list[SlideData], val_id: str | None, test_sl: list[SlideData], spec: TargetSpec,
+def fold_spots(cfg: BioTrainConfig, train_sl: list[SlideData], val_id: str | None, test_sl: list[SlideData], spec: TargetSpec,
                encoder: Any) -> FoldSpots:
     """Bank, k-NN exemplars and spot sets of one fold: the held-out training slide ``val_id`` early-stops, the others
     fit; each spot's exemplars come from other training slides."""

@@ -6,11 +6,11 @@ pipeline runner and ``eca-bio <command> --help`` only need the configs of :mod:`
 
 from eca_core.cli import StageCommand
 from eca_core.pipeline import Stage
-from eca_bio.configs import EvaluateConfig, PredictConfig, PreprocessConfig, TrainConfig
+from eca_bio.configs import EvaluateConfig, PredictConfig, PreprocessConfig, BioTrainConfig
 
 PREPROCESS = Stage("preprocess", run="eca_bio.preprocess:run_stage", config=PreprocessConfig, inputs="eca_bio.preprocess:stage_inputs",
                    description="tile slides (+ ST spots), embed patches with a frozen timm encoder, write per-slide HDF5")
-TRAIN = Stage("train", "eca_bio.train:run_stage", config=TrainConfig, needs=("preprocess",),
+TRAIN = Stage("train", "eca_bio.train:run_stage", config=BioTrainConfig, needs=("preprocess",),
               description="slide-level CV of ridge, mean-pool, softmax and ECA expression models")
 EVALUATE = Stage("evaluate", "eca_bio.evaluate:run_stage", config=EvaluateConfig, needs=("train",), optional=("preprocess",),
                  main_only=True, description="PCC@F/S/M, MSE, MAE per fold and overall; per-gene CSV; curves; .h5ad")

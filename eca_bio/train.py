@@ -37,7 +37,7 @@ from eca_bio.methods import METHOD_LABELS, METHODS, method_seeds
 from eca_bio.model import RidgeBaseline
 from eca_bio.spots import FoldSpots, SpotSet, fold_spots, predict_spots
 from eca_bio.targets import SlideData, TargetSpec, canonical_encoder, fit_targets, load_preprocessed, make_targets
-from eca_bio.configs import TrainConfig
+from eca_bio.configs import BioTrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def _result(method: str, key: str, spec: TargetSpec, val_id: str | None, test_sl
             "test": [s.slide_id for s in test_sl], "seed": seed, "tuned": dict(tuned or {})}
 
 
-def _write_neural(tmp: Path, method: str, cfg: TrainConfig, fs: FoldSpots, spec: TargetSpec, encoder: Any, result: dict[str, Any],
+def _write_neural(tmp: Path, method: str, cfg: BioTrainConfig, fs: FoldSpots, spec: TargetSpec, encoder: Any, result: dict[str, Any],
                   state: dict[str, torch.Tensor], hparams: dict[str, Any], history: list[dict[str, float]], best_epoch: int) -> np.ndarray | None:
     """History, ``model.pt`` and the result fields of a neural item; returns its test predictions."""
     _write_history(tmp / "history.csv", history)
@@ -119,7 +119,7 @@ def _finish_item(tmp: Path, key: str, result: dict[str, Any], pred: np.ndarray |
     write_item_marker(tmp / "done.json", key, [p for p in tmp.rglob("*") if p.is_file()])
 
 
-def train_method(method: str, cfg: TrainConfig, train_sl: list[SlideData], val_id: str | None, test_sl: list[SlideData],
+def train_method(method: str, cfg: BioTrainConfig, train_sl: list[SlideData], val_id: str | None, test_sl: list[SlideData],
                  spec: TargetSpec, encoder: Any, out: Path, options: dict[str, Any], key: str,
                  extra: dict[str, Any] | None = None, seed: int = 0, tuned: dict[str, float] | None = None) -> dict[str, Any]:
     """Train one method on one fold alone (ridge, or a neural method in the per-fit Lightning loop) and write model,
@@ -147,7 +147,7 @@ def train_method(method: str, cfg: TrainConfig, train_sl: list[SlideData], val_i
     return result
 
 
-def write_run(out: Path, method: str, cfg: TrainConfig, fs: FoldSpots, spec: TargetSpec, encoder: Any, key: str, val_id: str | None,
+def write_run(out: Path, method: str, cfg: BioTrainConfig, fs: FoldSpots, spec: TargetSpec, encoder: Any, key: str, val_id: str | None,
               test_sl: list[SlideData], run: RunSpec, fitted: RunFit, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write one run of the training engine as an item folder (the same files as :func:`train_method`), atomically."""
     result = _result(method, key, spec, val_id, test_sl, run.seed, run.overrides)
@@ -159,7 +159,7 @@ def write_run(out: Path, method: str, cfg: TrainConfig, fs: FoldSpots, spec: Tar
     return result
 
 
-def _search_record(method: str, cfg: TrainConfig, val_id: str, trials: list[dict[str, Any]], chosen: dict[str, float]) -> dict[str, Any]:
+def _search_record(method: str, cfg: BioTrainConfig, val_id: str, trials: list[dict[str, Any]], chosen: dict[str, float]) -> dict[str, Any]:
     return {"method": method, "val": val_id, "knobs": list(tuning.method_knobs(method)),
             "grid": {k: cfg.tune_grid[k] for k in tuning.method_knobs(method) if k in cfg.tune_grid},
             "trials": trials, "chosen": chosen, "seed": cfg.seeds[0]}
@@ -189,21 +189,21 @@ class RunGroup:
     def todo(self, seeds: list[int]) -> list[int]:
         return [s for s in seeds if self.chosen is None or not _is_done(self.items[s], self.key_of(s, self.chosen))]
 
-    def fold(self, cfg: TrainConfig) -> FoldSpots:
+    def fold(self, cfg: BioTrainConfig) -> FoldSpots:
         if self.spots is None:
             self.spots = fold_spots(cfg, self.train_sl, self.val_id, self.test_sl, self.spec, self.encoder)
         return self.spots
 
-    def job(self, cfg: TrainConfig, runs: list[RunSpec]) -> FitJob:
+    def job(self, cfg: BioTrainConfig, runs: list[RunSpec]) -> FitJob:
         fs = self.fold(cfg)
         return FitJob(runs, fs.fit, fs.val, fs.everything if cfg.refit else None, fs.bank)
 
-    def write(self, method: str, cfg: TrainConfig, run: RunSpec, fitted: RunFit) -> None:
+    def write(self, method: str, cfg: BioTrainConfig, run: RunSpec, fitted: RunFit) -> None:
         write_run(self.items[run.seed], method, cfg, self.fold(cfg), self.spec, self.encoder, self.key_of(run.seed, run.overrides),
                   self.val_id, self.test_sl, run, fitted, self.extra)
 
 
-def train_groups(method: str, cfg: TrainConfig, groups: list[RunGroup], device: torch.device) -> tuple[int, int]:
+def train_groups(method: str, cfg: BioTrainConfig, groups: list[RunGroup], device: torch.device) -> tuple[int, int]:
     """Every seed of a neural method on every fold given, with the training engine, all folds in one ensemble: the
     validation-slide search (each trial with the first seed; the chosen one is the first seed's run), the other seeds'
     early-stopped runs, then every seed's refit for its best epoch count. Returns (trained, up to date)."""
@@ -246,7 +246,7 @@ def train_groups(method: str, cfg: TrainConfig, groups: list[RunGroup], device: 
     return trained, total - trained
 
 
-def tune_method(method: str, cfg: TrainConfig, train_sl: list[SlideData], val_id: str, spec: TargetSpec, encoder: Any,
+def tune_method(method: str, cfg: BioTrainConfig, train_sl: list[SlideData], val_id: str, spec: TargetSpec, encoder: Any,
                 path: Path, options: dict[str, Any], key: str) -> dict[str, float]:
     """Try the method's candidate configurations on the validation slide; write ``tuning.json``; return the choice."""
     if item_is_current(path.with_name("tuning.done.json"), key):
@@ -264,7 +264,7 @@ def tune_method(method: str, cfg: TrainConfig, train_sl: list[SlideData], val_id
     return chosen
 
 
-def train_all(cfg: TrainConfig, pre_dir: Path, out_dir: Path, options: dict[str, Any] | None = None,
+def train_all(cfg: BioTrainConfig, pre_dir: Path, out_dir: Path, options: dict[str, Any] | None = None,
               progress: bool = True) -> dict[str, Any]:
     """Cross-validate every method under every transform; write ``folds.json`` and per-item folders.
 
@@ -277,7 +277,7 @@ def train_all(cfg: TrainConfig, pre_dir: Path, out_dir: Path, options: dict[str,
         return _train_all(cfg, Path(pre_dir), Path(out_dir), options, progress and distributed.is_main())
 
 
-def _train_all(cfg: TrainConfig, pre_dir: Path, out_dir: Path, options: dict[str, Any] | None, progress: bool) -> dict[str, Any]:
+def _train_all(cfg: BioTrainConfig, pre_dir: Path, out_dir: Path, options: dict[str, Any] | None, progress: bool) -> dict[str, Any]:
     """Items (transform × fold × method, then the final model) are spread over the ranks, each trained on
     its rank's own device, so every item's folder is written by one rank and its validation-based early
     stopping sees exactly what a single-process run sees."""
@@ -366,13 +366,13 @@ def _train_all(cfg: TrainConfig, pre_dir: Path, out_dir: Path, options: dict[str
             "final": str(out_dir / "final") if cfg.final_method is not None else None}
 
 
-def _final_key(cfg: TrainConfig, manifest: dict[str, Any], base_key: dict[str, Any]) -> str:
+def _final_key(cfg: BioTrainConfig, manifest: dict[str, Any], base_key: dict[str, Any]) -> str:
     transform = cfg.final_transform or cfg.transforms[0]
     return _digest({**base_key, "config": item_config(cfg, cfg.final_method), "final": cfg.final_method, "transform": transform,
                     "seed": cfg.seeds[0], "preprocess": {"encoder": manifest["encoder"], "params": manifest.get("params", {})}})
 
 
-def _final_setup(cfg: TrainConfig, slides: list[SlideData], manifest: dict[str, Any]) -> tuple[list[str], TargetSpec, dict[str, Any]]:
+def _final_setup(cfg: BioTrainConfig, slides: list[SlideData], manifest: dict[str, Any]) -> tuple[list[str], TargetSpec, dict[str, Any]]:
     """The final model's slide ids (the last one early-stops it), targets and the ``preprocess.json`` new slides must match."""
     ids = sorted(s.slide_id for s in slides)
     spec = fit_targets(slides, cfg.final_transform or cfg.transforms[0], cfg.n_genes)
@@ -382,7 +382,7 @@ def _final_setup(cfg: TrainConfig, slides: list[SlideData], manifest: dict[str, 
     return ids, spec, extra
 
 
-def final_group(cfg: TrainConfig, slides: list[SlideData], manifest: dict[str, Any], out: Path, base_key: dict[str, Any]) -> RunGroup:
+def final_group(cfg: BioTrainConfig, slides: list[SlideData], manifest: dict[str, Any], out: Path, base_key: dict[str, Any]) -> RunGroup:
     """The final model (``final_method`` on every ST slide) as a run group of the training engine."""
     key = _final_key(cfg, manifest, base_key)
     ids, spec, extra = _final_setup(cfg, slides, manifest)
@@ -390,7 +390,7 @@ def final_group(cfg: TrainConfig, slides: list[SlideData], manifest: dict[str, A
                     out.with_name("final_tuning.json"), _digest({"final_tuning": key}), extra)
 
 
-def train_final(cfg: TrainConfig, slides: list[SlideData], manifest: dict[str, Any], out: Path, options: dict[str, Any],
+def train_final(cfg: BioTrainConfig, slides: list[SlideData], manifest: dict[str, Any], out: Path, options: dict[str, Any],
                 base_key: dict[str, Any]) -> bool:
     """``final_method`` trained on every ST slide (early stopping on one of them) alone, with its exemplar bank and the
     preprocess parameters (encoder, patch size) that new slides must be embedded with. Returns whether it was trained."""
@@ -411,7 +411,7 @@ _RUN_FIELDS = ("methods", "transforms", "final_method", "final_transform", "thre
 _RIDGE_FIELDS = ("n_genes", "cv", "n_folds", "test_slides", "ridge_components", "ridge_alpha", "ridge_alphas")
 
 
-def item_config(cfg: TrainConfig, method: str) -> dict[str, Any]:
+def item_config(cfg: BioTrainConfig, method: str) -> dict[str, Any]:
     """The config fields that determine one method's outputs (so adding a method or changing another's
     settings retrains nothing else)."""
     d = to_dict(cfg)

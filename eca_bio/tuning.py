@@ -25,7 +25,7 @@ from eca_bio.targets import SlideData, TargetSpec, make_targets
 from eca_core.variants import layer_config
 
 if TYPE_CHECKING:
-    from eca_bio.configs import TrainConfig
+    from eca_bio.configs import BioTrainConfig
 
 SHARED_KNOBS = ("lr", "weight_decay", "dropout")
 DATS_KNOBS = ("tau_min", "beta")
@@ -43,7 +43,7 @@ def method_knobs(method: str) -> tuple[str, ...]:
     return knobs
 
 
-def candidates(method: str, cfg: TrainConfig) -> list[dict[str, float]]:
+def candidates(method: str, cfg: BioTrainConfig) -> list[dict[str, float]]:
     """``tune_trials`` configurations of ``method``: {} (the defaults) first, then seeded random grid draws."""
     if cfg.tune_trials <= 1 or METHODS[method] is None:
         return [{}]
@@ -54,7 +54,7 @@ def candidates(method: str, cfg: TrainConfig) -> list[dict[str, float]]:
     return [{}] + [grid[i] for i in order[: cfg.tune_trials - 1]]
 
 
-def apply(cfg: TrainConfig, overrides: dict[str, float]) -> TrainConfig:
+def apply(cfg: BioTrainConfig, overrides: dict[str, float]) -> BioTrainConfig:
     """``cfg`` with one trial's values: lr / weight_decay on the config, dropout and DATS/SRA knobs on the model,
     the SRA penalty weight on the loss."""
     top = {k: v for k, v in overrides.items() if k in ("lr", "weight_decay")}
@@ -63,7 +63,7 @@ def apply(cfg: TrainConfig, overrides: dict[str, float]) -> TrainConfig:
     return replace(cfg, **top, model=replace(cfg.model, **model), loss=replace(cfg.loss, **loss))
 
 
-def select_ridge_alpha(cfg: TrainConfig, train_sl: list[SlideData], val_id: str | None, spec: TargetSpec,
+def select_ridge_alpha(cfg: BioTrainConfig, train_sl: list[SlideData], val_id: str | None, spec: TargetSpec,
                       result: dict[str, Any]) -> float:
     """The ``ridge_alphas`` value with the best PCC@M on the held-out training slide (recorded in ``result``)."""
     fit = [s for s in train_sl if s.slide_id != val_id]

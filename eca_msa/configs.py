@@ -99,7 +99,7 @@ SETTING_LABELS = {"almt": "(i) ALMT (MSE)", "almt_pcc": "(ii) ALMT + PCC", "almt
 
 
 @dataclass
-class TrainConfig:
+class MSATrainConfig:
     """Training of every (setting, seed). The defaults are the published ALMT on MOSI (preset ``almt-mosi``).
 
     ``preset`` and ``options`` (see :mod:`eca_msa.presets`) are resolved when a config is read:
@@ -141,15 +141,15 @@ class TrainConfig:
             raise ValueError(f"schedule {self.schedule!r} is not one of {list(SCHEDULES)}")
         unknown = [s for s in self.settings if s not in SETTINGS]
         if unknown or not self.settings:
-            raise ValueError(f"TrainConfig.settings: unknown {unknown}; choose from {list(SETTINGS)}")
+            raise ValueError(f"MSATrainConfig.settings: unknown {unknown}; choose from {list(SETTINGS)}")
         if self.select_metric not in HIGHER_IS_BETTER:
-            raise ValueError(f"TrainConfig.select_metric {self.select_metric!r}: choose from {sorted(HIGHER_IS_BETTER)}")
+            raise ValueError(f"MSATrainConfig.select_metric {self.select_metric!r}: choose from {sorted(HIGHER_IS_BETTER)}")
         if not self.seeds:
-            raise ValueError("TrainConfig.seeds must list at least one seed")
+            raise ValueError("MSATrainConfig.seeds must list at least one seed")
 
     def provenance(self) -> str:
         """Preset, options and every key set on top of them, in one line (reports print it)."""
-        base = flatten(to_dict(from_dict(TrainConfig, {"preset": self.preset, "options": list(self.options)})))
+        base = flatten(to_dict(from_dict(MSATrainConfig, {"preset": self.preset, "options": list(self.options)})))
         overrides = {k: v for k, v in flatten(to_dict(self)).items()
                      if k.split(".")[0] not in (*self.RUNTIME_FIELDS, *self.LABEL_FIELDS) and base.get(k) != v}
         return presets.describe(self.preset, list(self.options), overrides)

@@ -11,7 +11,7 @@ from eca_core.config import from_dict
 from eca_core.io import atomic_path, read_json, write_json_atomic, write_text_atomic
 from eca_core.pipeline import StageContext
 from eca_msa.metrics import HIGHER_IS_BETTER
-from eca_msa.configs import SETTING_LABELS, EvaluateConfig, TrainConfig
+from eca_msa.configs import SETTING_LABELS, EvaluateConfig, MSATrainConfig
 
 RERUN = "re-run `eca-msa train`"
 SHORT = {"Non0_F1_score": "F1 (Non0)", "Corr": "Corr", "MAE": "MAE", "Has0_acc_2": "Acc-2 (Has0)", "Has0_F1_score": "F1 (Has0)",
@@ -153,7 +153,7 @@ def evaluate(train_dir: str | Path, out_dir: str | Path, cfg: EvaluateConfig | N
     results = read_json(train_dir / "results.json", hint=RERUN)
     table = markdown_table(agg, cfg.baseline)
     selection = runs[0]["selection"]
-    train_cfg = from_dict(TrainConfig, results["config"], str(train_dir / "results.json"))
+    train_cfg = from_dict(MSATrainConfig, results["config"], str(train_dir / "results.json"))
     provenance = train_cfg.provenance()
     costs = step_costs(runs)
     data = results.get("data", {})

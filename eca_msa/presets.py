@@ -3,7 +3,7 @@
 A preset is the published ALMT (Haoyu-ha/ALMT ``configs/<data>.yaml`` with MMSA's ALMT trainer:
 BERT fine-tuned on ``text_bert``, attention over padded frames, no video q/k/v biases, AdamW 1e-4
 with 10% warm-up + cosine, 200 epochs, early stopping after 32 epochs on the validation loss).
-:class:`~eca_msa.train.TrainConfig`'s defaults *are* the MOSI preset, so ``almt-mosi`` adds
+:class:`~eca_msa.train.MSATrainConfig`'s defaults *are* the MOSI preset, so ``almt-mosi`` adds
 nothing; the others say how they differ. Options are the project's sounder or cheaper variants,
 each named so that every report can say what produced it. Keys given explicitly (YAML, flags)
 are laid on top of preset and options.

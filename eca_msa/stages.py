@@ -6,14 +6,14 @@ pipeline runner and ``eca-msa <command> --help`` only need the configs of :mod:`
 
 from eca_core.cli import StageCommand, report_paths
 from eca_core.pipeline import Stage
-from eca_msa.configs import EvaluateConfig, PreprocessConfig, SyntheticConfig, TrainConfig
+from eca_msa.configs import EvaluateConfig, PreprocessConfig, SyntheticConfig, MSATrainConfig
 
 GENERATE = Stage("generate", "eca_msa.synthetic:run_stage", config=SyntheticConfig, main_only=True,
                  description="write a synthetic MMSA pickle shaped like MOSI, MOSEI or CH-SIMS")
 PREPROCESS = Stage("preprocess", "eca_msa.preprocess:run_stage", config=PreprocessConfig, inputs="eca_msa.preprocess:stage_inputs",
                    optional=("generate",), main_only=True,
                    description="validate an MMSA pickle (loaded without running code) and cache its tensors")
-TRAIN = Stage("train", "eca_msa.train:run_stage", config=TrainConfig, needs=("preprocess",),
+TRAIN = Stage("train", "eca_msa.train:run_stage", config=MSATrainConfig, needs=("preprocess",),
               description="train ALMT settings × seeds, select epochs on validation, test")
 EVALUATE = Stage("evaluate", "eca_msa.evaluate:run_stage", config=EvaluateConfig, needs=("train",), main_only=True,
                  description="mean ± std report and validation curves")

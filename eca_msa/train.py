@@ -39,12 +39,12 @@ from eca_msa.almt import ALMT, ALMTConfig
 from eca_msa.datasets import DATASETS, dataset_spec
 from eca_msa.metrics import HIGHER_IS_BETTER, mmsa_loss, regression_metrics
 from eca_msa.schedule import lr_factor
-from eca_msa.configs import SETTINGS, TrainConfig
+from eca_msa.configs import SETTINGS, MSATrainConfig
 
 
 
 
-def setting_configs(cfg: TrainConfig, setting: str, shapes: dict[str, int]) -> tuple[ALMTConfig, LossConfig]:
+def setting_configs(cfg: MSATrainConfig, setting: str, shapes: dict[str, int]) -> tuple[ALMTConfig, LossConfig]:
     """The model and loss of one setting, built for the data's lengths and feature sizes."""
     flags = SETTINGS[setting]
     softmax = flags["video_attention"] == "softmax"  # plain softmax: the DATS/SRA switches do not apply
@@ -131,14 +131,14 @@ class ALMTRegressor(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 
-def _run_key(cfg: TrainConfig, setting: str, seed: int, shapes: dict[str, int], data_source: str) -> str:
+def _run_key(cfg: MSATrainConfig, setting: str, seed: int, shapes: dict[str, int], data_source: str) -> str:
     payload = {"cfg": to_dict(cfg), "setting": setting, "seed": seed, "shapes": shapes, "data": data_source}
-    for name in (*TrainConfig.RUNTIME_FIELDS, *TrainConfig.LABEL_FIELDS):
+    for name in (*MSATrainConfig.RUNTIME_FIELDS, *MSATrainConfig.LABEL_FIELDS):
         payload["cfg"].pop(name, None)
     return digest(payload)[:16]
 
 
-def check_data(data, cfg: TrainConfig) -> None:
+def check_data(data, cfg: MSATrainConfig) -> None:
     """The data fit the config: labels within the data set's range, ``text_bert`` ids when BERT is fine-tuned."""
     spec = dataset_spec(cfg.dataset)
     labels = np.concatenate([s.labels for s in data.splits.values()])
@@ -157,7 +157,7 @@ def check_data(data, cfg: TrainConfig) -> None:
                          f"'text_bert' ids (add option frozen-text to use the precomputed 'text' features)")
 
 
-def train_one(data, cfg: TrainConfig, setting: str, seed: int, out_dir: Path, options: dict[str, Any] | None = None) -> dict[str, Any]:
+def train_one(data, cfg: MSATrainConfig, setting: str, seed: int, out_dir: Path, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fit one (setting, seed), pick the epoch on validation, test that epoch; write and return metrics.json."""
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
@@ -219,7 +219,7 @@ def train_one(data, cfg: TrainConfig, setting: str, seed: int, out_dir: Path, op
     return result
 
 
-def train_all(data, cfg: TrainConfig, out_dir: Path, options: dict[str, Any] | None = None, log=print) -> dict[str, Any]:
+def train_all(data, cfg: MSATrainConfig, out_dir: Path, options: dict[str, Any] | None = None, log=print) -> dict[str, Any]:
     """Every (setting, seed); writes ``results.json`` with all runs and returns it.
 
     With several ranks the runs are spread over them (run i on rank i mod world size), each on its

@@ -127,7 +127,7 @@ class GatingRegressor(nn.Module):
 
 
 @dataclass
-class TrainConfig:
+class SyntheticTrainConfig:
     """Optimisation and ECA hyper-parameters, shared by every level (paper Table 4 ranges in comments)."""
 
     epochs: int = 1000
@@ -167,7 +167,7 @@ def _pcc_mse(pred: Tensor, y: Tensor) -> tuple[float, float]:
     return float(rho[0]), float(((pred.detach() - y) ** 2).mean())
 
 
-def train_variant(data: SyntheticData, variant: str, cfg: TrainConfig, seed: int = 0, level: str = "") -> RunResult:
+def train_variant(data: SyntheticData, variant: str, cfg: SyntheticTrainConfig, seed: int = 0, level: str = "") -> RunResult:
     """Train one gating-attention regressor full-batch and record per-epoch train/val PCC and MSE."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
@@ -207,7 +207,7 @@ class BenchmarkConfig:
     levels: list[str] = field(default_factory=lambda: list(LEVEL_CONTRAST))
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: SyntheticTrainConfig = field(default_factory=SyntheticTrainConfig)
     n_train: int = 2000
     n_val: int = 300
     signal: float = 3.0
@@ -215,7 +215,7 @@ class BenchmarkConfig:
     @classmethod
     def quick(cls) -> "BenchmarkConfig":
         """~1 minute on 2 cores: softmax and full ECA, 3 seeds, 200 epochs, 1000 train sets."""
-        return cls(variants=["softmax", "eca"], train=TrainConfig(epochs=200), n_train=1000)
+        return cls(variants=["softmax", "eca"], train=SyntheticTrainConfig(epochs=200), n_train=1000)
 
 
 def _mean_pool_pcc(data: SyntheticData) -> float:

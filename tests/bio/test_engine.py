@@ -16,7 +16,7 @@ from eca_bio.fit import fit_neural
 from eca_bio.spots import predict_spots
 from eca_bio.targets import fit_targets, load_preprocessed
 from eca_bio.spots import fold_spots
-from eca_bio.train import TrainConfig, train_all
+from eca_bio.train import BioTrainConfig, train_all
 from tests.bio.fixtures_model import make_preprocess_dir
 
 CPU = {"accelerator": "cpu", "devices": 1}
@@ -31,7 +31,7 @@ def slides(tmp_path_factory):
 
 def _cfg(**kw):
     base = dict(epochs=16, patience=1, min_epochs=4, batch_size=16, n_genes=20, k=4, model={"hidden": 16, "heads": 2, "dropout": 0.1})
-    return from_dict(TrainConfig, {**base, **kw}, "test")
+    return from_dict(BioTrainConfig, {**base, **kw}, "test")
 
 
 def _fold(cfg, slides, train=(0, 1, 2), val="S2", test=(3,)):
@@ -111,7 +111,7 @@ def test_train_stage_writes_the_same_items_with_either_loop(tmp_path):
                   model={"hidden": 16, "heads": 2})
     outs = {}
     for engine in ("vectorised", "per_fit"):
-        cfg = from_dict(TrainConfig, {**common, "engine": engine}, "test")
+        cfg = from_dict(BioTrainConfig, {**common, "engine": engine}, "test")
         summary = train_all(cfg, pre, tmp_path / engine, CPU, progress=False)
         assert summary["trained"] == 3  # ridge, eca seed 0 and seed 1
         outs[engine] = tmp_path / engine / "egn" / "fold_0"
@@ -124,5 +124,5 @@ def test_train_stage_writes_the_same_items_with_either_loop(tmp_path):
         ra, rb = (json.loads((outs[e] / "eca" / f"seed_{seed}" / "result.json").read_text()) for e in ("vectorised", "per_fit"))
         assert ra["key"] == rb["key"] and ra["epochs"] == rb["epochs"] and ra["tuned"] == rb["tuned"]
     assert (outs["vectorised"] / "eca" / "seed_0" / "early_stopping.pt").is_file()
-    again = train_all(from_dict(TrainConfig, {**common, "engine": "per_fit"}, "test"), pre, tmp_path / "vectorised", CPU, progress=False)
+    again = train_all(from_dict(BioTrainConfig, {**common, "engine": "per_fit"}, "test"), pre, tmp_path / "vectorised", CPU, progress=False)
     assert again["trained"] == 0  # the loop is a runtime choice: the other one's items are up to date

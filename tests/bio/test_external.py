@@ -13,7 +13,7 @@ from eca_bio.predict import PredictConfig, predict_slides
 from eca_bio.preprocess import run_preprocess
 from eca_bio.targets import DataError
 from eca_bio.folds import plan_folds
-from eca_bio.train import TrainConfig, train_all
+from eca_bio.train import BioTrainConfig, train_all
 
 from .conftest import make_legacy_st
 from .test_preprocess import CPU, cfg_for
@@ -25,7 +25,7 @@ def test_fixed_and_none_fold_plans():
     with pytest.raises(DataError, match=r"test slide\(s\) \['X'\] are not among the ST slides"):
         plan_folds(["A", "B", "C"], "fixed", 0, ["X"])
     with pytest.raises(ValueError, match="test_slides names the test slides of cv: fixed"):
-        TrainConfig(cv="fixed")
+        BioTrainConfig(cv="fixed")
 
 
 def test_external_test_on_new_labeled_sections(tmp_path):
@@ -33,7 +33,7 @@ def test_external_test_on_new_labeled_sections(tmp_path):
         make_legacy_st(tmp_path / ("cohort_a" if k < 2 else "cohort_b") / f"S{k}", section=f"S{k}", n=5, origin=150.0 + 7 * k,
                        seed=1 + k)
     run_preprocess(cfg_for(st_dir=str(tmp_path / "cohort_a")), tmp_path / "pre", CPU, progress=False)
-    cfg = TrainConfig(methods=["ridge"], transforms=["egn"], cv="none", n_genes=6, k=2, epochs=1, patience=1, min_epochs=1,
+    cfg = BioTrainConfig(methods=["ridge"], transforms=["egn"], cv="none", n_genes=6, k=2, epochs=1, patience=1, min_epochs=1,
                       batch_size=8, model=ModelConfig(hidden=8, heads=2), final_method="eca", threads=1)
     train_all(cfg, tmp_path / "pre", tmp_path / "train", CPU, progress=False)
     result = predict_slides(tmp_path / "train", PredictConfig(st_dir=str(tmp_path / "cohort_b"), export_images=False),
@@ -64,7 +64,7 @@ def test_a_training_section_under_another_name_is_refused_before_embedding(tmp_p
     for k in range(2):
         make_legacy_st(tmp_path / "cohort_a" / f"S{k}", section=f"S{k}", n=5, origin=150.0 + 7 * k, seed=1 + k)
     run_preprocess(cfg_for(st_dir=str(tmp_path / "cohort_a")), tmp_path / "pre", CPU, progress=False)
-    cfg = TrainConfig(methods=["ridge"], transforms=["egn"], cv="none", n_genes=6, k=2, epochs=1, patience=1, min_epochs=1,
+    cfg = BioTrainConfig(methods=["ridge"], transforms=["egn"], cv="none", n_genes=6, k=2, epochs=1, patience=1, min_epochs=1,
                       batch_size=8, model=ModelConfig(hidden=8, heads=2), final_method="ridge", threads=1)
     train_all(cfg, tmp_path / "pre", tmp_path / "train", CPU, progress=False)
     src, dst = tmp_path / "cohort_a" / "S1", tmp_path / "cohort_c" / "R9"  # S1 renamed R9, as a user might copy it
@@ -90,7 +90,7 @@ def test_a_section_with_none_of_the_models_genes_is_named(tmp_path):
     with gzip.open(counts, "wt") as fh:
         fh.write(text.replace("GENE", "MOUSE"))
     run_preprocess(cfg_for(st_dir=str(tmp_path / "cohort_a")), tmp_path / "pre", CPU, progress=False)
-    cfg = TrainConfig(methods=["ridge"], transforms=["egn"], cv="none", n_genes=6, k=2, epochs=1, patience=1, min_epochs=1,
+    cfg = BioTrainConfig(methods=["ridge"], transforms=["egn"], cv="none", n_genes=6, k=2, epochs=1, patience=1, min_epochs=1,
                       batch_size=8, model=ModelConfig(hidden=8, heads=2), final_method="ridge", threads=1)
     train_all(cfg, tmp_path / "pre", tmp_path / "train", CPU, progress=False)
     with pytest.raises(DataError, match=r"section S2: none of the model's 6 genes is measured in slides/S2\.h5ad"):
@@ -113,7 +113,7 @@ def test_predict_reads_new_sections_in_their_own_layout_not_the_training_runs(tm
         make_legacy_st(tmp_path / ("cohort_a" if k < 3 else "cohort_b") / f"S{k}", section=f"S{k}", n=5, origin=150.0 + 7 * k,
                        seed=1 + k)
     run_preprocess(cfg_for(st_dir=str(tmp_path / "cohort_a"), st_format="legacy_st"), tmp_path / "pre", CPU, progress=False)
-    cfg = TrainConfig(methods=["ridge"], transforms=["egn"], cv="none", n_genes=6, k=2, epochs=1, patience=1, min_epochs=1,
+    cfg = BioTrainConfig(methods=["ridge"], transforms=["egn"], cv="none", n_genes=6, k=2, epochs=1, patience=1, min_epochs=1,
                       batch_size=8, model=ModelConfig(hidden=8, heads=2, use_exemplars=False), final_method="eca", threads=1)
     train_all(cfg, tmp_path / "pre", tmp_path / "train", CPU, progress=False)
     import torch

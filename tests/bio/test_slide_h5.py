@@ -65,7 +65,7 @@ def _write_trident_file(path, coords, features, attrs, encoder="uni_v1", barcode
 
 
 def test_trident_feature_files_are_joined_to_spots_trained_and_predicted_on(embedded, tmp_path, cmu_svs):
-    from eca_bio.train import TrainConfig, train_all
+    from eca_bio.train import BioTrainConfig, train_all
     from eca_bio.model import ModelConfig
 
     root, manifest = embedded
@@ -90,7 +90,7 @@ def test_trident_feature_files_are_joined_to_spots_trained_and_predicted_on(embe
         assert got.barcodes == barcodes  # every spot found its spot-centred row
         np.testing.assert_array_equal(got.features, feats)
         assert got.tokens is None and json.loads(json.dumps(got.attrs["encoder_config"]))["name"] == "uni_v1"
-    cfg = TrainConfig(methods=["ridge", "eca"], transforms=["egn"], n_genes=5, k=2, epochs=1, patience=1, min_epochs=1,
+    cfg = BioTrainConfig(methods=["ridge", "eca"], transforms=["egn"], n_genes=5, k=2, epochs=1, patience=1, min_epochs=1,
                       batch_size=8, model=ModelConfig(hidden=8, heads=2), final_method="eca", threads=1)
     result = train_all(cfg, out, tmp_path / "train", CPU, progress=False)
     assert (tmp_path / "train" / "final" / "result.json").is_file() and result

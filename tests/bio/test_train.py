@@ -13,15 +13,15 @@ from eca_bio.model import ModelConfig
 from eca_bio.targets import DataError
 from eca_bio.checkpoint import load_trained
 from eca_bio.folds import plan_folds
-from eca_bio.train import TrainConfig, train_all
+from eca_bio.train import BioTrainConfig, train_all
 from tests.bio.fixtures_model import make_preprocess_dir
 
 
-def tiny_config(**kw) -> TrainConfig:
+def tiny_config(**kw) -> BioTrainConfig:
     base = dict(methods=["ridge", "eca"], transforms=["egn"], n_genes=10, k=3, epochs=2, patience=2, min_epochs=1,
                 batch_size=32, model=ModelConfig(hidden=8, heads=2), final_method="eca", threads=1, seeds=[0])
     base.update(kw)
-    return TrainConfig(**base)
+    return BioTrainConfig(**base)
 
 
 def test_fold_plans():
@@ -96,9 +96,9 @@ def test_nan_features_and_other_encoder_fail_before_writing(tmp_path):
 
 def test_config_rejects_unknown_methods():
     with pytest.raises(ValueError, match="unknown"):
-        TrainConfig(methods=["transformer"])
+        BioTrainConfig(methods=["transformer"])
     with pytest.raises(ValueError, match="unknown"):
-        TrainConfig(transforms=["log2"])
+        BioTrainConfig(transforms=["log2"])
 
 
 def test_ridge_cv_picks_alpha_on_the_validation_slide(tmp_path):

@@ -11,7 +11,7 @@ import torch
 
 from eca_core.cli import main as eca_main
 from eca_core.diagnostics import set_statistics
-from eca_core.synthetic import (LEVEL_CONTRAST, LEVEL_TARGET_D, VARIANTS, GatingRegressor, SyntheticConfig, TrainConfig,
+from eca_core.synthetic import (LEVEL_CONTRAST, LEVEL_TARGET_D, VARIANTS, GatingRegressor, SyntheticConfig, SyntheticTrainConfig,
                                 generate, level_config, train_variant)
 
 
@@ -59,7 +59,7 @@ def test_gating_regressor_shape_and_softmax_is_convex():
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_short_training_gives_finite_curves(variant):
     data = generate(level_config("d=0.42", n_train=200, n_val=50), seed=0)
-    result = train_variant(data, variant, TrainConfig(epochs=30), seed=0, level="d=0.42")
+    result = train_variant(data, variant, SyntheticTrainConfig(epochs=30), seed=0, level="d=0.42")
     for curve in (result.train_pcc, result.val_pcc, result.train_mse, result.val_mse):
         assert len(curve) == 30 and np.all(np.isfinite(curve))
     assert result.val_mse[-1] < result.val_mse[0]  # it learns
@@ -68,7 +68,7 @@ def test_short_training_gives_finite_curves(variant):
 
 def test_eca_extrapolates_beyond_softmax_on_homogeneous_sets():
     data = generate(level_config("d=0.24", n_train=400, n_val=200), seed=1)
-    cfg = TrainConfig(epochs=150)
+    cfg = SyntheticTrainConfig(epochs=150)
     soft = train_variant(data, "softmax", cfg)
     eca = train_variant(data, "eca", cfg)
     assert eca.mean_lambda > 1.5
@@ -100,7 +100,7 @@ def test_finished_levels_are_reported_as_they_complete():
     from eca_core.synthetic import BenchmarkConfig, run_benchmark
 
     seen = []
-    cfg = BenchmarkConfig(levels=["d=0.10", "d=0.42"], variants=["softmax"], seeds=[0], train=TrainConfig(epochs=3), n_train=60, n_val=20)
+    cfg = BenchmarkConfig(levels=["d=0.10", "d=0.42"], variants=["softmax"], seeds=[0], train=SyntheticTrainConfig(epochs=3), n_train=60, n_val=20)
     final = run_benchmark(cfg, progress=False, on_level=lambda partial: seen.append(list(partial["summary"])))
     assert seen == [["d=0.10"], ["d=0.10", "d=0.42"]]
     assert list(final["summary"]) == ["d=0.10", "d=0.42"]

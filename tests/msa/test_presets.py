@@ -9,7 +9,7 @@ from eca_core.config import from_dict
 from eca_core.errors import ConfigError
 from eca_msa.almt import ALMT, Attention
 from eca_msa.datasets import DATASETS
-from eca_msa.train import TrainConfig, setting_configs
+from eca_msa.train import MSATrainConfig, setting_configs
 
 MOSI_SHAPES = dict(text_len=50, text_dim=768, audio_len=375, audio_dim=5, vision_len=500, vision_dim=20)
 # The reference ALMT (Haoyu-ha/ALMT models/almt.py, configs/mosi.yaml) has 2,603,649 parameters besides its BERT.
@@ -29,7 +29,7 @@ def tiny_bert_768(tmp_path_factory):
 
 
 def _published(preset: str, bert_path, setting: str = "almt") -> ALMT:
-    cfg = from_dict(TrainConfig, {"preset": preset, "model": {"text_model": str(bert_path)}})
+    cfg = from_dict(MSATrainConfig, {"preset": preset, "model": {"text_model": str(bert_path)}})
     spec = DATASETS[cfg.dataset]
     shapes = dict(text_len=spec.text[0], text_dim=spec.text[1], audio_len=spec.audio[0], audio_dim=spec.audio[1],
                   vision_len=spec.vision[0], vision_dim=spec.vision[1])
@@ -76,18 +76,18 @@ def test_published_preset_forward_equals_plain_softmax_almt(tiny_bert_768):
 
 
 def test_mosei_and_sims_presets_follow_the_published_configs():
-    mosei = from_dict(TrainConfig, {"preset": "almt-mosei"})
-    sims = from_dict(TrainConfig, {"preset": "almt-sims"})
+    mosei = from_dict(MSATrainConfig, {"preset": "almt-mosei"})
+    sims = from_dict(MSATrainConfig, {"preset": "almt-sims"})
     assert (mosei.dataset, mosei.model.fusion_depth, mosei.model.text_model) == ("mosei", 4, "bert-base-uncased")
     assert (sims.dataset, sims.model.fusion_depth, sims.model.text_model) == ("sims", 4, "bert-base-chinese")
-    for cfg in (mosei, sims, TrainConfig()):
+    for cfg in (mosei, sims, MSATrainConfig()):
         assert (cfg.epochs, cfg.patience, cfg.lr, cfg.weight_decay, cfg.batch_size) == (200, 32, 1e-4, 1e-4, 64)
         assert cfg.schedule == "warmup-cosine" and cfg.select_metric == "Loss" and not cfg.model.mask_padding
         assert (cfg.model.dim, cfg.model.tokens, cfg.model.hyper_depth, cfg.model.hyper_dim_head) == (128, 8, 3, 16)
 
 
 def test_options_then_explicit_keys_are_laid_over_the_preset():
-    cfg = from_dict(TrainConfig, {"preset": "almt-sims", "options": ["frozen-text", "mask-padding", "select-mae"],
+    cfg = from_dict(MSATrainConfig, {"preset": "almt-sims", "options": ["frozen-text", "mask-padding", "select-mae"],
                                   "epochs": 30, "model": {"dim": 64}})
     assert cfg.model.text_model is None and cfg.model.mask_padding and cfg.select_metric == "MAE"
     assert cfg.model.fusion_depth == 4 and cfg.dataset == "sims"  # the rest of the preset stays
@@ -96,19 +96,19 @@ def test_options_then_explicit_keys_are_laid_over_the_preset():
     assert line.startswith("preset `almt-sims`") and "`frozen-text`" in line and "`mask-padding`" in line
     assert "also set: epochs=30, model.dim=64" in line
     # an explicit key beats an option
-    assert from_dict(TrainConfig, {"options": ["select-mae"], "select_metric": "Corr"}).select_metric == "Corr"
+    assert from_dict(MSATrainConfig, {"options": ["select-mae"], "select_metric": "Corr"}).select_metric == "Corr"
     # re-reading a written config gives the same config
     from eca_core.config import to_dict
 
-    assert from_dict(TrainConfig, to_dict(cfg)) == cfg
-    assert TrainConfig().provenance() == "preset `almt-mosi` (published ALMT on CMU-MOSI (fusion depth 2, bert-base-uncased)); no options"
+    assert from_dict(MSATrainConfig, to_dict(cfg)) == cfg
+    assert MSATrainConfig().provenance() == "preset `almt-mosi` (published ALMT on CMU-MOSI (fusion depth 2, bert-base-uncased)); no options"
 
 
 def test_unknown_preset_or_option_is_a_one_line_config_error():
     with pytest.raises(ConfigError, match=r"preset 'almt-iemocap' is not one of \['almt-mosi', 'almt-mosei', 'almt-sims'\]"):
-        from_dict(TrainConfig, {"preset": "almt-iemocap"})
+        from_dict(MSATrainConfig, {"preset": "almt-iemocap"})
     with pytest.raises(ConfigError, match=r"unknown option\(s\) \['fast'\]"):
-        from_dict(TrainConfig, {"options": ["fast"]})
+        from_dict(MSATrainConfig, {"options": ["fast"]})
 
 
 def test_train_help_lists_presets_and_options(capsys):

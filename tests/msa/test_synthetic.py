@@ -11,7 +11,7 @@ from eca_core.config import from_dict
 from eca_core.errors import InputError
 from eca_msa.data import from_mmsa_dict
 from eca_msa.synthetic import SyntheticConfig, generate_mmsa
-from eca_msa.train import TrainConfig, train_one
+from eca_msa.train import MSATrainConfig, train_one
 
 SMALL_MODEL = {"dim": 32, "heads": 2, "dim_head": 16, "mlp_dim": 32, "hyper_heads": 2, "hyper_dim_head": 16}
 
@@ -53,7 +53,7 @@ def test_mosei_fixture_has_the_release_schema():
 
 
 def test_labels_outside_the_data_sets_range_are_refused(tiny_mmsa, tmp_path):
-    cfg = from_dict(TrainConfig, {"preset": "almt-sims", "options": ["frozen-text"], "epochs": 1})
+    cfg = from_dict(MSATrainConfig, {"preset": "almt-sims", "options": ["frozen-text"], "epochs": 1})
     with pytest.raises(InputError, match=r"labels span \[.*\] but sims labels lie in \[-1, 1\]; set dataset"):
         train_one(from_mmsa_dict(tiny_mmsa, "mosi_like.pkl"), cfg, "almt", 0, tmp_path / "run")
     assert not (tmp_path / "run").exists()
@@ -65,7 +65,7 @@ def test_published_sims_preset_fine_tunes_a_local_bert(tiny_sims, tmp_path):
     torch.manual_seed(0)
     BertModel(BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
                          max_position_embeddings=64)).save_pretrained(tmp_path / "bert")
-    cfg = from_dict(TrainConfig, {"preset": "almt-sims", "epochs": 3, "batch_size": 8, "seeds": [0], "progress_bar": False,
+    cfg = from_dict(MSATrainConfig, {"preset": "almt-sims", "epochs": 3, "batch_size": 8, "seeds": [0], "progress_bar": False,
                                   "model": SMALL_MODEL | {"text_model": str(tmp_path / "bert")}})
     result = train_one(from_mmsa_dict(tiny_sims, "sims.pkl"), cfg, "almt", 0, tmp_path / "run", {"accelerator": "cpu", "devices": 1})
     lrs = [h["lr"] for h in result["history"]]
@@ -83,6 +83,6 @@ def test_published_sims_preset_fine_tunes_a_local_bert(tiny_sims, tmp_path):
 def test_sims_shaped_data_under_a_mosi_preset_is_warned_about(tiny_sims):
     from eca_msa.train import check_data
 
-    cfg = from_dict(TrainConfig, {"options": ["frozen-text"]})
+    cfg = from_dict(MSATrainConfig, {"options": ["frozen-text"]})
     with pytest.warns(UserWarning, match=r"audio 33 / vision 709 features look like sims, but dataset is mosi"):
         check_data(from_mmsa_dict(tiny_sims, "sims.pkl"), cfg)

@@ -9,7 +9,7 @@ from eca_core.errors import InputError
 from eca_core.pipeline import PipelineSpec, run_pipeline
 from eca_msa.cli import main as cli_main
 from eca_msa.metrics import mosi_regression_metrics
-from eca_msa.train import TrainConfig, setting_configs
+from eca_msa.train import MSATrainConfig, setting_configs
 
 from tests.msa.conftest import TINY
 
@@ -71,13 +71,13 @@ def test_rerun_skips_finished_stages(pipeline_run):
 
 
 def test_settings_differ_by_one_flag_each():
-    cfg = TrainConfig()
+    cfg = MSATrainConfig()
     shapes = dict(text_len=50, text_dim=768, audio_len=375, audio_dim=5, vision_len=500, vision_dim=20)
     (m1, l1), (m2, l2), (m3, l3) = (setting_configs(cfg, s, shapes) for s in ("almt", "almt_pcc", "almt_eca"))
     assert m1 == m2 and l1.pcc == "none" and l2.pcc == "plain" and l2.pcc_weight == 1.0
     assert m3.video_attention.mode == "eca" and l3.pcc == "dnpl"
     with pytest.raises(ValueError, match="unknown"):
-        TrainConfig(settings=["almt_xyz"])
+        MSATrainConfig(settings=["almt_xyz"])
 
 
 def test_cli_help_and_preprocess_errors(tmp_path, capsys):
@@ -99,7 +99,7 @@ def test_bert_setting_needs_text_bert_ids(tiny_mmsa, tmp_path):
     from eca_msa.train import train_one
 
     raw = {name: {k: v for k, v in split.items() if k != "text_bert"} for name, split in tiny_mmsa.items()}
-    cfg = TrainConfig(model=ALMTConfig(text_model="bert-base-uncased"), epochs=1)
+    cfg = MSATrainConfig(model=ALMTConfig(text_model="bert-base-uncased"), epochs=1)
     with pytest.raises(InputError, match="no .text_bert. ids"):
         train_one(from_mmsa_dict(raw, "nobert.pkl"), cfg, "almt", 0, tmp_path)
 
