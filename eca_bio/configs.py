@@ -16,6 +16,7 @@ from eca_core.variants import layer_config
 from eca_bio.methods import METHODS
 
 TRANSFORMS = ("egn", "libsize")  # target transforms (eca_bio.targets)
+LAYOUT_NAMES = ("legacy_st", "visium", "visium_hd", "hest")  # spatial layouts: the keys of eca_bio.st.LAYOUTS (a test holds them equal)
 DEFAULT_MAX_MEGAPIXELS = 1000.0  # 3 GB of RGB in memory; pyramidal slides (OpenSlide) are read lazily and never limited
 
 

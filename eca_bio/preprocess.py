@@ -219,7 +219,7 @@ def _skippable(cfg: PreprocessConfig, skipped: list[dict[str, str]], name: str, 
 
 def _plan_section(cfg: PreprocessConfig, section: Any, log) -> _Plan:
     from eca_bio.slides import open_slide
-    from eca_bio.st import exclude_outside_image, read_section
+    from eca_bio.st import LAYOUTS, exclude_outside_image, read_section
     from eca_bio.tiling import spot_patches
 
     image = cfg.images.get(section.section_id)
@@ -233,7 +233,7 @@ def _plan_section(cfg: PreprocessConfig, section: Any, log) -> _Plan:
                         max_megapixels=cfg.max_image_megapixels)
     if reader.mpp_source == "fallback":  # the section's own rule (spot array, HEST metadata, ...) names itself
         reader.mpp_source = st["array_mpp_source"]
-    elif section.format in SECTION_MPP_WINS and cfg.mpp is None:
+    elif LAYOUTS[section.format].mpp_wins and cfg.mpp is None:
         _section_mpp_wins(reader, st, section.section_id)
     source = reader.mpp_source
     exclude_outside_image(adata, *reader.dimensions, max_outside_fraction=cfg.max_outside_fraction)
@@ -257,7 +257,6 @@ def _plan_section(cfg: PreprocessConfig, section: Any, log) -> _Plan:
                  features_file=features_file, features_encoder=features_encoder)
 
 
-SECTION_MPP_WINS = {"hest"}  # layouts whose own µm/px beats the image's metadata (HEST: its estimate; the TIFF's can be 10x off)
 
 
 def _section_mpp_wins(reader: Any, st: dict[str, Any], section_id: str) -> None:

@@ -12,7 +12,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import anndata as ad
 import numpy as np
@@ -43,30 +43,48 @@ class Section:
     format: Layout
 
 
-# layout -> what a section folder of it holds (messages; the layouts are detected by detect_layout)
-LAYOUTS: dict[str, str] = {
-    "visium": "a Visium Space Ranger folder (filtered_feature_bc_matrix.h5 + spatial/)",
-    "visium_hd": "a Visium HD Space Ranger folder (binned_outputs/<bin>/ + microscope image)",
-    "legacy_st": "a legacy ST folder (<id>.tsv.gz + <id>_selection.tsv + an H&E image)",
-    "hest": "a HEST-1k folder (st/<id>.h5ad, wsis/<id>.tif, metadata/<id>.json)",
+@dataclass(frozen=True)
+class LayoutKind:
+    """One spatial layout, the one place that knows it: how a folder of it is recognised, which sections it holds,
+    how one section is read, what a user is told a folder of it holds, and whether its µm/px beats the image's."""
+
+    detect: Callable[[Path], bool]
+    sections: Callable[[Path], list[str]]
+    read: Callable[[Section, Any, str], ad.AnnData]  # (section, image or None, Visium HD bin) -> raw counts AnnData
+    message: str
+    mpp_wins: bool = False  # HEST: its own estimate beats the TIFF's metadata, which can be 10x off
+
+
+def _is_hest(folder: Path) -> bool:
+    return (folder / "st").is_dir() and (folder / "wsis").is_dir() and any((folder / "st").glob("*.h5ad"))
+
+
+def _is_visium(folder: Path) -> bool:
+    return (folder / "spatial").is_dir() and any((folder / n).exists() for n in ("filtered_feature_bc_matrix.h5", "raw_feature_bc_matrix.h5"))
+
+
+# layout -> its kind, in detection order; adding a layout is one entry here (and its name in eca_bio.configs.LAYOUT_NAMES)
+LAYOUTS: dict[str, LayoutKind] = {
+    "hest": LayoutKind(_is_hest, lambda f: [p.stem for p in sorted((f / "st").glob("*.h5ad"))],
+                       lambda s, image, _: read_hest(s.path, s.section_id, image=image),
+                       "a HEST-1k folder (st/<id>.h5ad, wsis/<id>.tif, metadata/<id>.json)", mpp_wins=True),
+    "visium_hd": LayoutKind(lambda f: (f / "binned_outputs").is_dir(), lambda f: [f.name],
+                            lambda s, image, hd_bin: read_visium_hd(s.path, image=image, library_id=s.section_id, bin_name=hd_bin),
+                            "a Visium HD Space Ranger folder (binned_outputs/<bin>/ + microscope image)"),
+    "visium": LayoutKind(_is_visium, lambda f: [f.name], lambda s, image, _: read_visium(s.path, image=image, library_id=s.section_id),
+                         "a Visium Space Ranger folder (filtered_feature_bc_matrix.h5 + spatial/)"),
+    "legacy_st": LayoutKind(lambda f: bool(_legacy_pairs(f)), lambda f: _legacy_pairs(f),
+                            lambda s, image, _: read_legacy_st(s.path, s.section_id, image=image),
+                            "a legacy ST folder (<id>.tsv.gz + <id>_selection.tsv + an H&E image)"),
 }
 
 
 def detect_layout(path: str | os.PathLike) -> Layout | None:
-    """'visium' for a Space Ranger output folder, 'legacy_st' for ``<id>.tsv.gz`` + ``<id>_selection.tsv``,
-    'hest' for a HEST-1k folder (``st/<id>.h5ad``, ``wsis/<id>.tif``, ``metadata/<id>.json``), else None."""
+    """The layout of a section folder (the first of :data:`LAYOUTS` that recognises it), else None."""
     path = Path(path)
     if not path.is_dir():
         return None
-    if (path / "st").is_dir() and (path / "wsis").is_dir() and any((path / "st").glob("*.h5ad")):
-        return "hest"
-    if (path / "binned_outputs").is_dir():
-        return "visium_hd"
-    if (path / "spatial").is_dir() and any((path / n).exists() for n in ("filtered_feature_bc_matrix.h5", "raw_feature_bc_matrix.h5")):
-        return "visium"
-    if _legacy_pairs(path):
-        return "legacy_st"
-    return None
+    return next((name for name, kind in LAYOUTS.items() if kind.detect(path)), None)
 
 
 def find_sections(st_dir: str | os.PathLike, fmt: STFormat = "auto", sections: list[str] | None = None) -> list[Section]:
@@ -81,16 +99,9 @@ def find_sections(st_dir: str | os.PathLike, fmt: STFormat = "auto", sections: l
         layout = detect_layout(folder)
         if layout is None or (fmt != "auto" and layout != fmt):
             continue
-        if layout == "legacy_st":
-            found.extend(Section(sid, folder, "legacy_st") for sid in _legacy_pairs(folder))
-        elif layout == "visium_hd":
-            found.append(Section(folder.name, folder, "visium_hd"))
-        elif layout == "hest":
-            found.extend(Section(p.stem, folder, "hest") for p in sorted((folder / "st").glob("*.h5ad")))
-        else:
-            found.append(Section(folder.name, folder, "visium"))
+        found.extend(Section(sid, folder, layout) for sid in LAYOUTS[layout].sections(folder))
     if not found:
-        want = LAYOUTS[fmt] if fmt in LAYOUTS else ", ".join(LAYOUTS.values())
+        want = LAYOUTS[fmt].message if fmt in LAYOUTS else ", ".join(k.message for k in LAYOUTS.values())
         raise STError(f"{st_dir}: not {want}, nor a folder of such folders")
     ids = [s.section_id for s in found]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
@@ -106,13 +117,7 @@ def find_sections(st_dir: str | os.PathLike, fmt: STFormat = "auto", sections: l
 
 def read_section(section: Section, image: str | os.PathLike | None = None, hd_bin: str = VISIUM_HD_BIN) -> ad.AnnData:
     """Load a section found by ``find_sections``."""
-    if section.format == "legacy_st":
-        return read_legacy_st(section.path, section.section_id, image=image)
-    if section.format == "hest":
-        return read_hest(section.path, section.section_id, image=image)
-    if section.format == "visium_hd":
-        return read_visium_hd(section.path, image=image, library_id=section.section_id, bin_name=hd_bin)
-    return read_visium(section.path, image=image, library_id=section.section_id)
+    return LAYOUTS[section.format].read(section, image, hd_bin)
 
 
 # ----------------------------------------------------------------------------------------- legacy ST

@@ -134,7 +134,14 @@ def test_visium_broken_h5(tmp_path):
 
 
 def test_every_layout_has_a_message_when_a_folder_is_not_one(tmp_path):
+    import typing
+
+    from eca_bio.configs import LAYOUT_NAMES, PredictConfig, PreprocessConfig
     from eca_bio.st import LAYOUTS
+
+    assert set(LAYOUT_NAMES) == set(LAYOUTS)  # the light configs' names are the table's
+    for cfg in (PreprocessConfig, PredictConfig):
+        assert set(typing.get_args(typing.get_type_hints(cfg)["st_format"])) == {"auto", *LAYOUTS}
 
     (tmp_path / "empty").mkdir()
     for fmt in (*LAYOUTS, "auto"):
