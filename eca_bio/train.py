@@ -417,7 +417,11 @@ def item_config(cfg: BioTrainConfig, method: str) -> dict[str, Any]:
     d = to_dict(cfg)
     if method in ("ridge", "ridge_cv"):
         return {k: d[k] for k in _RIDGE_FIELDS if method == "ridge_cv" or k != "ridge_alphas"}
-    return {k: v for k, v in d.items() if k not in (*_RUN_FIELDS, "seeds") and not k.startswith("ridge_")}
+    fields = {k: v for k, v in d.items() if k not in (*_RUN_FIELDS, "seeds") and not k.startswith("ridge_")}
+    return {**fields, "dropout_draws": DROPOUT_DRAWS}
+
+
+DROPOUT_DRAWS = "member-stream"  # neural items' keys name how dropout is drawn (eca_bio.members): items trained before it retrain
 
 
 def _is_done(item_dir: Path, key: str) -> bool:
