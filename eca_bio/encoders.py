@@ -15,7 +15,7 @@ import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -31,15 +31,14 @@ class EncoderError(InputError):
 
 
 class FrozenEncoder(nn.Module):
-    """A timm backbone that returns (pooled (B, D), tokens (B, T, D)); frozen, eval mode."""
+    """An encoder of one of :data:`BACKENDS` that returns (pooled (B, D), tokens (B, T, D)); frozen, eval mode."""
 
-    def __init__(self, model: nn.Module, token_grid: int | None = None) -> None:
+    def __init__(self, model: nn.Module, token_grid: int | None = None, backend: str = "timm") -> None:
         super().__init__()
         self.model = model
         self.token_grid = token_grid
-        config = getattr(model, "config", None)
-        self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0) or 0) if hasattr(model, "forward_features") \
-            else 1 + int(getattr(config, "num_register_tokens", 0) or 0)
+        self.backend = BACKENDS[backend]
+        self.num_prefix_tokens = self.backend.prefix_tokens(model)
         self.requires_grad_(False)
         self.eval()
 
@@ -48,12 +47,7 @@ class FrozenEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if hasattr(self.model, "forward_features"):  # timm
-            feats = self.model.forward_features(x)                  # ViT: (B, prefix + N, D); CNN: (B, D, h, w)
-            pooled = self.model.forward_head(feats, pre_logits=True)  # (B, D)
-        else:  # transformers ViT-style: last_hidden_state (B, 1 [+ registers] + N, D), CLS first
-            feats = self.model(pixel_values=x, interpolate_pos_encoding=True).last_hidden_state
-            pooled = feats[:, 0]
+        pooled, feats = self.backend.features(self.model, x)  # (B, D), and (B, prefix + N, D) or a CNN's (B, D, h, w)
         if feats.ndim == 4:
             grid = feats                                          # (B, D, h, w)
         elif feats.ndim == 3:
@@ -127,11 +121,14 @@ def create_transformers_model(cfg: EncoderConfig) -> nn.Module:
 
 
 def create_model(cfg: EncoderConfig) -> nn.Module:
-    """``timm.create_model`` (or transformers' ``AutoModel``) with the config's weights source; errors name the model / file."""
-    if cfg.backend == "transformers":
-        return create_transformers_model(cfg)
-    if cfg.backend != "timm":
-        raise EncoderError(f"encoder.backend {cfg.backend!r}: choose timm or transformers")
+    """The encoder of ``cfg.backend`` with the config's weights source; errors name the model / file."""
+    if cfg.backend not in BACKENDS:
+        raise EncoderError(f"encoder.backend {cfg.backend!r}: choose from {list(BACKENDS)}")
+    return BACKENDS[cfg.backend].create(cfg)
+
+
+def create_timm_model(cfg: EncoderConfig) -> nn.Module:
+    """``timm.create_model`` (any timm name or ``hf-hub:`` id; ``num_classes=0``), pretrained, seeded random or local weights."""
     import timm
 
     kwargs = dict(cfg.kwargs)
@@ -213,16 +210,12 @@ class Normalisation:
 
 
 def resolve_normalisation(model: nn.Module, cfg: EncoderConfig | None = None) -> Normalisation:
-    """Mean/std/input size the model was trained with (timm's data config, or the transformers image processor)."""
-    if cfg is not None and cfg.backend == "transformers":
-        from transformers import AutoImageProcessor
+    """Mean/std/input size the model was trained with, as its backend records them (timm when ``cfg`` is None)."""
+    return BACKENDS[cfg.backend if cfg is not None else "timm"].normalisation(model, cfg)
 
-        size = int(getattr(model.config, "image_size", 224))
-        try:
-            proc = AutoImageProcessor.from_pretrained(cfg.name)
-            return Normalisation(tuple(float(v) for v in proc.image_mean), tuple(float(v) for v in proc.image_std), (3, size, size))
-        except (OSError, ValueError, AttributeError):  # no preprocessor_config.json: ImageNet statistics, as ViTs use
-            return Normalisation((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (3, size, size))
+
+def timm_normalisation(model: nn.Module, cfg: EncoderConfig | None = None) -> Normalisation:
+    """timm's pretrained data config of the model."""
     from timm.data import resolve_data_config
 
     dc = resolve_data_config({}, model=model)
@@ -230,11 +223,53 @@ def resolve_normalisation(model: nn.Module, cfg: EncoderConfig | None = None) ->
                          tuple(int(v) for v in dc["input_size"]))
 
 
+def transformers_normalisation(model: nn.Module, cfg: EncoderConfig) -> Normalisation:
+    """The transformers image processor's statistics (ImageNet's when the model has none, as ViTs use)."""
+    from transformers import AutoImageProcessor
+
+    size = int(getattr(model.config, "image_size", 224))
+    try:
+        proc = AutoImageProcessor.from_pretrained(cfg.name)
+        return Normalisation(tuple(float(v) for v in proc.image_mean), tuple(float(v) for v in proc.image_std), (3, size, size))
+    except (OSError, ValueError, AttributeError):  # no preprocessor_config.json
+        return Normalisation((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), (3, size, size))
+
+
+def timm_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    feats = model.forward_features(x)  # ViT: (B, prefix + N, D); CNN: (B, D, h, w)
+    return model.forward_head(feats, pre_logits=True), feats
+
+
+def transformers_features(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    feats = model(pixel_values=x, interpolate_pos_encoding=True).last_hidden_state  # (B, 1 [+ registers] + N, D), CLS first
+    return feats[:, 0], feats
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One encoder library: how a model is created, its input normalisation, its (pooled, features) output and how
+    many prefix tokens (CLS, registers) precede the patch tokens."""
+
+    create: Callable[[EncoderConfig], nn.Module]
+    normalisation: Callable[[nn.Module, EncoderConfig | None], Normalisation]
+    features: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    prefix_tokens: Callable[[nn.Module], int]
+
+
+# backend -> what the rest of the project needs from it; adding one is an entry here (and its name in EncoderConfig.backend)
+BACKENDS: dict[str, Backend] = {
+    "timm": Backend(create_timm_model, timm_normalisation, timm_features,
+                    lambda m: int(getattr(m, "num_prefix_tokens", 0) or 0)),
+    "transformers": Backend(create_transformers_model, transformers_normalisation, transformers_features,
+                            lambda m: 1 + int(getattr(m.config, "num_register_tokens", 0) or 0)),
+}
+
+
 def build_encoder(cfg: EncoderConfig, patch_px: int, token_grid: int | None = None) -> tuple[FrozenEncoder, Normalisation, dict]:
     """Frozen encoder, its normalisation and ``{"feature_dim", "num_tokens"}`` probed with one forward pass."""
     model = create_model(cfg)
     norm = resolve_normalisation(model, cfg)
-    encoder = FrozenEncoder(model, token_grid)
+    encoder = FrozenEncoder(model, token_grid, cfg.backend)
     try:
         pooled, tokens = encoder(torch.zeros(1, 3, patch_px, patch_px))
     except EncoderError:

@@ -137,3 +137,14 @@ def test_transformers_vit_encoder_from_a_local_folder(tmp_path):
     assert build_encoder(EncoderConfig(name=str(folder), backend="transformers"), patch_px=64)[2]["num_tokens"] == 64
     random, _, _ = build_encoder(EncoderConfig(name=str(folder), backend="transformers", pretrained=False, seed=1), patch_px=32)
     assert not torch.allclose(random(x)[0], pooled)  # pretrained=False: same architecture, random weights
+
+
+def test_the_backends_table_is_the_configs_choice():
+    import typing
+
+    from eca_bio.configs import EncoderConfig as Cfg
+    from eca_bio.encoders import BACKENDS
+
+    assert set(typing.get_args(typing.get_type_hints(Cfg)["backend"])) == set(BACKENDS)
+    with pytest.raises(EncoderError, match="encoder.backend 'onnx': choose from"):
+        create_model(Cfg("x", backend="onnx"))
