@@ -247,7 +247,7 @@ class _Engine:
     """The epoch loop over cohorts of members (see the module docstring)."""
 
     def __init__(self, method: str, cfg: BioTrainConfig, jobs: list[FitJob], device: torch.device) -> None:
-        self.cfg, self.device, self.jobs = cfg, device, jobs
+        self.cfg, self.device = cfg, device
         self.hparams = [[run_hparams(method, cfg, job.fit, r.overrides) for r in job.runs] for job in jobs]
         self.rows: list[list[_Member]] = []
         members, models = [], []
@@ -395,10 +395,7 @@ def engine_device(options: dict[str, Any] | None) -> torch.device:
     from eca_core import distributed
 
     opts = dict(options or {})
-    accelerator = str(opts.get("accelerator") or "auto")
-    if accelerator == "auto":
-        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
-    if accelerator not in ("gpu", "cuda"):
+    if distributed.resolve_accelerator(opts) not in ("gpu", "cuda"):
         return torch.device("cpu")
     devices = opts.get("devices")
     index = devices[0] if isinstance(devices, (list, tuple)) and devices else distributed.local_rank()

@@ -118,10 +118,8 @@ def predict_spots(model: torch.nn.Module, spots: SpotSet, bank: ExemplarBank, ba
     ds = SpotDataset(spots, bank)
     out = []
     for start in range(0, len(ds), batch_size):
-        rows = torch.arange(start, min(start + batch_size, len(ds)))
-        ex = ds.ex[rows]
-        tokens = ds.t[rows].to(device) if ds.t is not None else None
-        out.append(model(ds.f[rows].to(device), tokens, ds.bank_e[ex].to(device), ds.bank_y[ex].to(device)).float().cpu().numpy())
+        batch = {k: v.to(device) for k, v in ds[torch.arange(start, min(start + batch_size, len(ds)))].items()}  # the rows at once
+        out.append(model(batch["features"], batch.get("tokens"), batch["ex_emb"], batch["ex_expr"]).float().cpu().numpy())
     pred = np.concatenate(out)
     if not np.isfinite(pred).all():
         raise FloatingPointError("model produced NaN/inf predictions")

@@ -29,15 +29,14 @@ from eca_core.pipeline import StageContext, digest
 from eca_core.resume import RunLock, clean_temp_files, content_hash, item_is_current, write_item_marker
 from eca_core.trainer import quiet_lightning
 from eca_bio import tuning
+from eca_bio.configs import BioTrainConfig
 from eca_bio.engine import FitJob, RunFit, RunSpec, best_validation, engine_device, fit_early, fit_refits
-from eca_bio.model import model_from_hparams
-from eca_bio.tuning import select_ridge_alpha
 from eca_bio.folds import plan_folds
 from eca_bio.methods import METHOD_LABELS, METHODS, method_seeds
-from eca_bio.model import RidgeBaseline
+from eca_bio.model import RidgeBaseline, model_from_hparams
 from eca_bio.spots import FoldSpots, SpotSet, fold_spots, predict_spots
 from eca_bio.targets import SlideData, TargetSpec, canonical_encoder, fit_targets, load_preprocessed, make_targets
-from eca_bio.configs import BioTrainConfig
+from eca_bio.tuning import select_ridge_alpha
 
 log = logging.getLogger(__name__)
 

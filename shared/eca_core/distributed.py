@@ -132,13 +132,19 @@ def device_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     opts = dict(options or {})
     if world_size() <= 1:
         return opts
-    accelerator = str(opts.get("accelerator") or "auto")
+    accelerator = resolve_accelerator(opts)
+    devices = [local_rank()] if accelerator in ("gpu", "cuda") else 1
+    return {**opts, "accelerator": accelerator, "devices": devices, "strategy": "auto", "num_nodes": 1}
+
+
+def resolve_accelerator(options: Mapping[str, Any] | None) -> str:
+    """The runtime options' accelerator with ``auto`` decided: ``gpu`` when CUDA is available, else ``cpu``."""
+    accelerator = str((options or {}).get("accelerator") or "auto")
     if accelerator == "auto":
         import torch
 
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
-    devices = [local_rank()] if accelerator in ("gpu", "cuda") else 1
-    return {**opts, "accelerator": accelerator, "devices": devices, "strategy": "auto", "num_nodes": 1}
+    return accelerator
 
 
 def shard(items: Sequence[T]) -> list[T]:
