@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from eca_bio.targets import SlideData, fit_targets, make_targets, transform_counts
+from eca_bio.feature_set import SlideData
+from eca_bio.targets import fit_targets, make_targets, transform_counts
 
 
 def synthetic_slide(spots: int, genes: int, density: float, seed: int = 0) -> SlideData:

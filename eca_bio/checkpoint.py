@@ -14,16 +14,17 @@ import torch
 from eca_core.io import read_json
 from eca_bio.exemplars import ExemplarBank
 from eca_bio.model import ExpressionModel, RidgeBaseline, model_from_hparams
-from eca_bio.targets import DataError, TargetSpec
+from eca_bio.feature_set import DataError
+from eca_bio.targets import TargetSpec
 
 
 @dataclass
 class TrainedModel:
-    """A trained model with everything prediction needs: targets, encoder, k, exemplar bank."""
+    """A trained model with everything prediction needs: targets, its embedding's key, k, exemplar bank."""
 
     method: str
     spec: TargetSpec
-    encoder: str
+    embedding: str  # EmbeddingSpec key (models trained before it: the encoder's alone)
     k: int
     use_tokens: bool
     model: ExpressionModel | None
@@ -42,7 +43,7 @@ def load_trained(item_dir: Path, bank: ExemplarBank | None = None) -> TrainedMod
     if (item_dir / "ridge.npz").is_file():
         spec = TargetSpec.from_dict(read_json(item_dir / "targets.json", DataError))
         result = read_json(result_path, DataError)
-        return TrainedModel(result["method"], spec, result.get("encoder", ""), 0, False, None, RidgeBaseline.load(item_dir / "ridge.npz"), bank)
+        return TrainedModel(result["method"], spec, result.get("embedding", result.get("encoder", "")), 0, False, None, RidgeBaseline.load(item_dir / "ridge.npz"), bank)
     try:
         ckpt = torch.load(item_dir / "model.pt", map_location="cpu", weights_only=True)  # never runs code from the file
     except Exception as exc:  # noqa: BLE001 - pickle errors of every kind: refuse the file, name it
@@ -53,5 +54,6 @@ def load_trained(item_dir: Path, bank: ExemplarBank | None = None) -> TrainedMod
     model = model_from_hparams(hp, ckpt["state_dict"])
     if bank is None:
         raise DataError(f"{item_dir}: no exemplar bank (bank.npz)")
-    bank.check_compatible(spec.genes, hp["in_dim"], ckpt["encoder"])
-    return TrainedModel(ckpt["method"], spec, ckpt["encoder"], int(ckpt["k"]), bool(ckpt["use_tokens"]), model, None, bank)
+    embedding = ckpt.get("embedding", ckpt.get("encoder", ""))
+    bank.check_compatible(spec.genes, hp["in_dim"], embedding)
+    return TrainedModel(ckpt["method"], spec, embedding, int(ckpt["k"]), bool(ckpt["use_tokens"]), model, None, bank)

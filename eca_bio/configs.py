@@ -65,8 +65,8 @@ class TissueConfig:
 
 
 @dataclass
-class PreprocessConfig:
-    """Parameters of the preprocess stage (YAML ``preprocess:`` params; one source of truth for defaults)."""
+class InputSpec:
+    """What to read: ST sections and/or whole slides, and how (the fields preprocess and predict share)."""
 
     st_dir: str | None = None                 # legacy-ST / Visium section folder, a folder of them, or a HEST-1k folder
     st_format: Literal["auto", "legacy_st", "visium", "visium_hd", "hest"] = "auto"
@@ -77,29 +77,40 @@ class PreprocessConfig:
     mpp: float | None = None                  # microns per pixel of every slide and section; wins over their metadata (with a warning)
     allow_unusual_mpp: bool = False           # accept mpp outside 0.05-50 um/px and patches under 8 px
     max_image_megapixels: float = DEFAULT_MAX_MEGAPIXELS  # plain images (JPEG/PNG/TIFF) decoded whole: larger ones are refused
-    patch_um: float = 112.0                   # patch side in microns (224 px at 0.5 um/px)
-    patch_px: int = 224                       # encoder input side in pixels
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
     features_dir: str | None = None           # TRIDENT/CLAM feature files <slide id>.h5 to use instead of embedding
     features_encoder: str | None = None       # encoder that made features_dir's files (default: the files' 'encoder' attribute)
     features_patch_size: int | None = None    # level-0 patch side of features_dir files that do not record it (CLAM's)
+    max_outside_fraction: float = 0.1         # ST: more spots outside the image than this is an error
+    skip_errors: bool = False                 # cohorts: a slide that cannot be read is listed in the manifest and skipped
+
+    def __post_init__(self) -> None:
+        check(self, max_image_megapixels=">0", max_outside_fraction="[0,1]", mpp=">0")
+
+
+@dataclass
+class PreprocessConfig(InputSpec):
+    """Parameters of the preprocess stage (YAML ``preprocess:`` params): what to read (:class:`InputSpec`), how to embed
+    it (the fields of ``eca_bio.feature_set.EmbeddingSpec``), tissue and grid settings, and runtime fields."""
+
+    patch_um: float = 112.0                   # patch side in microns (224 px at 0.5 um/px)
+    patch_px: int = 224                       # encoder input side in pixels
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
     token_grid: int | None = None             # pool patch tokens to k x k (None: keep all tokens)
     store_tokens: bool = True                 # write the 'tokens' dataset
-    batch_size: int = 32
-    num_workers: int = 2                      # DataLoader workers that read and cut patches
     precision: str = "32-true"                # Lightning precision, e.g. "bf16-mixed" on GPUs
     tissue: TissueConfig = field(default_factory=TissueConfig)
     grid_overlap: float = 0.0                 # WSI grid: fraction of overlap between neighbouring patches
     min_tissue: float = 0.25                  # WSI grid: minimum tissue fraction of a kept patch
-    max_outside_fraction: float = 0.1         # ST: more spots outside the image than this is an error
+    batch_size: int = 32
+    num_workers: int = 2                      # DataLoader workers that read and cut patches
     progress: bool = True                     # progress bars and one log line per slide
-    skip_errors: bool = False                 # cohorts: a slide that cannot be read is listed in the manifest and skipped
 
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("batch_size", "num_workers", "progress", "max_image_megapixels")
 
     def __post_init__(self) -> None:
-        check(self, patch_um=">0", patch_px=">=8", max_image_megapixels=">0", batch_size=">=1", num_workers=">=0", token_grid=">=1",
-              grid_overlap="[0,1)", min_tissue="[0,1]", max_outside_fraction="[0,1]", mpp=">0")
+        super().__post_init__()
+        check(self, patch_um=">0", patch_px=">=8", batch_size=">=1", num_workers=">=0", token_grid=">=1",
+              grid_overlap="[0,1)", min_tissue="[0,1]")
 
 
 @dataclass
@@ -184,17 +195,10 @@ class EvaluateConfig:
 
 
 @dataclass
-class PredictConfig:
-    """Parameters of the predict stage / command."""
+class PredictConfig(InputSpec):
+    """Parameters of the predict stage / command: new inputs (:class:`InputSpec`: whole slides to predict on, or labeled
+    sections in any layout to test on), read and embedded exactly as the trained model's preprocess folder was."""
 
-    slides: list[str] = field(default_factory=list)  # WSIs (any OpenSlide format or plain image) to predict on
-    st_dir: str | None = None  # labeled sections (any supported layout) to test on: metrics against their measured expression
-    st_format: Literal["auto", "legacy_st", "visium", "visium_hd", "hest"] = "auto"  # st_dir's layout (not the training run's)
-    sections: list[str] | None = None  # subset of section ids in st_dir (default: all)
-    mpp: float | None = None  # microns per pixel of the slides; wins over their metadata (with a warning)
-    features_dir: str | None = None  # TRIDENT/CLAM feature files <slide id>.h5 of the slides (a model trained on such files needs them)
-    allow_unusual_mpp: bool = False  # accept mpp outside 0.05-50 um/px and patches under 8 px
-    max_image_megapixels: float = DEFAULT_MAX_MEGAPIXELS  # plain images (JPEG/PNG/TIFF) decoded whole: larger ones are refused
     genes_to_plot: int = 4  # heatmaps of the most variable predicted genes
     batch_size: int = 16  # embedding batch size
     num_workers: int = 0
@@ -203,4 +207,5 @@ class PredictConfig:
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("batch_size", "num_workers", "max_image_megapixels")
 
     def __post_init__(self) -> None:
-        check(self, mpp=">0", genes_to_plot=">=0", batch_size=">=1", num_workers=">=0")
+        super().__post_init__()
+        check(self, genes_to_plot=">=0", batch_size=">=1", num_workers=">=0")

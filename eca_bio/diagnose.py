@@ -28,9 +28,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from eca_core.errors import ConfigError
     from eca_core.io import write_json_atomic
-    from eca_bio.targets import fit_targets, load_preprocessed, make_targets
+    from eca_bio.feature_set import FeatureSet
+    from eca_bio.targets import fit_targets, make_targets
 
-    _, slides = load_preprocessed(args.pre_dir, require_expression=True, with_tokens=True)
+    slides = FeatureSet(args.pre_dir).slides(require_expression=True, with_tokens=True)
     if args.slides is not None:
         unknown = sorted(set(args.slides) - {s.slide_id for s in slides})
         if unknown:

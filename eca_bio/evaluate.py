@@ -20,7 +20,7 @@ from eca_core.config import to_dict
 from eca_core.io import atomic_dir, plain_name, read_json, write_json_atomic, write_text_atomic
 from eca_core.metrics import regression_report
 from eca_core.pipeline import StageContext
-from eca_bio.targets import DataError, read_manifest
+from eca_bio.feature_set import DataError, read_manifest
 from eca_bio.configs import EvaluateConfig
 
 METRICS = ("pcc_f", "pcc_s", "pcc_m", "mse", "mae")

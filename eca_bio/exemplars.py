@@ -24,7 +24,7 @@ Backend = Literal["auto", "exact", "faiss"]
 
 
 class BankMismatchError(InputError):
-    """A model and an exemplar bank disagree (gene list, embedding size or encoder)."""
+    """A model and an exemplar bank disagree (gene list, embedding size or embedding)."""
 
 
 @dataclass
@@ -35,7 +35,7 @@ class ExemplarBank:
     targets: np.ndarray
     slide_ids: np.ndarray
     genes: list[str]
-    encoder: str = ""
+    embedding: str = ""  # the EmbeddingSpec key of its embeddings (older banks: the encoder's alone)
 
     def __post_init__(self) -> None:
         self.embeddings = np.ascontiguousarray(self.embeddings, dtype=np.float32)
@@ -52,25 +52,26 @@ class ExemplarBank:
     def slides(self) -> list[str]:
         return sorted(set(self.slide_ids.tolist()))
 
-    def check_compatible(self, genes: list[str], dim: int, encoder: str | None = None) -> None:
-        """Raise :class:`BankMismatchError` unless the bank matches a model's genes, embedding size and encoder."""
+    def check_compatible(self, genes: list[str], dim: int, embedding: str | None = None) -> None:
+        """Raise :class:`BankMismatchError` unless the bank matches a model's genes, embedding size and embedding."""
         if list(genes) != list(self.genes):
             diff = sorted(set(genes) ^ set(self.genes))
             detail = f"{len(diff)} genes differ, e.g. {diff[:5]}" if diff else "same genes in a different order"
             raise BankMismatchError(f"exemplar bank gene list does not match the model's ({len(self.genes)} vs {len(genes)} genes; {detail})")
         if self.embeddings.shape[1] != dim:
             raise BankMismatchError(f"exemplar bank embeddings have dim {self.embeddings.shape[1]}, the model expects {dim}")
-        if encoder is not None and self.encoder and encoder != self.encoder:
-            raise BankMismatchError(f"exemplar bank was built with encoder {self.encoder}, the model with {encoder}")
+        if embedding is not None and self.embedding and embedding != self.embedding:  # EmbeddingSpec keys
+            raise BankMismatchError(f"exemplar bank was built from embeddings {self.embedding}, the model's are {embedding}")
 
     def save(self, path: Path) -> None:
         np.savez(path, embeddings=self.embeddings, targets=self.targets, slide_ids=self.slide_ids,
-                 genes=np.asarray(self.genes), encoder=np.asarray(self.encoder))
+                 genes=np.asarray(self.genes), embedding=np.asarray(self.embedding))
 
     @classmethod
     def load(cls, path: Path) -> "ExemplarBank":
         with np.load(path, allow_pickle=False) as z:
-            return cls(z["embeddings"], z["targets"], z["slide_ids"], [str(g) for g in z["genes"]], str(z["encoder"]))
+            key = z["embedding"] if "embedding" in z.files else z["encoder"]  # banks before EmbeddingSpec
+            return cls(z["embeddings"], z["targets"], z["slide_ids"], [str(g) for g in z["genes"]], str(key))
 
 
 class ExemplarIndex:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from eca_bio.targets import DataError
+from eca_bio.feature_set import DataError
 
 
 def plan_folds(slide_ids: list[str], cv: str, n_folds: int, test_slides: list[str] | None = None) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ evaluate stage's metrics per section and pooled (``external_test.md`` / ``.json`
 
 from __future__ import annotations
 
-import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,8 @@ from eca_core.config import from_dict
 from eca_core.io import read_json, write_json_atomic
 from eca_core.pipeline import StageContext
 from eca_bio.exemplars import ExemplarIndex
-from eca_bio.targets import DataError, canonical_encoder, load_slide
-from eca_bio.configs import PredictConfig
+from eca_bio.configs import InputSpec, PredictConfig, PreprocessConfig
+from eca_bio.feature_set import DataError, EmbeddingSpec, FeatureSet
 
 
 def find_model(path: Path) -> Path:
@@ -38,19 +38,17 @@ def find_model(path: Path) -> Path:
                     f"with result.json and preprocess.json; run `eca-bio train` with final_method set)")
 
 
-def preprocess_config_for(model_dir: Path, cfg: PredictConfig, saved: dict[str, Any]):
-    """The training run's preprocess settings (``saved``, its preprocess.json: encoder, patch size, tokens) applied
-    to new slides."""
-    from eca_bio.preprocess import PreprocessConfig
-
-    params = dict(saved.get("params") or {})
-    if not params:
-        raise DataError(f"{model_dir}/preprocess.json has no preprocess parameters; cannot embed new slides consistently")
-    params.update(st_dir=cfg.st_dir, st_format=cfg.st_format, sections=cfg.sections, images={}, slides=[str(s) for s in cfg.slides], mpp=cfg.mpp,
-                  features_dir=cfg.features_dir,
-                  allow_unusual_mpp=cfg.allow_unusual_mpp, max_image_megapixels=cfg.max_image_megapixels,
-                  batch_size=cfg.batch_size, num_workers=cfg.num_workers)
-    return from_dict(PreprocessConfig, params, f"{model_dir}/preprocess.json")
+def preprocess_config_for(model_dir: Path, cfg: PredictConfig, saved: dict[str, Any]) -> PreprocessConfig:
+    """New inputs (``cfg``'s :class:`~eca_bio.configs.InputSpec` fields, any layout) embedded as the model's preprocess
+    folder was: its :class:`EmbeddingSpec` (``saved``: the model's preprocess.json) and its tissue and grid settings."""
+    spec = EmbeddingSpec.from_saved(saved, model_dir / "preprocess.json")
+    params = saved.get("params") or {}
+    encoder = params.get("encoder", {}) if "source" in spec.encoder else spec.encoder  # imported features: files, not a model
+    return from_dict(PreprocessConfig, {
+        **{f.name: getattr(cfg, f.name) for f in fields(InputSpec)},
+        "encoder": encoder, **{k: getattr(spec, k) for k in EmbeddingSpec.FIELDS},
+        **{k: params[k] for k in ("tissue", "grid_overlap", "min_tissue") if k in params},
+        "batch_size": cfg.batch_size, "num_workers": cfg.num_workers}, f"{model_dir}/preprocess.json")
 
 
 def training_section_check(model_dir: Path, train_slides: list[str], train_inputs: dict[str, dict[str, str]]):
@@ -90,32 +88,32 @@ def predict_slides(model: Path, cfg: PredictConfig, out_dir: Path, options: dict
     pcfg = preprocess_config_for(model_dir, cfg, saved)
     out_dir = Path(out_dir)
     check = training_section_check(model_dir, trained.spec.train_slides, saved.get("train_inputs") or {}) if cfg.st_dir else None
-    manifest = run_preprocess(pcfg, out_dir / "preprocess", options, progress=progress,  # tiles sharded over ranks
-                              check_inputs=check)
-    return distributed.on_main(_predict_embedded, model_dir, trained, cfg, manifest, out_dir, progress)  # light: rank 0
+    run_preprocess(pcfg, out_dir / "preprocess", options, progress=progress, check_inputs=check)  # tiles sharded over ranks
+    embedding = EmbeddingSpec.from_saved(saved, model_dir / "preprocess.json")
+    return distributed.on_main(_predict_embedded, model_dir, trained, embedding, cfg, out_dir, progress)  # light: rank 0
 
 
-def _predict_embedded(model_dir: Path, trained: Any, cfg: PredictConfig, manifest: dict[str, Any], out_dir: Path,
+def _predict_embedded(model_dir: Path, trained: Any, embedding: EmbeddingSpec, cfg: PredictConfig, out_dir: Path,
                       progress: bool) -> dict[str, Any]:
     from eca_bio.export import plot_gene_maps, prediction_anndata, section_metadata, slide_images, top_genes, write_h5ad
     from eca_bio.targets import make_targets
     from eca_bio.spots import SpotSet
     from eca_bio.spots import predict_spots
 
-    encoder = json.loads(trained.encoder) if trained.encoder else manifest["encoder"]
-    if canonical_encoder(manifest["encoder"]) != canonical_encoder(encoder):
-        hint = " (give features_dir with the slides' feature files from that encoder)" if "source" in encoder else ""
-        raise DataError(f"new slides were embedded with {manifest['encoder']}, the model expects {encoder}{hint}")
+    features = FeatureSet(out_dir / "preprocess")
+    if features.spec.key() != embedding.key():
+        hint = " (give features_dir with the slides' feature files from that encoder)" if "source" in embedding.encoder else ""
+        raise DataError(f"new slides were embedded with {features.spec.describe()}, the model expects {embedding.describe()}{hint}")
     written, tested = {}, {}
     genes = list(trained.spec.genes)
-    for entry in manifest["slides"]:
-        slide = load_slide(out_dir / "preprocess", entry, encoder, with_tokens=trained.use_tokens)
+    for entry in features.entries:
+        slide = features.load(entry, with_tokens=trained.use_tokens)
         if slide.n_spots == 0:
             raise DataError(f"{entry['image']}: no tissue tiles found; nothing to predict")
         if trained.ridge is not None:
             pred = trained.ridge.predict(slide.features)
         else:
-            trained.bank.check_compatible(trained.spec.genes, slide.features.shape[1], canonical_encoder(encoder))
+            trained.bank.check_compatible(trained.spec.genes, slide.features.shape[1], trained.embedding)
             index = ExemplarIndex(trained.bank, trained.k)
             ex = index.query(slide.features, None)[0]
             spots = SpotSet(slide.features, slide.tokens if trained.use_tokens else None,
@@ -125,7 +123,7 @@ def _predict_embedded(model_dir: Path, trained: Any, cfg: PredictConfig, manifes
         truth = None
         var, diameter = section_metadata(out_dir / "preprocess" / entry["h5ad"] if entry.get("h5ad") else None)
         eca = {"method": trained.method, "target_transform": trained.spec.transform, "model": str(model_dir.resolve()),
-               "train_slides": trained.spec.train_slides, "slide": slide.image, "encoder": canonical_encoder(encoder)}
+               "train_slides": trained.spec.train_slides, "slide": slide.image, "embedding": embedding.key()}
         if slide.counts is not None:  # a labeled section (checked against the training slides before embedding)
             truth, missing = make_targets(slide, trained.spec)
             if len(missing) == len(genes):

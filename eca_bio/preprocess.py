@@ -1,8 +1,8 @@
 """``eca-bio preprocess``: slides (+ spatial transcriptomics) -> patches -> frozen-encoder embeddings on disk.
 
-Output folder (the contract with train/evaluate/predict)::
+Output folder (the contract with train/evaluate/predict; ``eca_bio.feature_set`` owns it)::
 
-    manifest.json               encoder, feature_dim, params, one entry per slide
+    manifest.json               embedding (what a model must match) + its key, encoder, feature_dim, params, one entry per slide
     slides/<slide_id>.h5        coords (N,2) int64 level-0 top-left (TRIDENT's attributes), features (N,D) f32,
                                 tokens (N,T,D) f16, barcodes (N,) for ST slides; attrs mpp, patch_size_px,
                                 patch_size_um, encoder, encoder_config, feature_dim, slide, slide_id, params_hash
@@ -44,14 +44,15 @@ import numpy as np
 from eca_core import distributed
 from eca_core.config import from_dict, to_dict
 from eca_core.errors import ConfigError, InputError
-from eca_core.io import atomic_path, write_json_atomic
+from eca_core.io import write_json_atomic
 from eca_core.pipeline import StageContext
 from eca_core.resume import RunLock, clean_temp_files, content_hash, item_is_current, write_item_marker
 from eca_bio import slide_h5
+from eca_bio.feature_set import (FORMAT_VERSION, ST_FILES, EmbeddingSpec, build_manifest, coords_attrs, h5_attrs,
+                                  slide_identity, write_h5ad, write_rows_h5)
 from eca_bio.precomputed import check_same_image, find_features_file, join_features_to_spots, precomputed_encoder
 from eca_bio.configs import PreprocessConfig
 
-FORMAT_VERSION = 2  # 2: float32 features, TRIDENT coords attributes
 MIN_PATCH_PX = 8  # smaller level-0 patches mean the microns per pixel are wrong
 
 
@@ -105,8 +106,8 @@ def _run_preprocess(cfg: PreprocessConfig, out_dir: Path, options: dict | None, 
     skipped: list[dict[str, str]] = []
     plans = _plan(cfg, log, skipped)
     for p in plans if check_inputs is not None else ():
-        check_inputs(p.slide_id, _identity(p), p.adata is not None)
-    encoder_cfg = precomputed_encoder(cfg.features_dir, cfg.features_encoder, plans) if cfg.features_dir else to_dict(cfg.encoder)
+        check_inputs(p.slide_id, slide_identity(p), p.adata is not None)
+    spec = EmbeddingSpec.of(cfg, precomputed_encoder(cfg.features_dir, cfg.features_encoder, plans) if cfg.features_dir else None)
 
     slides_dir = out_dir / "slides"
     main = distributed.is_main()
@@ -129,16 +130,16 @@ def _run_preprocess(cfg: PreprocessConfig, out_dir: Path, options: dict | None, 
             (out_dir / "manifest.json").unlink(missing_ok=True)  # a manifest exists only over complete outputs
         jobs = []
         for p in todo:
-            attrs = _h5_attrs(cfg, p, encoder_cfg)
+            attrs = h5_attrs(cfg, p, spec)
             job = SlideJob(p.slide_id, p.reader, p.coords, p.size_px, slides_dir / f"{p.slide_id}.h5", attrs,
-                           list(p.adata.obs_names) if p.adata is not None else None, _coords_attrs(cfg, p))
+                           list(p.adata.obs_names) if p.adata is not None else None, coords_attrs(cfg, p))
             if main:
                 (slides_dir / f"{p.slide_id}.done.json").unlink(missing_ok=True)  # redone: its old marker no longer holds
                 if p.adata is not None:
-                    _write_h5ad(p, slides_dir / f"{p.slide_id}.h5ad")
+                    write_h5ad(p, slides_dir / f"{p.slide_id}.h5ad")
                 draw_patches(p.thumbnail, p.reader.dimensions, p.coords, p.size_px, slides_dir / f"{p.slide_id}.thumb.png", p.mask)
                 if len(p.coords) == 0 or p.features is not None:
-                    _write_rows_h5(job, encoder_info, cfg.store_tokens and p.features is None, p.features)
+                    write_rows_h5(job, encoder_info, cfg.store_tokens and p.features is None, p.features)
             if len(p.coords) and p.features is None:
                 jobs.append(job)
         start = time.time()
@@ -158,7 +159,7 @@ def _run_preprocess(cfg: PreprocessConfig, out_dir: Path, options: dict | None, 
         missing = [p.slide_id for p in plans if not _slide_done(slides_dir, p)]
         if missing:
             raise PreprocessError(f"{out_dir}: slide(s) {missing} were not written; run again to resume")
-        manifest = _manifest(cfg, out_dir, plans, encoder_info, encoder_cfg)
+        manifest = build_manifest(cfg, out_dir, plans, encoder_info, spec)
         if skipped:
             manifest["skipped"] = skipped
         write_json_atomic(out_dir / "manifest.json", manifest)
@@ -306,21 +307,6 @@ def _patch_px(cfg: PreprocessConfig, reader: Any) -> int:
     return size
 
 
-def input_identity(image: str | Path, counts: str | Path | None) -> dict[str, str]:
-    """What a section *is*, whatever it is called: the content hashes of its image and its counts table."""
-    out = {"image": content_hash(image)}
-    if counts and Path(counts).is_file():
-        out["counts"] = content_hash(counts)
-    return out
-
-
-def _identity(p: _Plan) -> dict[str, str]:
-    return input_identity(p.reader.path, p.adata.uns["st"].get("counts") if p.adata is not None else None)
-
-
-ST_FILES = ("counts", "selection", "positions", "scalefactors", "metadata")  # path-valued keys of uns['st'] besides the image
-
-
 def _input_files(p: _Plan) -> list[Path]:
     """The files a slide's outputs are made from: the image and, for ST sections, the counts and spot tables."""
     files = [Path(p.reader.path)] + ([p.features_file] if p.features_file else [])
@@ -371,119 +357,6 @@ def _slide_done(slides_dir: Path, p: _Plan) -> bool:
         write_item_marker(marker, p.params_hash, files)
         return True
     return False
-
-
-# ----------------------------------------------------------------------------------------- writing
-
-
-def _coords_attrs(cfg: PreprocessConfig, p: _Plan) -> dict[str, Any]:
-    overlap = 0 if p.adata is not None else int(round(cfg.grid_overlap * cfg.patch_px))  # spots are not a grid
-    return slide_h5.coords_attrs(p.slide_id, cfg.patch_px, p.size_px, p.reader.mpp, *p.reader.dimensions,
-                                 overlap_px=overlap, savetodir="slides")  # relative: files do not depend on the run dir
-
-
-def _h5_attrs(cfg: PreprocessConfig, p: _Plan, encoder_cfg: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "mpp": float(p.reader.mpp),
-        "mpp_source": p.mpp_source,
-        "patch_size_px": int(p.size_px),
-        "patch_size_um": float(cfg.patch_um),
-        "patch_px": int(cfg.patch_px),
-        "target_mpp": float(cfg.patch_um) / cfg.patch_px,
-        "patch_level": 0,
-        "token_grid": 0 if cfg.token_grid is None else int(cfg.token_grid),
-        "encoder": encoder_cfg["name"],
-        "encoder_config": encoder_cfg,
-        "slide": str(p.reader.path),
-        "slide_id": p.slide_id,
-        "level0_width": int(p.reader.dimensions[0]),
-        "level0_height": int(p.reader.dimensions[1]),
-        "has_expression": p.adata is not None,
-        "params_hash": p.params_hash,
-        "format_version": FORMAT_VERSION,
-    }
-
-
-def _write_h5ad(p: _Plan, path: Path) -> None:
-    adata = p.adata.copy()
-    lib = adata.uns["spatial"][adata.uns["st"]["library_id"]]
-    if not lib.get("images"):  # legacy ST and the like: hires/lowres thumbnails, so scanpy.pl.spatial draws the slide
-        from eca_bio.export import slide_images
-
-        images, scales = slide_images(p.reader.path, p.reader.mpp, max_megapixels=p.reader.max_megapixels)
-        lib["images"] = images
-        lib["scalefactors"] = dict(lib.get("scalefactors") or {}) | scales
-    st = dict(adata.uns.pop("st"))
-    excluded = st.pop("excluded")
-    st.pop("image", None)
-    files = {"image": Path(p.reader.path), **{role: Path(st.pop(role)) for role in ST_FILES if st.get(role)}}
-    if "source_image_path" in lib.get("metadata", {}):
-        lib["metadata"]["source_image_path"] = files["image"].name
-    adata.uns["slide"] = {"slide_id": p.slide_id, "mpp": float(p.reader.mpp), "mpp_source": p.mpp_source,
-                          "patch_size_px": int(p.size_px), "dimensions": [int(v) for v in p.reader.dimensions], **st,
-                          # provenance without host paths: each input's file name and content hash
-                          "inputs": {role: f.name for role, f in files.items()},
-                          "input_sha256": {role: content_hash(f) for role, f in files.items() if f.is_file()}}
-    adata.uns["excluded"] = {k: np.asarray(v, dtype=str) for k, v in excluded.items()}
-    with atomic_path(path) as tmp:
-        adata.write_h5ad(tmp)
-
-
-def _write_rows_h5(job, info: dict[str, int], store_tokens: bool, features: np.ndarray | None = None) -> None:
-    """A slide file written in one go: no rows, or the precomputed ``features`` (features_dir)."""
-    import h5py
-
-    with atomic_path(job.out_path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            slide_h5.create_slide_file(f, job.coords, job.coords_attrs, info["feature_dim"],
-                                       info["num_tokens"] if store_tokens else 0, job.barcodes,
-                                       encoder=str(job.attrs.get("encoder", "")))
-            if features is not None and len(features):
-                f["features"][:] = np.asarray(features, dtype=slide_h5.FEATURES_DTYPE)
-            slide_h5.write_file_attrs(f, job.attrs, info["feature_dim"])
-
-
-def _manifest(cfg: PreprocessConfig, out_dir: Path, plans: list[_Plan], encoder_info: dict | None,
-              encoder_cfg: dict[str, Any]) -> dict:
-    import h5py
-
-    entries = []
-    feature_dim = encoder_info["feature_dim"] if encoder_info else None
-    num_tokens = encoder_info["num_tokens"] if encoder_info else None
-    for p in plans:
-        h5 = out_dir / "slides" / f"{p.slide_id}.h5"
-        with h5py.File(h5, "r") as f:
-            n = int(f["features"].shape[0])
-            feature_dim = int(f.attrs["feature_dim"])
-            num_tokens = int(f["tokens"].shape[1]) if "tokens" in f else None
-        entry = {
-            "slide_id": p.slide_id,
-            "image": str(p.reader.path),
-            "h5": f"slides/{p.slide_id}.h5",
-            "h5ad": f"slides/{p.slide_id}.h5ad" if p.adata is not None else None,
-            "thumbnail": f"slides/{p.slide_id}.thumb.png",
-            "n_patches": n,
-            "mpp": float(p.reader.mpp),
-            "mpp_source": p.mpp_source,
-            "patch_size_px": int(p.size_px),
-            "dimensions": [int(v) for v in p.reader.dimensions],
-            "has_expression": p.adata is not None,
-        }
-        if p.adata is not None:
-            entry["n_genes"] = int(p.adata.n_vars)
-            entry["excluded"] = {k: list(v) for k, v in p.adata.uns["st"]["excluded"].items()}
-        entry["inputs"] = _identity(p)
-        if p.adata is not None and p.adata.uns["st"].get("feature_join"):
-            entry["feature_join"] = dict(p.adata.uns["st"]["feature_join"])
-        entries.append(entry)
-    return {
-        "format_version": FORMAT_VERSION,
-        "encoder": encoder_cfg,
-        "feature_dim": feature_dim,
-        "num_tokens": num_tokens,
-        "params": to_dict(cfg),
-        "slides": entries,
-    }
 
 
 # ----------------------------------------------------------------------------------------- stage + CLI

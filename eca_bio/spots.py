@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -11,7 +11,8 @@ from torch.utils.data import Dataset
 
 from eca_core.metrics import pearson_per_column
 from eca_bio.exemplars import ExemplarBank, ExemplarIndex
-from eca_bio.targets import SlideData, TargetSpec, canonical_encoder, make_targets
+from eca_bio.feature_set import EmbeddingSpec, SlideData
+from eca_bio.targets import TargetSpec, make_targets
 
 if TYPE_CHECKING:
     from eca_bio.configs import BioTrainConfig
@@ -72,12 +73,12 @@ def build_spots(slides: list[SlideData], spec: TargetSpec, index: ExemplarIndex 
     return SpotSet(features, tokens, np.concatenate(ys), ex, sid_arr, bcs, np.concatenate(cen))
 
 
-def make_bank(slides: list[SlideData], spec: TargetSpec, encoder: Any) -> ExemplarBank:
+def make_bank(slides: list[SlideData], spec: TargetSpec, embedding: EmbeddingSpec) -> ExemplarBank:
     """Exemplar bank of the training slides under a target spec."""
     emb = np.concatenate([s.features for s in slides])
     y = np.concatenate([make_targets(s, spec)[0] for s in slides])
     sids = np.concatenate([[s.slide_id] * s.n_spots for s in slides])
-    return ExemplarBank(emb, y, sids, spec.genes, canonical_encoder(encoder))
+    return ExemplarBank(emb, y, sids, spec.genes, embedding.key())
 
 
 @dataclass
@@ -92,10 +93,10 @@ class FoldSpots:
 
 
 def fold_spots(cfg: BioTrainConfig, train_sl: list[SlideData], val_id: str | None, test_sl: list[SlideData], spec: TargetSpec,
-               encoder: Any) -> FoldSpots:
+               embedding: EmbeddingSpec) -> FoldSpots:
     """Bank, k-NN exemplars and spot sets of one fold: the held-out training slide ``val_id`` early-stops, the others
     fit; each spot's exemplars come from other training slides."""
-    bank = make_bank(train_sl, spec, encoder)
+    bank = make_bank(train_sl, spec, embedding)
     index = ExemplarIndex(bank, cfg.k, cfg.exemplar_backend)
     fit = build_spots([s for s in train_sl if s.slide_id != val_id], spec, index, cfg.use_tokens)
     val = build_spots([s for s in train_sl if s.slide_id == val_id], spec, index, cfg.use_tokens)

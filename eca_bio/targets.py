@@ -1,8 +1,8 @@
-"""Load a preprocess run (per-slide HDF5 + AnnData) and build expression targets from training slides only.
+"""Expression targets built from training slides only (DESIGN §3).
 
-Targets follow the EGN protocol (DESIGN §3): the ``n_genes`` genes with the largest mean raw count
-over the training slides, a log transform, and per-gene min–max scaling with training statistics.
-Two transforms are offered and named in every report:
+Targets follow the EGN protocol: the ``n_genes`` genes with the largest mean raw count over the training
+slides, a log transform, and per-gene min–max scaling with training statistics. Two transforms are offered
+and named in every report:
 
 * ``egn``: log10(x + 1) of raw counts (the EGN / ECA paper protocol, comparable to published numbers);
 * ``libsize``: counts per 10k per spot, then log1p (removes sequencing depth from the target).
@@ -10,157 +10,17 @@ Two transforms are offered and named in every report:
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 
-from eca_core.errors import InputError
-from eca_core.io import inside, plain_name, read_json, require_self_contained_h5
 from eca_bio.configs import TRANSFORMS
-from eca_bio.slide_h5 import read_slide_h5
+from eca_bio.feature_set import DataError, SlideData
 
 Transform = Literal["egn", "libsize"]
-
-
-class DataError(InputError):
-    """An input file is missing, inconsistent or malformed; the message names the file."""
-
-
-@dataclass
-class SlideData:
-    """One preprocessed slide: patch embeddings and, for ST slides, raw counts in the same row order."""
-
-    slide_id: str
-    features: np.ndarray  # (N, D) float32, CLS / pooled embedding per spot or tile
-    tokens: np.ndarray | None  # (N, T, D) float32 patch tokens
-    coords: np.ndarray  # (N, 2) level-0 px, patch top-left corner
-    centres: np.ndarray  # (N, 2) full-res px (x, y) of the spot / tile centre
-    h5: Path
-    image: str
-    thumbnail: Path | None
-    mpp: float
-    patch_size_px: float
-    counts: ad.AnnData | None = None  # raw counts, obs in the row order of the HDF5
-    attrs: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def n_spots(self) -> int:
-        return int(self.features.shape[0])
-
-
-def canonical_encoder(cfg: Any) -> str:
-    """A comparable string for an encoder config (dict or JSON string)."""
-    if isinstance(cfg, (str, bytes)):
-        cfg = json.loads(cfg)
-    if isinstance(cfg, dict) and "pretrained" in cfg:  # an EncoderConfig: written before `backend` existed means timm
-        cfg = {"backend": "timm", **cfg}
-    return json.dumps(cfg, sort_keys=True, default=str)
-
-
-def read_manifest(pre_dir: Path) -> dict[str, Any]:
-    """The preprocess stage's ``manifest.json`` (clear error if absent or malformed)."""
-    path = Path(pre_dir) / "manifest.json"
-    if not path.is_file():
-        raise DataError(f"{path}: no preprocess manifest (run `eca-bio preprocess` first)")
-    manifest = read_json(path, DataError)
-    for key in ("encoder", "slides"):
-        if key not in manifest:
-            raise DataError(f"{path}: manifest has no '{key}'")
-    seen = set()
-    for i, entry in enumerate(manifest["slides"]):  # ids become output file names; files must stay in the folder
-        where = f"{path}: slides[{i}]"
-        if not isinstance(entry, dict):
-            raise DataError(f"{where}: expected an object")
-        sid = plain_name(entry.get("slide_id"), f"{where}.slide_id", DataError)
-        if sid in seen:
-            raise DataError(f"{where}.slide_id: {sid!r} listed twice")
-        seen.add(sid)
-        for key in ("h5", "h5ad", "thumbnail"):
-            if entry.get(key) or key == "h5":
-                inside(pre_dir, entry.get(key), f"{where}.{key}", DataError)
-    return manifest
-
-
-def _check_finite(arr: np.ndarray, what: str, path: Path) -> None:
-    if not np.isfinite(arr).all():
-        bad = np.argwhere(~np.isfinite(arr.reshape(arr.shape[0], -1)).all(1)).flatten()
-        raise DataError(f"{path}: {what} contain NaN/inf in {bad.size} row(s), e.g. rows {bad[:5].tolist()}")
-
-
-def load_slide(pre_dir: Path, entry: dict[str, Any], encoder: Any, with_tokens: bool = True) -> SlideData:
-    """Read one manifest entry; check the embeddings exist, come from ``encoder`` and are finite."""
-    pre_dir = Path(pre_dir)
-    sid = entry["slide_id"]
-    h5_path = pre_dir / entry["h5"]
-    if not h5_path.is_file():
-        raise DataError(f"slide {sid}: embeddings missing: {h5_path} does not exist (re-run preprocess)")
-    h5 = read_slide_h5(h5_path, with_tokens)
-    attrs = h5.attrs
-    if "encoder_config" not in attrs:
-        raise DataError(f"{h5_path}: no 'encoder_config' attribute; cannot tell which encoder made these embeddings")
-    if canonical_encoder(attrs["encoder_config"]) != canonical_encoder(encoder):
-        raise DataError(f"{h5_path}: embeddings come from another encoder ({canonical_encoder(attrs['encoder_config'])}) "
-                        f"than expected ({canonical_encoder(encoder)})")
-    features, coords, tokens, barcodes = h5.features, h5.coords, h5.tokens, h5.barcodes
-    if tokens is not None:
-        _check_finite(tokens, "tokens", h5_path)
-    size = h5.patch_size_level0
-    centres = coords.astype(np.float64) + size / 2.0
-    counts = None
-    if entry.get("h5ad"):
-        counts, centres = _load_counts(pre_dir / entry["h5ad"], barcodes, h5_path, centres)
-    thumb = pre_dir / entry["thumbnail"] if entry.get("thumbnail") else None
-    return SlideData(sid, features, tokens, coords, centres, h5_path, str(entry.get("image", attrs.get("slide", ""))),
-                     thumb, float(entry.get("mpp", attrs.get("mpp", 0.0))), size, counts, attrs)
-
-
-def _load_counts(path: Path, barcodes: list[str] | None, h5_path: Path, centres: np.ndarray) -> tuple[ad.AnnData, np.ndarray]:
-    if not path.is_file():
-        raise DataError(f"{path}: expression file listed in the manifest does not exist")
-    try:
-        require_self_contained_h5(path, DataError)
-        adata = ad.read_h5ad(path)
-    except (OSError, KeyError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable .h5ad file (truncated or corrupt?): {' '.join(str(exc).split())[:200]}") from exc
-    if barcodes is None:
-        if adata.n_obs != centres.shape[0]:
-            raise DataError(f"{path}: {adata.n_obs} spots but {h5_path} has {centres.shape[0]} rows and no barcodes")
-    else:
-        if len(barcodes) != centres.shape[0]:
-            raise DataError(f"{h5_path}: {len(barcodes)} barcodes for {centres.shape[0]} rows")
-        missing = sorted(set(barcodes) - set(adata.obs_names))
-        if missing:
-            raise DataError(f"{path}: {len(missing)} spot(s) of {h5_path} are absent, e.g. {missing[:3]}")
-        adata = adata[barcodes].copy()
-    values = adata.X.data if sp.issparse(adata.X) else np.asarray(adata.X)  # the stored values only: no densifying
-    if not np.isfinite(values).all() or (values < 0).any():
-        raise DataError(f"{path}: counts must be finite and non-negative")
-    if "spatial" in adata.obsm:
-        centres = np.asarray(adata.obsm["spatial"], dtype=np.float64)
-    return adata, centres
-
-
-def load_preprocessed(pre_dir: Path, require_expression: bool = False, with_tokens: bool = True,
-                      encoder: Any | None = None) -> tuple[dict[str, Any], list[SlideData]]:
-    """All slides of a preprocess run; ``encoder`` (default: the manifest's) must match every slide."""
-    manifest = read_manifest(pre_dir)
-    encoder = manifest["encoder"] if encoder is None else encoder
-    slides = []
-    for entry in manifest["slides"]:
-        if require_expression and not entry.get("h5ad"):
-            continue
-        slides.append(load_slide(pre_dir, entry, encoder, with_tokens))
-    if not slides:
-        raise DataError(f"{pre_dir}/manifest.json lists no {'ST ' if require_expression else ''}slides")
-    dims = {s.features.shape[1] for s in slides}
-    if len(dims) != 1:
-        raise DataError(f"{pre_dir}: slides have different feature dimensions {sorted(dims)}")
-    return manifest, slides
 
 
 def transform_counts(counts: np.ndarray, transform: str, library_size: np.ndarray | None = None) -> np.ndarray:

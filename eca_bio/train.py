@@ -35,7 +35,8 @@ from eca_bio.folds import plan_folds
 from eca_bio.methods import METHOD_LABELS, METHODS, method_seeds
 from eca_bio.model import RidgeBaseline, model_from_hparams
 from eca_bio.spots import FoldSpots, SpotSet, fold_spots, predict_spots
-from eca_bio.targets import SlideData, TargetSpec, canonical_encoder, fit_targets, load_preprocessed, make_targets
+from eca_bio.feature_set import EmbeddingSpec, FeatureSet, SlideData
+from eca_bio.targets import TargetSpec, fit_targets, make_targets
 from eca_bio.tuning import select_ridge_alpha
 
 log = logging.getLogger(__name__)
@@ -87,11 +88,11 @@ def _result(method: str, key: str, spec: TargetSpec, val_id: str | None, test_sl
             "test": [s.slide_id for s in test_sl], "seed": seed, "tuned": dict(tuned or {})}
 
 
-def _write_neural(tmp: Path, method: str, cfg: BioTrainConfig, fs: FoldSpots, spec: TargetSpec, encoder: Any, result: dict[str, Any],
+def _write_neural(tmp: Path, method: str, cfg: BioTrainConfig, fs: FoldSpots, spec: TargetSpec, embedding: EmbeddingSpec, result: dict[str, Any],
                   state: dict[str, torch.Tensor], hparams: dict[str, Any], history: list[dict[str, float]], best_epoch: int) -> np.ndarray | None:
     """History, ``model.pt`` and the result fields of a neural item; returns its test predictions."""
     _write_history(tmp / "history.csv", history)
-    torch.save({"state_dict": state, "hparams": hparams, "targets": spec.to_dict(), "encoder": canonical_encoder(encoder),
+    torch.save({"state_dict": state, "hparams": hparams, "targets": spec.to_dict(), "embedding": embedding.key(),
                 "k": cfg.k, "use_tokens": fs.everything.tokens is not None, "method": method}, tmp / "model.pt")
     pred = predict_spots(model_from_hparams(hparams, state), fs.test, fs.bank) if fs.test is not None else None
     result.update(epochs=best_epoch, epochs_run=len(history), refit=cfg.refit)
@@ -104,14 +105,14 @@ def _write_neural(tmp: Path, method: str, cfg: BioTrainConfig, fs: FoldSpots, sp
 
 
 def _finish_item(tmp: Path, key: str, result: dict[str, Any], pred: np.ndarray | None, fs: FoldSpots, spec: TargetSpec,
-                 encoder: Any, extra: dict[str, Any] | None) -> None:
+                 embedding: EmbeddingSpec, extra: dict[str, Any] | None) -> None:
     """Predictions, (final model) bank and targets, extra JSON files, result.json and the item's done marker."""
     if pred is not None:
         _save_predictions(tmp / "predictions.npz", pred, fs.test)
     if fs.test is None:
         fs.bank.save(tmp / "bank.npz")
         write_json_atomic(tmp / "targets.json", spec.to_dict())
-    result["encoder"] = canonical_encoder(encoder)
+    result["embedding"] = embedding.key()
     for name, content in (extra or {}).items():
         write_json_atomic(tmp / name, content)
     write_json_atomic(tmp / "result.json", result)
@@ -119,13 +120,13 @@ def _finish_item(tmp: Path, key: str, result: dict[str, Any], pred: np.ndarray |
 
 
 def train_method(method: str, cfg: BioTrainConfig, train_sl: list[SlideData], val_id: str | None, test_sl: list[SlideData],
-                 spec: TargetSpec, encoder: Any, out: Path, options: dict[str, Any], key: str,
+                 spec: TargetSpec, embedding: EmbeddingSpec, out: Path, options: dict[str, Any], key: str,
                  extra: dict[str, Any] | None = None, seed: int = 0, tuned: dict[str, float] | None = None) -> dict[str, Any]:
     """Train one method on one fold alone (ridge, or a neural method in the per-fit Lightning loop) and write model,
     history and test predictions into ``out`` atomically; ``tuned`` holds the validation-slide search's choice."""
     if tuned:
         cfg = tuning.apply(cfg, tuned)
-    fs = fold_spots(cfg, train_sl, val_id, test_sl, spec, encoder)
+    fs = fold_spots(cfg, train_sl, val_id, test_sl, spec, embedding)
     result = _result(method, key, spec, val_id, test_sl, seed, tuned)
     with atomic_dir(out) as tmp:
         if method in ("ridge", "ridge_cv"):
@@ -140,21 +141,21 @@ def train_method(method: str, cfg: BioTrainConfig, train_sl: list[SlideData], va
             task, history, best_epoch = fit_neural(method, cfg, fs.fit, fs.val, fs.everything, fs.bank, tmp, options, seed)
             for stale in tmp.glob("best*.ckpt"):
                 stale.rename(tmp / "early_stopping.ckpt")
-            pred = _write_neural(tmp, method, cfg, fs, spec, encoder, result, task.model.state_dict(), dict(task.hparams),
+            pred = _write_neural(tmp, method, cfg, fs, spec, embedding, result, task.model.state_dict(), dict(task.hparams),
                                  history, best_epoch)
-        _finish_item(tmp, key, result, pred, fs, spec, encoder, extra)
+        _finish_item(tmp, key, result, pred, fs, spec, embedding, extra)
     return result
 
 
-def write_run(out: Path, method: str, cfg: BioTrainConfig, fs: FoldSpots, spec: TargetSpec, encoder: Any, key: str, val_id: str | None,
+def write_run(out: Path, method: str, cfg: BioTrainConfig, fs: FoldSpots, spec: TargetSpec, embedding: EmbeddingSpec, key: str, val_id: str | None,
               test_sl: list[SlideData], run: RunSpec, fitted: RunFit, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write one run of the training engine as an item folder (the same files as :func:`train_method`), atomically."""
     result = _result(method, key, spec, val_id, test_sl, run.seed, run.overrides)
     with atomic_dir(out) as tmp:
         torch.save({"state_dict": fitted.early_state, "hparams": fitted.hparams}, tmp / "early_stopping.pt")
-        pred = _write_neural(tmp, method, cfg, fs, spec, encoder, result, fitted.state, fitted.hparams, fitted.history,
+        pred = _write_neural(tmp, method, cfg, fs, spec, embedding, result, fitted.state, fitted.hparams, fitted.history,
                              fitted.best_epoch)
-        _finish_item(tmp, key, result, pred, fs, spec, encoder, extra)
+        _finish_item(tmp, key, result, pred, fs, spec, embedding, extra)
     return result
 
 
@@ -176,7 +177,7 @@ class RunGroup:
     val_id: str
     test_sl: list[SlideData]
     spec: TargetSpec
-    encoder: Any
+    embedding: EmbeddingSpec
     items: dict[int, Path]  # seed -> item folder
     key_of: Callable[[int, dict[str, float]], str]  # (seed, chosen search overrides) -> item key
     tune_path: Path
@@ -190,7 +191,7 @@ class RunGroup:
 
     def fold(self, cfg: BioTrainConfig) -> FoldSpots:
         if self.spots is None:
-            self.spots = fold_spots(cfg, self.train_sl, self.val_id, self.test_sl, self.spec, self.encoder)
+            self.spots = fold_spots(cfg, self.train_sl, self.val_id, self.test_sl, self.spec, self.embedding)
         return self.spots
 
     def job(self, cfg: BioTrainConfig, runs: list[RunSpec]) -> FitJob:
@@ -198,7 +199,7 @@ class RunGroup:
         return FitJob(runs, fs.fit, fs.val, fs.everything if cfg.refit else None, fs.bank)
 
     def write(self, method: str, cfg: BioTrainConfig, run: RunSpec, fitted: RunFit) -> None:
-        write_run(self.items[run.seed], method, cfg, self.fold(cfg), self.spec, self.encoder, self.key_of(run.seed, run.overrides),
+        write_run(self.items[run.seed], method, cfg, self.fold(cfg), self.spec, self.embedding, self.key_of(run.seed, run.overrides),
                   self.val_id, self.test_sl, run, fitted, self.extra)
 
 
@@ -245,14 +246,14 @@ def train_groups(method: str, cfg: BioTrainConfig, groups: list[RunGroup], devic
     return trained, total - trained
 
 
-def tune_method(method: str, cfg: BioTrainConfig, train_sl: list[SlideData], val_id: str, spec: TargetSpec, encoder: Any,
+def tune_method(method: str, cfg: BioTrainConfig, train_sl: list[SlideData], val_id: str, spec: TargetSpec, embedding: EmbeddingSpec,
                 path: Path, options: dict[str, Any], key: str) -> dict[str, float]:
     """Try the method's candidate configurations on the validation slide; write ``tuning.json``; return the choice."""
     if item_is_current(path.with_name("tuning.done.json"), key):
         return read_json(path)["chosen"]
     from eca_bio.fit import validation_score
 
-    fs = fold_spots(cfg, train_sl, val_id, [], spec, encoder)
+    fs = fold_spots(cfg, train_sl, val_id, [], spec, embedding)
     trials = []
     for overrides in tuning.candidates(method, cfg):
         score, epoch = validation_score(method, tuning.apply(cfg, overrides), fs.fit, fs.val, fs.bank, options, cfg.seeds[0])
@@ -285,12 +286,13 @@ def _train_all(cfg: BioTrainConfig, pre_dir: Path, out_dir: Path, options: dict[
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     quiet_lightning()
-    manifest, slides = load_preprocessed(pre_dir, require_expression=True, with_tokens=cfg.use_tokens)
+    features = FeatureSet(pre_dir)
+    slides = features.slides(require_expression=True, with_tokens=cfg.use_tokens)
     by_id = {s.slide_id: s for s in slides}
     folds = plan_folds(list(by_id), cfg.cv, cfg.n_folds, cfg.test_slides)  # validates before anything is written
     out_dir.mkdir(parents=True, exist_ok=True)
-    encoder = manifest["encoder"]
-    base_key = {"encoder": canonical_encoder(encoder), "slides": {s.slide_id: _slide_key(s) for s in slides}}
+    embedding = features.spec
+    base_key = {"embedding": embedding.key(), "slides": {s.slide_id: _slide_key(s) for s in slides}}
     specs: dict[tuple[str, int], TargetSpec] = {}
     for transform in cfg.transforms:
         for fold in folds:
@@ -302,7 +304,7 @@ def _train_all(cfg: BioTrainConfig, pre_dir: Path, out_dir: Path, options: dict[
                 write_json_atomic(out_dir / transform / f"fold_{fold['fold']}" / "targets.json",
                                   {**spec.to_dict(), "missing_genes": missing, "fold": fold})
     if main:
-        write_json_atomic(out_dir / "folds.json", {"cv": cfg.cv, "folds": folds, "encoder": encoder,
+        write_json_atomic(out_dir / "folds.json", {"cv": cfg.cv, "folds": folds, "encoder": embedding.encoder,
                                                    "feature_dim": int(slides[0].features.shape[1]),
                                                    "config": to_dict(cfg), "labels": METHOD_LABELS})
     # one group per (transform, fold, method): its tuning, then its seeds, on one rank
@@ -321,10 +323,10 @@ def _train_all(cfg: BioTrainConfig, pre_dir: Path, out_dir: Path, options: dict[
             engine = METHODS[method] is not None and cfg.engine == "vectorised"
             if transform == "final":
                 if engine:
-                    stacked.setdefault(method, []).append(final_group(cfg, slides, manifest, out_dir / "final", base_key))
+                    stacked.setdefault(method, []).append(final_group(cfg, slides, features, out_dir / "final", base_key))
                     continue
                 bar.set_postfix_str(f"final {method}")
-                trained = train_final(cfg, slides, manifest, out_dir / "final", options, base_key)
+                trained = train_final(cfg, slides, features, out_dir / "final", options, base_key)
                 done, skipped = done + trained, skipped + (not trained)
                 bar.update(1)
                 continue
@@ -335,19 +337,19 @@ def _train_all(cfg: BioTrainConfig, pre_dir: Path, out_dir: Path, options: dict[
             tune_key = _digest({**item_key, "tune": True})
             if engine:
                 stacked.setdefault(method, []).append(RunGroup(
-                    train_sl, fold["val"], test_sl, spec, encoder, {k: method_dir / f"seed_{k}" for _, _, _, k in group},
+                    train_sl, fold["val"], test_sl, spec, embedding, {k: method_dir / f"seed_{k}" for _, _, _, k in group},
                     lambda seed, chosen, item_key=item_key: _digest({**item_key, "seed": seed, "tuned": chosen}),
                     method_dir / "tuning.json", tune_key))
                 continue
             bar.set_postfix_str(f"{transform} fold {fold['fold']} {method}")
             tuned = {} if METHODS[method] is None or cfg.tune_trials <= 1 else tune_method(
-                method, cfg, train_sl, fold["val"], spec, encoder, method_dir / "tuning.json", options, tune_key)
+                method, cfg, train_sl, fold["val"], spec, embedding, method_dir / "tuning.json", options, tune_key)
             for _, _, _, seed in group:
                 key = _digest({**item_key, "seed": seed, "tuned": tuned})
                 if _is_done(method_dir / f"seed_{seed}", key):
                     skipped += 1
                 else:
-                    train_method(method, cfg, train_sl, fold["val"], test_sl, spec, encoder, method_dir / f"seed_{seed}", options, key,
+                    train_method(method, cfg, train_sl, fold["val"], test_sl, spec, embedding, method_dir / f"seed_{seed}", options, key,
                                  seed=seed, tuned=tuned)
                     done += 1
                 bar.update(1)
@@ -365,43 +367,42 @@ def _train_all(cfg: BioTrainConfig, pre_dir: Path, out_dir: Path, options: dict[
             "final": str(out_dir / "final") if cfg.final_method is not None else None}
 
 
-def _final_key(cfg: BioTrainConfig, manifest: dict[str, Any], base_key: dict[str, Any]) -> str:
+def _final_key(cfg: BioTrainConfig, features: FeatureSet, base_key: dict[str, Any]) -> str:
     transform = cfg.final_transform or cfg.transforms[0]
     return _digest({**base_key, "config": item_config(cfg, cfg.final_method), "final": cfg.final_method, "transform": transform,
-                    "seed": cfg.seeds[0], "preprocess": {"encoder": manifest["encoder"], "params": manifest.get("params", {})}})
+                    "seed": cfg.seeds[0], "preprocess": features.manifest.get("params", {})})
 
 
-def _final_setup(cfg: BioTrainConfig, slides: list[SlideData], manifest: dict[str, Any]) -> tuple[list[str], TargetSpec, dict[str, Any]]:
+def _final_setup(cfg: BioTrainConfig, slides: list[SlideData], features: FeatureSet) -> tuple[list[str], TargetSpec, dict[str, Any]]:
     """The final model's slide ids (the last one early-stops it), targets and the ``preprocess.json`` new slides must match."""
     ids = sorted(s.slide_id for s in slides)
     spec = fit_targets(slides, cfg.final_transform or cfg.transforms[0], cfg.n_genes)
-    extra = {"preprocess.json": {"encoder": manifest["encoder"], "params": manifest.get("params", {}),
-                                 "train_inputs": {e["slide_id"]: e["inputs"] for e in manifest["slides"]
-                                                  if e["slide_id"] in ids and e.get("inputs")}}}
+    extra = {"preprocess.json": {"embedding": features.spec.to_dict(), "encoder": features.spec.encoder,
+                                 "params": features.manifest.get("params", {}), "train_inputs": features.inputs(ids)}}
     return ids, spec, extra
 
 
-def final_group(cfg: BioTrainConfig, slides: list[SlideData], manifest: dict[str, Any], out: Path, base_key: dict[str, Any]) -> RunGroup:
+def final_group(cfg: BioTrainConfig, slides: list[SlideData], features: FeatureSet, out: Path, base_key: dict[str, Any]) -> RunGroup:
     """The final model (``final_method`` on every ST slide) as a run group of the training engine."""
-    key = _final_key(cfg, manifest, base_key)
-    ids, spec, extra = _final_setup(cfg, slides, manifest)
-    return RunGroup(slides, ids[-1], [], spec, manifest["encoder"], {cfg.seeds[0]: out}, lambda *_: key,
+    key = _final_key(cfg, features, base_key)
+    ids, spec, extra = _final_setup(cfg, slides, features)
+    return RunGroup(slides, ids[-1], [], spec, features.spec, {cfg.seeds[0]: out}, lambda *_: key,
                     out.with_name("final_tuning.json"), _digest({"final_tuning": key}), extra)
 
 
-def train_final(cfg: BioTrainConfig, slides: list[SlideData], manifest: dict[str, Any], out: Path, options: dict[str, Any],
+def train_final(cfg: BioTrainConfig, slides: list[SlideData], features: FeatureSet, out: Path, options: dict[str, Any],
                 base_key: dict[str, Any]) -> bool:
     """``final_method`` trained on every ST slide (early stopping on one of them) alone, with its exemplar bank and the
-    preprocess parameters (encoder, patch size) that new slides must be embedded with. Returns whether it was trained."""
-    key = _final_key(cfg, manifest, base_key)
+    embedding (encoder, patch size) that new slides must be embedded with. Returns whether it was trained."""
+    key = _final_key(cfg, features, base_key)
     if _is_done(out, key):
         return False
-    ids, spec, extra = _final_setup(cfg, slides, manifest)
+    ids, spec, extra = _final_setup(cfg, slides, features)
     tune_path, tune_key = out.with_name("final_tuning.json"), _digest({"final_tuning": key})
     chosen = {}
     if METHODS[cfg.final_method] is not None and cfg.tune_trials > 1:
-        chosen = tune_method(cfg.final_method, cfg, slides, ids[-1], spec, manifest["encoder"], tune_path, options, tune_key)
-    train_method(cfg.final_method, cfg, slides, ids[-1], [], spec, manifest["encoder"], out, options, key, seed=cfg.seeds[0],
+        chosen = tune_method(cfg.final_method, cfg, slides, ids[-1], spec, features.spec, tune_path, options, tune_key)
+    train_method(cfg.final_method, cfg, slides, ids[-1], [], spec, features.spec, out, options, key, seed=cfg.seeds[0],
                  tuned=chosen, extra=extra)
     return True
 

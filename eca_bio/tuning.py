@@ -21,7 +21,8 @@ import numpy as np
 from eca_bio.methods import METHODS
 from eca_bio.model import RidgeBaseline
 from eca_bio.spots import epoch_scores
-from eca_bio.targets import SlideData, TargetSpec, make_targets
+from eca_bio.feature_set import SlideData
+from eca_bio.targets import TargetSpec, make_targets
 from eca_core.variants import layer_config
 
 if TYPE_CHECKING:

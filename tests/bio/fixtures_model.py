@@ -14,7 +14,8 @@ ENCODER = {"name": "vit_tiny_test", "pretrained": False, "weights": None, "kwarg
 
 
 def write_slide(out_dir: Path, slide_id: str, features: np.ndarray, tokens: np.ndarray, coords: np.ndarray,
-                counts: np.ndarray | None, genes: list[str], encoder: dict = ENCODER) -> dict:
+                counts: np.ndarray | None, genes: list[str], encoder: dict = ENCODER, patch_um: float = 32.0,
+                patch_px: int = 64) -> dict:
     """Write ``slides/<id>.h5`` (+ ``.h5ad`` when counts are given) and return the manifest entry."""
     slides = out_dir / "slides"
     slides.mkdir(parents=True, exist_ok=True)
@@ -26,7 +27,7 @@ def write_slide(out_dir: Path, slide_id: str, features: np.ndarray, tokens: np.n
         f["tokens"] = tokens.astype(np.float16)
         if counts is not None:
             f["barcodes"] = np.array(barcodes, dtype=object).astype("S")
-        f.attrs.update(mpp=0.5, patch_size_px=64, patch_size_um=32.0, encoder=encoder["name"],
+        f.attrs.update(mpp=0.5, patch_size_px=64, patch_size_um=float(patch_um), patch_px=int(patch_px), token_grid=0, encoder=encoder["name"],
                        encoder_config=json.dumps(encoder), feature_dim=features.shape[1],
                        slide=f"/data/{slide_id}.png", slide_id=slide_id, params_hash="abc")
     h5ad = None
@@ -49,6 +50,7 @@ def make_preprocess_dir(out_dir: Path, n_slides: int = 4, n_spots: int = 40, n_g
                         params: dict | None = None) -> Path:
     """A preprocess output folder whose expression depends (learnably) on the features."""
     encoder = encoder or ENCODER
+    params = params or {"patch_um": 32.0, "patch_px": 64}
     rng = np.random.default_rng(seed)
     out_dir = Path(out_dir)
     genes = [f"G{i:03d}" for i in range(n_genes)]
@@ -65,7 +67,8 @@ def make_preprocess_dir(out_dir: Path, n_slides: int = 4, n_spots: int = 40, n_g
         if missing_gene and s == n_slides - 1:
             slide_genes, counts = slide_genes[1:], counts[:, 1:]
         grid = np.stack(np.meshgrid(np.arange(8), np.arange(int(np.ceil(n_spots / 8)))), -1).reshape(-1, 2)[:n_spots]
-        entries.append(write_slide(out_dir, sid, features, tokens, grid * 64, counts, slide_genes, encoder))
-    manifest = {"encoder": encoder, "feature_dim": dim, "params": params or {"patch_um": 32.0, "patch_px": 64}, "slides": entries}
+        entries.append(write_slide(out_dir, sid, features, tokens, grid * 64, counts, slide_genes, encoder,
+                                   params.get("patch_um", 32.0), params.get("patch_px", 64)))
+    manifest = {"encoder": encoder, "feature_dim": dim, "params": params, "slides": entries}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return out_dir

@@ -14,7 +14,8 @@ from eca_bio.engine import FitJob, RunSpec, fit_jobs, fit_runs
 from eca_bio.members import DropoutStream, MemberDropout
 from eca_bio.fit import fit_neural
 from eca_bio.spots import predict_spots
-from eca_bio.targets import fit_targets, load_preprocessed
+from eca_bio.feature_set import FeatureSet
+from eca_bio.targets import fit_targets
 from eca_bio.spots import fold_spots
 from eca_bio.train import BioTrainConfig, train_all
 from tests.bio.fixtures_model import make_preprocess_dir
@@ -26,7 +27,8 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def slides(tmp_path_factory):
     pre = make_preprocess_dir(tmp_path_factory.mktemp("engine") / "pre", n_slides=4, n_spots=37)
-    return load_preprocessed(pre, require_expression=True, with_tokens=True)
+    features = FeatureSet(pre)
+    return features, features.slides(require_expression=True, with_tokens=True)
 
 
 def _cfg(**kw):
@@ -35,10 +37,10 @@ def _cfg(**kw):
 
 
 def _fold(cfg, slides, train=(0, 1, 2), val="S2", test=(3,)):
-    manifest, sl = slides
+    features, sl = slides
     train_sl = [sl[i] for i in train]
     spec = fit_targets(train_sl, "egn", cfg.n_genes)
-    return fold_spots(cfg, train_sl, val, [sl[i] for i in test], spec, manifest["encoder"])
+    return fold_spots(cfg, train_sl, val, [sl[i] for i in test], spec, features.spec)
 
 
 RUNS = [RunSpec(0), RunSpec(1, {"lr": 3e-3, "dropout": 0.3, "tau_min": 0.5, "beta": 2.0, "lambda_max": 1.5, "sra_weight": 1e-2}),
@@ -79,7 +81,7 @@ def test_folds_of_different_sizes_in_one_ensemble_equal_each_fold_alone(slides):
     cfg = _cfg(epochs=5)
     a = _fold(cfg, slides)
     b = _fold(cfg, slides, train=(1, 2, 3), val="S3", test=(0,))
-    manifest, sl = slides
+    _, sl = slides
     b.fit.features = b.fit.features[:-5]  # another size: a cohort of its own, trained in the same loop
     for name in ("tokens", "targets", "exemplars", "slide_ids", "centres"):
         setattr(b.fit, name, getattr(b.fit, name)[:-5])

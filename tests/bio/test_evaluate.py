@@ -11,7 +11,7 @@ import pytest
 
 from eca_core.metrics import regression_report
 from eca_bio.evaluate import EvaluateConfig, evaluate_run
-from eca_bio.targets import DataError
+from eca_bio.feature_set import DataError
 from eca_bio.train import train_all
 from tests.bio.fixtures_model import make_preprocess_dir
 from tests.bio.test_train import tiny_config

@@ -74,5 +74,5 @@ def test_bank_refuses_other_gene_list_and_round_trips(tmp_path):
         bank.check_compatible([f"g{i}" for i in range(5)], 16)
     bank.save(tmp_path / "bank.npz")
     back = ExemplarBank.load(tmp_path / "bank.npz")
-    assert back.genes == bank.genes and back.encoder == "enc"
+    assert back.genes == bank.genes and back.embedding == "enc"
     np.testing.assert_array_equal(back.slide_ids, bank.slide_ids)

@@ -11,7 +11,7 @@ import pytest
 from eca_bio.model import ModelConfig
 from eca_bio.predict import PredictConfig, predict_slides
 from eca_bio.preprocess import run_preprocess
-from eca_bio.targets import DataError
+from eca_bio.feature_set import DataError
 from eca_bio.folds import plan_folds
 from eca_bio.train import BioTrainConfig, train_all
 

@@ -12,7 +12,7 @@ from eca_core.config import to_dict
 from eca_bio.encoders import EncoderConfig
 from eca_bio.predict import PredictConfig, find_model, predict_slides
 from eca_bio.preprocess import PreprocessConfig
-from eca_bio.targets import DataError
+from eca_bio.feature_set import DataError
 from eca_bio.train import train_all
 from tests.bio.fixtures_model import make_preprocess_dir
 from tests.bio.test_train import tiny_config

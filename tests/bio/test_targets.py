@@ -8,7 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
-from eca_bio.targets import DataError, fit_targets, load_preprocessed, make_targets, select_genes, transform_counts
+from eca_bio.feature_set import DataError, FeatureSet
+from eca_bio.targets import fit_targets, make_targets, select_genes, transform_counts
 from tests.bio.fixtures_model import make_preprocess_dir
 
 
@@ -23,7 +24,7 @@ def test_transforms_match_their_formulas():
 
 
 def test_gene_selection_and_minmax_use_training_slides_only(tmp_path):
-    _, slides = load_preprocessed(make_preprocess_dir(tmp_path / "pre", n_slides=3, n_genes=12))
+    slides = FeatureSet(make_preprocess_dir(tmp_path / "pre", n_slides=3, n_genes=12)).slides()
     train, test = slides[:2], slides[2]
     # a gene that only the test slide expresses, hugely: it must not be selected
     test.counts.X = np.asarray(test.counts.X).copy()
@@ -45,7 +46,7 @@ def test_gene_selection_and_minmax_use_training_slides_only(tmp_path):
 
 
 def test_missing_genes_are_zero_and_reported(tmp_path):
-    _, slides = load_preprocessed(make_preprocess_dir(tmp_path / "pre", n_slides=3, missing_gene=True))
+    slides = FeatureSet(make_preprocess_dir(tmp_path / "pre", n_slides=3, missing_gene=True)).slides()
     spec = fit_targets(slides[:2], "libsize", 30)
     y, missing = make_targets(slides[2], spec)
     assert missing == ["G000"]
@@ -57,8 +58,8 @@ def test_missing_embeddings_other_encoder_and_nan_are_clear_errors(tmp_path):
     pre = make_preprocess_dir(tmp_path / "pre", n_slides=2)
     with h5py.File(pre / "slides/S1.h5", "a") as f:
         f.attrs["encoder_config"] = json.dumps({"name": "another_vit"})
-    with pytest.raises(DataError, match=r"S1\.h5: embeddings come from another encoder"):
-        load_preprocessed(pre)
+    with pytest.raises(DataError, match=r"S1\.h5: embeddings made with another_vit on 32 um patches at 64 px .*, expected "):
+        FeatureSet(pre).slides()
     pre = make_preprocess_dir(tmp_path / "pre2", n_slides=2)
     with h5py.File(pre / "slides/S0.h5", "a") as f:
         feats = f["features"][:]
@@ -67,8 +68,8 @@ def test_missing_embeddings_other_encoder_and_nan_are_clear_errors(tmp_path):
     from eca_bio.slide_h5 import FeatureFileError  # the feature file's own reader refuses it
 
     with pytest.raises(FeatureFileError, match=r"S0\.h5: features contain NaN/inf in 1 row\(s\), e.g. rows \[3\]"):
-        load_preprocessed(pre)
+        FeatureSet(pre).slides()
     pre = make_preprocess_dir(tmp_path / "pre3", n_slides=2)
     (pre / "slides/S1.h5").unlink()
     with pytest.raises(DataError, match=r"slide S1: embeddings missing"):
-        load_preprocessed(pre)
+        FeatureSet(pre).slides()

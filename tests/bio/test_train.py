@@ -10,7 +10,7 @@ import pytest
 
 from eca_bio.exemplars import BankMismatchError, ExemplarBank
 from eca_bio.model import ModelConfig
-from eca_bio.targets import DataError
+from eca_bio.feature_set import DataError
 from eca_bio.checkpoint import load_trained
 from eca_bio.folds import plan_folds
 from eca_bio.train import BioTrainConfig, train_all
@@ -65,7 +65,7 @@ def test_train_writes_every_item_and_resumes(tmp_path):
     model = load_trained(out / "final")
     assert model.bank.genes == model.spec.genes and model.spec.train_slides == ["S0", "S1", "S2"]
     other = ExemplarBank(model.bank.embeddings, model.bank.targets, model.bank.slide_ids,
-                         list(reversed(model.bank.genes)), model.bank.encoder)
+                         list(reversed(model.bank.genes)), model.bank.embedding)
     with pytest.raises(BankMismatchError, match="gene list does not match the model's"):
         load_trained(out / "final", bank=other)
 
@@ -89,7 +89,7 @@ def test_nan_features_and_other_encoder_fail_before_writing(tmp_path):
     pre = make_preprocess_dir(tmp_path / "pre2", n_slides=3, n_spots=10)
     with h5py.File(pre / "slides/S1.h5", "a") as f:
         f.attrs["encoder_config"] = json.dumps({"name": "vit_giant"})
-    with pytest.raises(DataError, match="another encoder"):
+    with pytest.raises(DataError, match="embeddings made with vit_giant on 32 um patches"):
         train_all(tiny_config(), pre, tmp_path / "train2", progress=False)
     assert not (tmp_path / "train2").exists()
 
@@ -130,13 +130,15 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
 
 def test_training_exemplars_come_from_other_training_slides_only(tmp_path):
     from eca_bio.exemplars import ExemplarIndex
-    from eca_bio.targets import fit_targets, load_preprocessed
+    from eca_bio.feature_set import FeatureSet
+    from eca_bio.targets import fit_targets
     from eca_bio.spots import build_spots, make_bank
 
-    manifest, slides = load_preprocessed(make_preprocess_dir(tmp_path / "pre", n_slides=4, n_spots=15))
+    features = FeatureSet(make_preprocess_dir(tmp_path / "pre", n_slides=4, n_spots=15))
+    slides = features.slides()
     train, test = slides[:3], slides[3:]
     spec = fit_targets(train, "egn", 10)
-    bank = make_bank(train, spec, manifest["encoder"])
+    bank = make_bank(train, spec, features.spec)
     assert set(bank.slide_ids) == {"S0", "S1", "S2"}
     index = ExemplarIndex(bank, k=4)
     spots = build_spots(train, spec, index, True)

@@ -17,7 +17,7 @@ import torch
 from eca_bio.preprocess import PreprocessError, run_preprocess
 from eca_bio.slides import SlideError, open_slide
 from eca_bio.st import STError, read_legacy_st
-from eca_bio.targets import DataError, load_preprocessed
+from eca_bio.feature_set import DataError, FeatureSet
 from eca_bio.checkpoint import load_trained
 from eca_bio.train import train_all
 from tests.bio.conftest import make_legacy_st, tissue_image
@@ -122,7 +122,7 @@ def test_truncated_embeddings_file_is_named(tmp_path):
     from eca_bio.slide_h5 import FeatureFileError
 
     with pytest.raises(FeatureFileError, match=r"S1\.h5: not a readable HDF5 file \(truncated or corrupt\?\)"):
-        load_preprocessed(pre)
+        FeatureSet(pre).slides()
 
 
 def test_changed_inputs_and_outputs_are_redone_per_slide(tmp_path):

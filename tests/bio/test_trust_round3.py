@@ -56,7 +56,7 @@ def test_evaluate_refuses_a_plan_whose_slide_id_leaves_the_folder(tmp_path):
     import json
 
     from eca_bio.evaluate import EvaluateConfig, evaluate_run
-    from eca_bio.targets import DataError
+    from eca_bio.feature_set import DataError
     from eca_bio.train import train_all
     from tests.bio.fixtures_model import make_preprocess_dir
     from tests.bio.test_train import tiny_config
