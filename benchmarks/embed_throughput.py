@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             done = embed_slides([job], encoder, norm, info["feature_dim"], info["num_tokens"], args.patch_px,
                                 batch_size=args.batch_size, num_workers=args.num_workers,
-                                options={"accelerator": args.accelerator, "devices": 1}, progress=False, precision=args.precision)
+                                runtime={"accelerator": args.accelerator, "devices": 1}, progress=False, precision=args.precision)
             tp = time.perf_counter() - start
             assert done == [s], done
             tb = bare_forward(encoder, norm, patches, len(c), device, bf16)

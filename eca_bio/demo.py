@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 
 from eca_core.io import atomic_path, write_text_atomic
 from eca_core import distributed
-from eca_core.cli import add_runtime_arguments, runtime_options
+from eca_core.runtime import Runtime
 from eca_core.pipeline import PipelineSpec, run_pipeline, validate_pipeline
 from eca_core.resume import RunLock
 
@@ -118,7 +118,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
                         help="override a stage parameter of the demo pipeline; repeatable")
-    add_runtime_arguments(parser)
+    Runtime.add_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -128,7 +128,7 @@ def main(args: argparse.Namespace) -> int:
     os.environ["RUN_DIR"] = str(out.resolve())
     spec = PipelineSpec.from_yaml(args.pipeline or default_pipeline()).with_overrides(args.overrides)
     validate_pipeline(spec)  # a bad --set fails now, not after the data are painted
-    distributed.launch(runtime_options(args))  # several ranks: start them before anything is written
+    distributed.launch(Runtime.from_args(args))  # several ranks: start them before anything is written
     with RunLock(out):
         records = _run(spec, out, args)
     if not distributed.is_main():
@@ -151,4 +151,4 @@ def _run(spec: PipelineSpec, out: Path, args: argparse.Namespace) -> dict:
     if distributed.is_main():
         print(f"synthetic data: {len(list(data['st_dir'].iterdir()))} ST slides in {data['st_dir'].resolve()}, "
               f"new slide {data['new_slide'].resolve()}")
-    return run_pipeline(spec, out, options=runtime_options(args))
+    return run_pipeline(spec, out, runtime=Runtime.from_args(args))

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from eca_core import distributed
 from eca_core.trainer import call_trainer, make_trainer
+from eca_core.runtime import Runtime
 from eca_bio import slide_h5
 from eca_bio.encoders import FrozenEncoder, Normalisation
 from eca_bio.slides import SlideReader
@@ -249,17 +250,17 @@ class SlideH5Writer(BasePredictionWriter):
 
 def embed_slides(jobs: Sequence[SlideJob], encoder: FrozenEncoder, norm: Normalisation, feature_dim: int, num_tokens: int,
                  patch_px: int, batch_size: int = 32, num_workers: int = 2, store_tokens: bool = True,
-                 options: dict[str, Any] | None = None, progress: bool = True, precision: str = "32-true") -> list[str]:
+                 runtime: Runtime | None = None, progress: bool = True, precision: str = "32-true") -> list[str]:
     """Embed every job's patches and write one HDF5 per slide; returns the slide ids written.
 
     With several ranks every rank must call this with the same jobs; each embeds its share of every
     slide's tiles on its own device, and rank 0 assembles the files.
     """
-    options = distributed.device_options(options)
+    runtime = distributed.on_this_rank(runtime)
     dm = SlideDataModule(jobs, patch_px, batch_size, num_workers)
     module = EmbedModule(encoder, norm, store_tokens)
     writer = SlideH5Writer(dm, feature_dim, num_tokens, store_tokens, progress and distributed.is_main())
-    trainer = make_trainer(options, precision=precision, callbacks=[writer], use_distributed_sampler=False)
+    trainer = make_trainer(runtime, precision=precision, callbacks=[writer], use_distributed_sampler=False)
     error: BaseException | None = None
     try:
         with warnings.catch_warnings():

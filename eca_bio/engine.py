@@ -390,18 +390,6 @@ def best_validation(history: list[dict[str, float]]) -> tuple[float, int]:
     return float(np.nanmax(vals)), int(np.nanargmax(vals)) + 1
 
 
-def engine_device(options: dict[str, Any] | None) -> torch.device:
-    """The device the engine trains on: this rank's GPU for ``--accelerator gpu`` (or ``auto`` with CUDA), else the CPU."""
-    from eca_core import distributed
-
-    opts = dict(options or {})
-    if distributed.resolve_accelerator(opts) not in ("gpu", "cuda"):
-        return torch.device("cpu")
-    devices = opts.get("devices")
-    index = devices[0] if isinstance(devices, (list, tuple)) and devices else distributed.local_rank()
-    return torch.device("cuda", int(index))
-
-
 def fit_early(method: str, cfg: BioTrainConfig, jobs: list[FitJob], device: torch.device | str = "cpu") -> list[list[RunFit]]:
     """Every run of every job trained together with early stopping on its job's ``val``; one list of :class:`RunFit`
     per job (runs in order) holding the best epoch's model, the history and the best epoch count (``refit`` next)."""

@@ -5,7 +5,7 @@ The reference the training engine (:mod:`eca_bio.engine`) is held to, and ``trai
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from eca_core.config import to_dict
 from eca_core.trainer import call_trainer, make_trainer
+from eca_core.runtime import Runtime
 from eca_bio.engine import best_validation
 from eca_bio.members import use_member_dropout
 from eca_bio.exemplars import ExemplarBank
@@ -24,14 +25,14 @@ if TYPE_CHECKING:
     from eca_bio.configs import BioTrainConfig
 
 
-def _trainer(options: dict[str, Any], max_epochs: int, callbacks: list, validate: bool, min_epochs: int = 1):
-    return make_trainer(options, max_epochs=max_epochs, min_epochs=min(min_epochs, max_epochs), callbacks=callbacks,
+def _trainer(runtime: Runtime, max_epochs: int, callbacks: list, validate: bool, min_epochs: int = 1):
+    return make_trainer(runtime, max_epochs=max_epochs, min_epochs=min(min_epochs, max_epochs), callbacks=callbacks,
                         limit_val_batches=1.0 if validate else 0, deterministic=False)
 
 
-def _loader(ds: Dataset, batch_size: int, shuffle: bool, options: dict[str, Any], seed: int) -> DataLoader:
+def _loader(ds: Dataset, batch_size: int, shuffle: bool, runtime: Runtime, seed: int) -> DataLoader:
     gen = torch.Generator().manual_seed(seed)
-    workers = options.get("num_workers") or 0
+    workers = Runtime.of(runtime).workers(0)
     # drop a trailing batch of 1 spot: batch PCC is undefined on one row
     drop_last = shuffle and len(ds) % batch_size == 1
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen, num_workers=workers, drop_last=drop_last)
@@ -49,33 +50,33 @@ def _new_task(method: str, cfg: BioTrainConfig, spots: SpotSet, seed: int) -> Ex
 
 
 def _early_stopped(task: ExpressionTask, cfg: BioTrainConfig, fit: SpotSet, val: SpotSet, bank: ExemplarBank,
-                   options: dict[str, Any], seed: int, callbacks: list) -> list[dict[str, float]]:
+                   runtime: Runtime, seed: int, callbacks: list) -> list[dict[str, float]]:
     """Train ``task`` on ``fit`` with early stopping on ``val``'s PCC@M; its per-epoch history."""
     stop = L.pytorch.callbacks.EarlyStopping(monitor="val_pcc", mode="max", patience=cfg.patience)
-    trainer = _trainer(options, cfg.epochs, [*callbacks, stop], validate=True, min_epochs=cfg.min_epochs)
-    call_trainer(trainer.fit, task, _loader(SpotDataset(fit, bank), cfg.batch_size, True, options, seed),
-                 _loader(SpotDataset(val, bank), cfg.batch_size, False, options, seed))
+    trainer = _trainer(runtime, cfg.epochs, [*callbacks, stop], validate=True, min_epochs=cfg.min_epochs)
+    call_trainer(trainer.fit, task, _loader(SpotDataset(fit, bank), cfg.batch_size, True, runtime, seed),
+                 _loader(SpotDataset(val, bank), cfg.batch_size, False, runtime, seed))
     return task.history
 
 
 def fit_neural(method: str, cfg: BioTrainConfig, fit: SpotSet, val: SpotSet | None, everything: SpotSet, bank: ExemplarBank,
-               work: Path, options: dict[str, Any], seed: int = 0) -> tuple[ExpressionTask, list[dict[str, float]], int]:
+               work: Path, runtime: Runtime, seed: int = 0) -> tuple[ExpressionTask, list[dict[str, float]], int]:
     """Early-stop on ``val`` (best validation PCC@M), then refit on ``everything`` for that many epochs; ``seed``
     sets the initialisation, dropout and batch order."""
     task = _new_task(method, cfg, fit, seed)
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=work, filename="best", monitor="val_pcc", mode="max", save_top_k=1)
-    history = _early_stopped(task, cfg, fit, val, bank, options, seed, [ckpt])
+    history = _early_stopped(task, cfg, fit, val, bank, runtime, seed, [ckpt])
     _, best_epoch = best_validation(history)
     if not cfg.refit:
         best = ExpressionTask.load_from_checkpoint(ckpt.best_model_path, map_location="cpu", weights_only=True)
         return best, history, best_epoch
     final = _new_task(method, cfg, fit, seed)
-    call_trainer(_trainer(options, best_epoch, [], validate=False).fit,
-                 final, _loader(SpotDataset(everything, bank), cfg.batch_size, True, options, seed))
+    call_trainer(_trainer(runtime, best_epoch, [], validate=False).fit,
+                 final, _loader(SpotDataset(everything, bank), cfg.batch_size, True, runtime, seed))
     return final, history, best_epoch
 
 
 def validation_score(method: str, cfg: BioTrainConfig, fit: SpotSet, val: SpotSet, bank: ExemplarBank,
-                     options: dict[str, Any], seed: int = 0) -> tuple[float, int]:
+                     runtime: Runtime, seed: int = 0) -> tuple[float, int]:
     """(best validation PCC@M, its epoch) of one configuration trained with early stopping; nothing is kept."""
-    return best_validation(_early_stopped(_new_task(method, cfg, fit, seed), cfg, fit, val, bank, options, seed, []))
+    return best_validation(_early_stopped(_new_task(method, cfg, fit, seed), cfg, fit, val, bank, runtime, seed, []))

@@ -23,6 +23,7 @@ from eca_core import distributed
 from eca_core.config import from_dict
 from eca_core.io import read_json, write_json_atomic
 from eca_core.pipeline import StageContext
+from eca_core.runtime import Runtime
 from eca_bio.exemplars import ExemplarIndex
 from eca_bio.configs import InputSpec, PredictConfig, PreprocessConfig
 from eca_bio.feature_set import DataError, EmbeddingSpec, FeatureSet
@@ -71,7 +72,7 @@ def training_section_check(model_dir: Path, train_slides: list[str], train_input
     return check
 
 
-def predict_slides(model: Path, cfg: PredictConfig, out_dir: Path, options: dict[str, Any] | None = None,
+def predict_slides(model: Path, cfg: PredictConfig, out_dir: Path, runtime: Runtime | None = None,
                    progress: bool = True) -> dict[str, Any]:
     """Tile + embed ``cfg.slides``, predict every tile and write .h5ad + heatmap PNG per slide into ``out_dir``."""
     from eca_bio.preprocess import run_preprocess
@@ -88,7 +89,7 @@ def predict_slides(model: Path, cfg: PredictConfig, out_dir: Path, options: dict
     pcfg = preprocess_config_for(model_dir, cfg, saved)
     out_dir = Path(out_dir)
     check = training_section_check(model_dir, trained.spec.train_slides, saved.get("train_inputs") or {}) if cfg.st_dir else None
-    run_preprocess(pcfg, out_dir / "preprocess", options, progress=progress, check_inputs=check)  # tiles sharded over ranks
+    run_preprocess(pcfg, out_dir / "preprocess", runtime, progress=progress, check_inputs=check)  # tiles sharded over ranks
     embedding = EmbeddingSpec.from_saved(saved, model_dir / "preprocess.json")
     return distributed.on_main(_predict_embedded, model_dir, trained, embedding, cfg, out_dir, progress)  # light: rank 0
 
@@ -206,7 +207,7 @@ def write_external_report(tested: dict[str, dict[str, Any]], trained: Any, model
 def run_stage(ctx: StageContext) -> dict[str, Any]:
     if not ctx.config.slides and not ctx.config.st_dir:
         return {"slides": {}, "note": "no slides to predict"}
-    return predict_slides(ctx.stage_dir("train"), ctx.config, ctx.out_dir, ctx.options)
+    return predict_slides(ctx.stage_dir("train"), ctx.config, ctx.out_dir, ctx.runtime)
 
 
 def stage_inputs(ctx: StageContext) -> list[Path]:

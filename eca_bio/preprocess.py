@@ -47,6 +47,7 @@ from eca_core.errors import ConfigError, InputError
 from eca_core.io import write_json_atomic
 from eca_core.pipeline import StageContext
 from eca_core.resume import RunLock, clean_temp_files, content_hash, item_is_current, write_item_marker
+from eca_core.runtime import Runtime
 from eca_bio import slide_h5
 from eca_bio.feature_set import (FORMAT_VERSION, ST_FILES, EmbeddingSpec, build_manifest, coords_attrs, h5_attrs,
                                   slide_identity, write_h5ad, write_rows_h5)
@@ -81,7 +82,7 @@ def config_from_params(params: dict[str, Any] | None, where: str = "preprocess")
     return from_dict(PreprocessConfig, params or {}, where=where)
 
 
-def run_preprocess(cfg: PreprocessConfig, out_dir: str | Path, options: dict | None = None, progress: bool = True,
+def run_preprocess(cfg: PreprocessConfig, out_dir: str | Path, runtime: Runtime | None = None, progress: bool = True,
                    check_inputs: Callable[[str, dict[str, str], bool], None] | None = None) -> dict:
     """Tile, embed and store every slide of ``cfg`` under ``out_dir``; returns the manifest (also written).
 
@@ -92,14 +93,14 @@ def run_preprocess(cfg: PreprocessConfig, out_dir: str | Path, options: dict | N
         if distributed.is_main():
             clean_temp_files(out_dir)
         distributed.barrier()
-        return _run_preprocess(cfg, Path(out_dir), options, progress and distributed.is_main(), check_inputs)
+        return _run_preprocess(cfg, Path(out_dir), runtime, progress and distributed.is_main(), check_inputs)
 
 
-def _run_preprocess(cfg: PreprocessConfig, out_dir: Path, options: dict | None, progress: bool,
+def _run_preprocess(cfg: PreprocessConfig, out_dir: Path, runtime: Runtime | None, progress: bool,
                     check_inputs: Callable[[str, dict[str, str], bool], None] | None = None) -> dict:
     from eca_bio.embed import SlideJob, embed_slides, tiles_per_rank
 
-    options = dict(options or {})
+    runtime = Runtime.of(runtime)
     _validate(cfg)
     progress = progress and cfg.progress
     log = print if progress else (lambda *a, **k: None)
@@ -147,8 +148,8 @@ def _run_preprocess(cfg: PreprocessConfig, out_dir: Path, options: dict | None, 
         if jobs:
             embed_slides(jobs, encoder, norm, encoder_info["feature_dim"], encoder_info["num_tokens"], cfg.patch_px,
                          batch_size=cfg.batch_size,
-                         num_workers=cfg.num_workers if options.get("num_workers") is None else int(options["num_workers"]),
-                         store_tokens=cfg.store_tokens, options=options, progress=progress, precision=cfg.precision)
+                         num_workers=runtime.workers(cfg.num_workers),
+                         store_tokens=cfg.store_tokens, runtime=runtime, progress=progress, precision=cfg.precision)
         if n:
             ranks = distributed.world_size()
             log(f"embedded {n} patches of {len(jobs)} slide(s) in {time.time() - start:.1f}s"
@@ -375,7 +376,7 @@ def stage_inputs(ctx: StageContext) -> list[Path]:
 
 
 def run_stage(ctx: StageContext) -> dict[str, Any]:
-    manifest = run_preprocess(ctx.config, ctx.out_dir, ctx.options)
+    manifest = run_preprocess(ctx.config, ctx.out_dir, ctx.runtime)
     return {"slides": len(manifest["slides"]), "patches": sum(s["n_patches"] for s in manifest["slides"]),
             "feature_dim": manifest["feature_dim"], "manifest": str(Path(ctx.out_dir) / "manifest.json")}
 

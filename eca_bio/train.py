@@ -28,9 +28,10 @@ from eca_core.io import atomic_dir, read_json, write_json_atomic
 from eca_core.pipeline import StageContext, digest
 from eca_core.resume import RunLock, clean_temp_files, content_hash, item_is_current, write_item_marker
 from eca_core.trainer import quiet_lightning
+from eca_core.runtime import Runtime
 from eca_bio import tuning
 from eca_bio.configs import BioTrainConfig
-from eca_bio.engine import FitJob, RunFit, RunSpec, best_validation, engine_device, fit_early, fit_refits
+from eca_bio.engine import FitJob, RunFit, RunSpec, best_validation, fit_early, fit_refits
 from eca_bio.folds import plan_folds
 from eca_bio.methods import METHOD_LABELS, METHODS, method_seeds
 from eca_bio.model import RidgeBaseline, model_from_hparams
@@ -120,7 +121,7 @@ def _finish_item(tmp: Path, key: str, result: dict[str, Any], pred: np.ndarray |
 
 
 def train_method(method: str, cfg: BioTrainConfig, train_sl: list[SlideData], val_id: str | None, test_sl: list[SlideData],
-                 spec: TargetSpec, embedding: EmbeddingSpec, out: Path, options: dict[str, Any], key: str,
+                 spec: TargetSpec, embedding: EmbeddingSpec, out: Path, runtime: Runtime, key: str,
                  extra: dict[str, Any] | None = None, seed: int = 0, tuned: dict[str, float] | None = None) -> dict[str, Any]:
     """Train one method on one fold alone (ridge, or a neural method in the per-fit Lightning loop) and write model,
     history and test predictions into ``out`` atomically; ``tuned`` holds the validation-slide search's choice."""
@@ -138,7 +139,7 @@ def train_method(method: str, cfg: BioTrainConfig, train_sl: list[SlideData], va
         else:
             from eca_bio.fit import fit_neural
 
-            task, history, best_epoch = fit_neural(method, cfg, fs.fit, fs.val, fs.everything, fs.bank, tmp, options, seed)
+            task, history, best_epoch = fit_neural(method, cfg, fs.fit, fs.val, fs.everything, fs.bank, tmp, runtime, seed)
             for stale in tmp.glob("best*.ckpt"):
                 stale.rename(tmp / "early_stopping.ckpt")
             pred = _write_neural(tmp, method, cfg, fs, spec, embedding, result, task.model.state_dict(), dict(task.hparams),
@@ -247,7 +248,7 @@ def train_groups(method: str, cfg: BioTrainConfig, groups: list[RunGroup], devic
 
 
 def tune_method(method: str, cfg: BioTrainConfig, train_sl: list[SlideData], val_id: str, spec: TargetSpec, embedding: EmbeddingSpec,
-                path: Path, options: dict[str, Any], key: str) -> dict[str, float]:
+                path: Path, runtime: Runtime, key: str) -> dict[str, float]:
     """Try the method's candidate configurations on the validation slide; write ``tuning.json``; return the choice."""
     if item_is_current(path.with_name("tuning.done.json"), key):
         return read_json(path)["chosen"]
@@ -256,7 +257,7 @@ def tune_method(method: str, cfg: BioTrainConfig, train_sl: list[SlideData], val
     fs = fold_spots(cfg, train_sl, val_id, [], spec, embedding)
     trials = []
     for overrides in tuning.candidates(method, cfg):
-        score, epoch = validation_score(method, tuning.apply(cfg, overrides), fs.fit, fs.val, fs.bank, options, cfg.seeds[0])
+        score, epoch = validation_score(method, tuning.apply(cfg, overrides), fs.fit, fs.val, fs.bank, runtime, cfg.seeds[0])
         trials.append({"overrides": overrides, "val_pcc_m": score, "epochs": epoch})
     chosen = _best_trial(trials)["overrides"]
     write_json_atomic(path, _search_record(method, cfg, val_id, trials, chosen))
@@ -264,7 +265,7 @@ def tune_method(method: str, cfg: BioTrainConfig, train_sl: list[SlideData], val
     return chosen
 
 
-def train_all(cfg: BioTrainConfig, pre_dir: Path, out_dir: Path, options: dict[str, Any] | None = None,
+def train_all(cfg: BioTrainConfig, pre_dir: Path, out_dir: Path, runtime: Runtime | None = None,
               progress: bool = True) -> dict[str, Any]:
     """Cross-validate every method under every transform; write ``folds.json`` and per-item folders.
 
@@ -274,14 +275,14 @@ def train_all(cfg: BioTrainConfig, pre_dir: Path, out_dir: Path, options: dict[s
         if distributed.is_main():
             clean_temp_files(out_dir)
         distributed.barrier()
-        return _train_all(cfg, Path(pre_dir), Path(out_dir), options, progress and distributed.is_main())
+        return _train_all(cfg, Path(pre_dir), Path(out_dir), runtime, progress and distributed.is_main())
 
 
-def _train_all(cfg: BioTrainConfig, pre_dir: Path, out_dir: Path, options: dict[str, Any] | None, progress: bool) -> dict[str, Any]:
+def _train_all(cfg: BioTrainConfig, pre_dir: Path, out_dir: Path, runtime: Runtime | None, progress: bool) -> dict[str, Any]:
     """Items (transform × fold × method, then the final model) are spread over the ranks, each trained on
     its rank's own device, so every item's folder is written by one rank and its validation-based early
     stopping sees exactly what a single-process run sees."""
-    options = distributed.device_options(options)
+    runtime = distributed.on_this_rank(runtime)
     main = distributed.is_main()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -314,7 +315,7 @@ def _train_all(cfg: BioTrainConfig, pre_dir: Path, out_dir: Path, options: dict[
         groups.append([("final", None, cfg.final_method, cfg.seeds[0])])
     done, skipped, error = 0, 0, None
     mine = distributed.shard(groups)
-    device = engine_device(options)
+    device = distributed.torch_device(runtime)
     bar = tqdm(total=sum(len(g) for g in mine), desc="train", disable=not progress)
     stacked: dict[str, list[RunGroup]] = {}  # neural methods on the engine: every fold of a method in one ensemble
     try:
@@ -326,7 +327,7 @@ def _train_all(cfg: BioTrainConfig, pre_dir: Path, out_dir: Path, options: dict[
                     stacked.setdefault(method, []).append(final_group(cfg, slides, features, out_dir / "final", base_key))
                     continue
                 bar.set_postfix_str(f"final {method}")
-                trained = train_final(cfg, slides, features, out_dir / "final", options, base_key)
+                trained = train_final(cfg, slides, features, out_dir / "final", runtime, base_key)
                 done, skipped = done + trained, skipped + (not trained)
                 bar.update(1)
                 continue
@@ -343,13 +344,13 @@ def _train_all(cfg: BioTrainConfig, pre_dir: Path, out_dir: Path, options: dict[
                 continue
             bar.set_postfix_str(f"{transform} fold {fold['fold']} {method}")
             tuned = {} if METHODS[method] is None or cfg.tune_trials <= 1 else tune_method(
-                method, cfg, train_sl, fold["val"], spec, embedding, method_dir / "tuning.json", options, tune_key)
+                method, cfg, train_sl, fold["val"], spec, embedding, method_dir / "tuning.json", runtime, tune_key)
             for _, _, _, seed in group:
                 key = _digest({**item_key, "seed": seed, "tuned": tuned})
                 if _is_done(method_dir / f"seed_{seed}", key):
                     skipped += 1
                 else:
-                    train_method(method, cfg, train_sl, fold["val"], test_sl, spec, embedding, method_dir / f"seed_{seed}", options, key,
+                    train_method(method, cfg, train_sl, fold["val"], test_sl, spec, embedding, method_dir / f"seed_{seed}", runtime, key,
                                  seed=seed, tuned=tuned)
                     done += 1
                 bar.update(1)
@@ -390,7 +391,7 @@ def final_group(cfg: BioTrainConfig, slides: list[SlideData], features: FeatureS
                     out.with_name("final_tuning.json"), _digest({"final_tuning": key}), extra)
 
 
-def train_final(cfg: BioTrainConfig, slides: list[SlideData], features: FeatureSet, out: Path, options: dict[str, Any],
+def train_final(cfg: BioTrainConfig, slides: list[SlideData], features: FeatureSet, out: Path, runtime: Runtime,
                 base_key: dict[str, Any]) -> bool:
     """``final_method`` trained on every ST slide (early stopping on one of them) alone, with its exemplar bank and the
     embedding (encoder, patch size) that new slides must be embedded with. Returns whether it was trained."""
@@ -401,8 +402,8 @@ def train_final(cfg: BioTrainConfig, slides: list[SlideData], features: FeatureS
     tune_path, tune_key = out.with_name("final_tuning.json"), _digest({"final_tuning": key})
     chosen = {}
     if METHODS[cfg.final_method] is not None and cfg.tune_trials > 1:
-        chosen = tune_method(cfg.final_method, cfg, slides, ids[-1], spec, features.spec, tune_path, options, tune_key)
-    train_method(cfg.final_method, cfg, slides, ids[-1], [], spec, features.spec, out, options, key, seed=cfg.seeds[0],
+        chosen = tune_method(cfg.final_method, cfg, slides, ids[-1], spec, features.spec, tune_path, runtime, tune_key)
+    train_method(cfg.final_method, cfg, slides, ids[-1], [], spec, features.spec, out, runtime, key, seed=cfg.seeds[0],
                  tuned=chosen, extra=extra)
     return True
 
@@ -438,7 +439,7 @@ def _slide_key(s: SlideData) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------- stage / CLI
 
 def run_stage(ctx: StageContext) -> dict[str, Any]:
-    return train_all(ctx.config, ctx.stage_dir("preprocess"), ctx.out_dir, ctx.options)
+    return train_all(ctx.config, ctx.stage_dir("preprocess"), ctx.out_dir, ctx.runtime)
 
 
 def report(summary: dict[str, Any], args: Any) -> None:

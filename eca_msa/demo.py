@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from eca_core import distributed
-from eca_core.cli import add_runtime_arguments, runtime_options
+from eca_core.runtime import Runtime
 from eca_core.pipeline import PipelineSpec, run_pipeline
 
 DEMO_DATA = dict(n_train=256, n_valid=96, n_test=192, audio_len=60, vision_len=120, key_frames=3, seed=0)
@@ -44,12 +44,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-model", default=None, metavar="BERT",
                         help="fine-tune this BERT (local folder or hub name) on the text ids, as published ALMT does "
                              "(default: option frozen-text, the precomputed text features)")
-    add_runtime_arguments(parser)
+    Runtime.add_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
     spec = demo_spec(args.run_dir, args.seeds, args.epochs, args.n_train, args.threads, args.text_model)
-    records: dict[str, Any] = run_pipeline(spec, options=runtime_options(args))
+    records: dict[str, Any] = run_pipeline(spec, runtime=Runtime.from_args(args))
     if not distributed.is_main():
         return 0
     report = Path(args.run_dir) / "evaluate" / "report.md"

@@ -35,6 +35,7 @@ from eca_core.losses import ECAObjective, LossConfig
 from eca_core.pipeline import StageContext, digest
 from eca_core.resume import item_is_current, write_item_marker
 from eca_core.trainer import call_trainer, make_trainer
+from eca_core.runtime import Runtime
 from eca_msa.almt import ALMT, ALMTConfig
 from eca_msa.datasets import DATASETS, dataset_spec
 from eca_msa.metrics import HIGHER_IS_BETTER, mmsa_loss, regression_metrics
@@ -157,13 +158,13 @@ def check_data(data, cfg: MSATrainConfig) -> None:
                          f"'text_bert' ids (add option frozen-text to use the precomputed 'text' features)")
 
 
-def train_one(data, cfg: MSATrainConfig, setting: str, seed: int, out_dir: Path, options: dict[str, Any] | None = None) -> dict[str, Any]:
+def train_one(data, cfg: MSATrainConfig, setting: str, seed: int, out_dir: Path, runtime: Runtime | None = None) -> dict[str, Any]:
     """Fit one (setting, seed), pick the epoch on validation, test that epoch; write and return metrics.json."""
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     from eca_msa.data import MSADataModule
 
-    options = dict(options or {})
+    runtime = Runtime.of(runtime)
     out_dir = Path(out_dir)
     shapes = data.shapes()
     check_data(data, cfg)
@@ -178,11 +179,10 @@ def train_one(data, cfg: MSATrainConfig, setting: str, seed: int, out_dir: Path,
     L.seed_everything(seed, workers=True, verbose=False)
     module = ALMTRegressor(to_dict(model_cfg), to_dict(loss_cfg), cfg.lr, cfg.weight_decay, cfg.dataset,
                            cfg.schedule, cfg.epochs, cfg.batch_size)
-    workers = options.get("num_workers")
-    dm = MSADataModule(data, cfg.batch_size, 0 if workers is None else int(workers), seed)
+    dm = MSADataModule(data, cfg.batch_size, runtime.workers(0), seed)
     monitor, mode = f"val/{cfg.select_metric}", "max" if HIGHER_IS_BETTER[cfg.select_metric] else "min"
     ckpt = ModelCheckpoint(dirpath=out_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1, save_weights_only=True, enable_version_counter=False)
-    trainer = make_trainer(options, max_epochs=cfg.epochs, enable_progress_bar=cfg.progress_bar, default_root_dir=out_dir,
+    trainer = make_trainer(runtime, max_epochs=cfg.epochs, enable_progress_bar=cfg.progress_bar, default_root_dir=out_dir,
                            callbacks=[ckpt, EarlyStopping(monitor=monitor, mode=mode, patience=cfg.patience)])
     start = time.time()
     with warnings.catch_warnings():
@@ -219,7 +219,7 @@ def train_one(data, cfg: MSATrainConfig, setting: str, seed: int, out_dir: Path,
     return result
 
 
-def train_all(data, cfg: MSATrainConfig, out_dir: Path, options: dict[str, Any] | None = None, log=print) -> dict[str, Any]:
+def train_all(data, cfg: MSATrainConfig, out_dir: Path, runtime: Runtime | None = None, log=print) -> dict[str, Any]:
     """Every (setting, seed); writes ``results.json`` with all runs and returns it.
 
     With several ranks the runs are spread over them (run i on rank i mod world size), each on its
@@ -232,14 +232,14 @@ def train_all(data, cfg: MSATrainConfig, out_dir: Path, options: dict[str, Any] 
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     out_dir = Path(out_dir)
-    options = distributed.device_options(options)
+    runtime = distributed.on_this_rank(runtime)
     runs = [(s, k) for s in cfg.settings for k in cfg.seeds]
     mine, error = [], None
     bar = tqdm(distributed.shard(runs), desc="training runs", unit="run", disable=not distributed.is_main())
     try:
         for setting, seed in bar:
             bar.set_postfix_str(f"{setting} seed {seed}")
-            r = train_one(data, cfg, setting, seed, out_dir / setting / f"seed{seed}", options)
+            r = train_one(data, cfg, setting, seed, out_dir / setting / f"seed{seed}", runtime)
             log(f"{setting} seed {seed}: best epoch {r['best_epoch']}/{r['epochs_run']}  test Corr {r['test']['Corr']:.4f}  "
                 f"MAE {r['test']['MAE']:.4f}  F1 {r['test'].get('Non0_F1_score', r['test'].get('F1_score', float('nan'))):.4f}")
             mine.append({k: v for k, v in r.items() if k != "history"} | {"dir": f"{setting}/seed{seed}"})
@@ -258,5 +258,5 @@ def run_stage(ctx: StageContext) -> dict[str, Any]:
     from eca_msa.data import load_cache
 
     data = load_cache(ctx.stage_dir("preprocess"))
-    summary = train_all(data, ctx.config, ctx.out_dir, ctx.options)
+    summary = train_all(data, ctx.config, ctx.out_dir, ctx.runtime)
     return {"runs": len(summary["runs"]), "results": str(ctx.out_dir / "results.json")}

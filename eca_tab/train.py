@@ -27,22 +27,13 @@ from eca_core.metrics import pearson_per_column
 from eca_core.pipeline import StageContext, digest
 from eca_core.resume import content_hash, item_is_current, write_item_marker
 from eca_core.variants import get_variant, layer_config
+from eca_core.runtime import Runtime
 from eca_tab.model import build_ft_transformer, parameter_groups
 from eca_tab.table import PREPARED, Prepared
 from eca_tab.configs import TabTrainConfig
 
 METHOD_LABELS = {"softmax": "FT-Transformer", "eca": "+ ECA (full)", "no_sra": "+ ECA (w/o SRA)",
                  "no_dats": "+ ECA (w/o DATS)", "no_dnpl": "+ ECA (w/o DNPL)"}
-
-
-def run_device(options: dict[str, Any] | None) -> torch.device:
-    """This rank's device from the runtime options: a GPU for gpu/cuda (or auto with one present), else the CPU."""
-    accelerator = str((options or {}).get("accelerator") or "auto")
-    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ValueError(f"--accelerator {accelerator}: no CUDA device is visible")
-        return torch.device("cuda", distributed.local_rank() % torch.cuda.device_count())
-    return torch.device("cpu")
 
 
 def _metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
@@ -160,14 +151,14 @@ def train_one(data: Prepared, data_key: str, cfg: TabTrainConfig, method: str, s
     return result | {"key": key}
 
 
-def train_all(data: Prepared, data_key: str, cfg: TabTrainConfig, out_dir: Path, options: dict[str, Any] | None = None,
+def train_all(data: Prepared, data_key: str, cfg: TabTrainConfig, out_dir: Path, runtime: Runtime | None = None,
               log=print) -> dict[str, Any]:
     """Every (method, seed), spread over the ranks; rank 0 writes ``results.json`` (without the histories)."""
     from tqdm import tqdm
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = run_device(options)
+    device = distributed.torch_device(runtime)
     fits = [(m, k) for m in cfg.methods for k in cfg.seeds]
     mine, error = [], None
     bar = tqdm(distributed.shard(fits), desc="fits", unit="fit", disable=not (cfg.progress_bar and distributed.is_main()))
@@ -197,5 +188,5 @@ def run_stage(ctx: StageContext) -> dict[str, Any]:
     folder = ctx.stage_dir("preprocess")
     data = load_prepared(folder)
     data_key = digest({"prepared": content_hash(folder / PREPARED), "schema": data.schema})
-    summary = train_all(data, data_key, ctx.config, ctx.out_dir, ctx.options)
+    summary = train_all(data, data_key, ctx.config, ctx.out_dir, ctx.runtime)
     return {"fits": len(summary["fits"]), "results": str(ctx.out_dir / "results.json")}

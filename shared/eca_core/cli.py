@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from eca_core.config import from_dict, iter_fields, parse_yaml, read_yaml, set_dotted
 from eca_core.errors import ConfigError, ECAError
+from eca_core.runtime import Runtime
 
 CORE_COMMANDS = {
     "run": ("eca_core.cli:RUN_COMMAND", "run a pipeline YAML (stages skipped when unchanged)"),
@@ -94,24 +95,6 @@ def one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in str(msg):
         msg = f"{exc.filename}: {msg}"
     return " ".join(str(msg).split()) or type(exc).__name__
-
-
-# ----------------------------------------------------------------------------------------- runtime options
-
-
-def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
-    """Lightning scaling options; they never change a stage's results or its key."""
-    g = parser.add_argument_group("runtime (never part of a stage's key)")
-    g.add_argument("--accelerator", default="auto", help="Lightning accelerator: cpu, gpu, auto, ... (default: auto)")
-    g.add_argument("--devices", default="auto", help="Lightning devices: auto, N, or a list (default: auto)")
-    g.add_argument("--num-nodes", type=int, default=1, help="Lightning num_nodes (multi-node jobs)")
-    g.add_argument("--strategy", default="auto", help="Lightning strategy: auto, ddp, ... (default: auto)")
-    g.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: per stage)")
-
-
-def runtime_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The runtime options parsed by :func:`add_runtime_arguments`."""
-    return {k: getattr(args, k, None) for k in ("accelerator", "devices", "num_nodes", "strategy", "num_workers")}
 
 
 # ----------------------------------------------------------------------------------------- config flags
@@ -262,7 +245,7 @@ class StageCommand:
                                 help=self.needs_help.get(need, f"output folder of the {need} stage"))
         # num_workers is the runtime flag's (it overrides the config's value and never enters the key)
         add_config_arguments(parser, stage.config, exclude=(*self.exclude, "num_workers"), positional=self.positional)
-        add_runtime_arguments(parser)
+        Runtime.add_arguments(parser)
 
     def main(self, args: argparse.Namespace) -> int:
         from eca_core import distributed
@@ -278,15 +261,15 @@ class StageCommand:
                 flag = self.needs_flags.get(need, _flag(need))
                 raise ConfigError(f"{path}: not a folder ({flag} expects the {need} stage's output folder)")
         out = Path(args.out)
-        options = runtime_options(args)
-        distributed.launch(options)
+        runtime = Runtime.from_args(args)
+        distributed.launch(runtime)
         with RunLock(out):
             if distributed.is_main():
                 removed = clean_temp_files(out)
                 if removed:
                     print(f"removed {len(removed)} temp file(s) left by an interrupted run in {out}", file=sys.stderr)
             distributed.barrier()
-            ctx = StageContext(stage.name, stage.name, out, cfg, options, upstream)
+            ctx = StageContext(stage.name, stage.name, out, cfg, runtime, upstream)
             summary = dict(run_on_ranks(stage, ctx) or {})
             distributed.barrier()
         if self.report is not None and distributed.is_main():
@@ -306,14 +289,14 @@ class RunCommand:
         parser.add_argument("--until", default=None, help="stop after this stage")
         parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
                             help="override a stage parameter (value parsed as YAML); repeatable")
-        add_runtime_arguments(parser)
+        Runtime.add_arguments(parser)
 
     def main(self, args: argparse.Namespace) -> int:
         from eca_core.pipeline import PipelineSpec, run_pipeline
 
         spec = PipelineSpec.from_yaml(args.pipeline).with_overrides(args.overrides)
         run_dir = Path(args.run_dir or spec.run_dir)
-        run_pipeline(spec, run_dir, args.from_stage, args.until, runtime_options(args))
+        run_pipeline(spec, run_dir, args.from_stage, args.until, Runtime.from_args(args))
         print(f"run directory: {run_dir.resolve()}")
         return 0
 

@@ -24,6 +24,7 @@ import sys
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from eca_core.errors import ECAError
+from eca_core.runtime import Runtime
 
 T = TypeVar("T")
 
@@ -62,23 +63,20 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def launch(options: Mapping[str, Any] | None) -> int:
-    """Start the ranks the runtime options ask for and join their process group; returns the world size."""
+def launch(runtime: Runtime | Mapping[str, Any] | None) -> int:
+    """Start the ranks the runtime asks for and join their process group; returns the world size."""
     if _dist() is not None:
         return world_size()
-    opts = dict(options or {})
-    from eca_core.trainer import RUNTIME_DEFAULTS, quiet_lightning
-
-    opts = {**RUNTIME_DEFAULTS, **{k: v for k, v in opts.items() if v is not None}}
-    if str(opts["accelerator"]) == "cpu" and str(opts["devices"]) in ("auto", "1") and int(opts["num_nodes"]) == 1 \
-            and "WORLD_SIZE" not in os.environ:
+    runtime = Runtime.of(runtime)
+    if runtime.single_cpu_process() and "WORLD_SIZE" not in os.environ:
         return 1  # one CPU process: nothing to start
     from lightning.fabric import Fabric
 
+    from eca_core.trainer import quiet_lightning
+
     quiet_lightning()
     _say_when_a_rank_dies()
-    fabric = Fabric(accelerator=opts["accelerator"], devices=_devices(opts["devices"]), num_nodes=int(opts["num_nodes"]),
-                    strategy=opts["strategy"])
+    fabric = Fabric(**runtime.trainer_kwargs())
     if fabric.world_size <= 1:
         return 1
     fabric.launch()
@@ -118,33 +116,27 @@ def _shutdown() -> None:
             pass
 
 
-def _devices(value: Any) -> Any:
-    text = str(value)
-    if text.isdigit():
-        return int(text)
-    if "," in text:
-        return [int(v) for v in text.split(",") if v.strip()]
-    return value
-
-
-def device_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Runtime options for a Trainer that runs on this rank's own device only (one item per rank)."""
-    opts = dict(options or {})
+def on_this_rank(runtime: Runtime | Mapping[str, Any] | None) -> Runtime:
+    """The runtime for a Trainer that runs on this rank's own device only (one item per rank)."""
+    runtime = Runtime.of(runtime)
     if world_size() <= 1:
-        return opts
-    accelerator = resolve_accelerator(opts)
-    devices = [local_rank()] if accelerator in ("gpu", "cuda") else 1
-    return {**opts, "accelerator": accelerator, "devices": devices, "strategy": "auto", "num_nodes": 1}
+        return runtime
+    return runtime.on_device(runtime.resolved_accelerator(), local_rank())
 
 
-def resolve_accelerator(options: Mapping[str, Any] | None) -> str:
-    """The runtime options' accelerator with ``auto`` decided: ``gpu`` when CUDA is available, else ``cpu``."""
-    accelerator = str((options or {}).get("accelerator") or "auto")
-    if accelerator == "auto":
-        import torch
+def torch_device(runtime: Runtime | Mapping[str, Any] | None) -> Any:
+    """This rank's ``torch.device``: its GPU for ``--accelerator gpu`` (or ``auto`` with CUDA visible), else the CPU."""
+    import torch
 
-        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
-    return accelerator
+    runtime = Runtime.of(runtime)
+    accelerator = runtime.resolved_accelerator()
+    if accelerator not in ("gpu", "cuda"):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ECAError(f"--accelerator {accelerator}: no CUDA device is visible")
+    devices = runtime.device_list
+    index = devices[0] if isinstance(devices, list) and devices else local_rank() % torch.cuda.device_count()
+    return torch.device("cuda", int(index))
 
 
 def shard(items: Sequence[T]) -> list[T]:

@@ -17,8 +17,8 @@ locked (:class:`~eca_core.resume.RunLock`). Each stage writes into ``run_dir/<st
 finishes, ``run_dir/<stage>.done.json`` records its key (parameters, the content hashes of its
 external inputs, the output digests of the stages it reads) and its outputs (path, size, hash).
 A stage is skipped only when its key is unchanged *and* its outputs are intact; otherwise its
-stale temp files are removed and it runs again. Runtime options (accelerator, devices, workers)
-never enter the key.
+stale temp files are removed and it runs again. The runtime (accelerator, devices, workers: ``eca_core.runtime``)
+never enters the key.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from eca_core import distributed
 from eca_core.config import from_dict, parse_yaml, read_yaml, set_dotted, to_dict
 from eca_core.errors import ConfigError
 from eca_core.io import write_json_atomic
+from eca_core.runtime import Runtime
 from eca_core.resume import RunLock, check_outputs, clean_temp_files, content_hash, record_outputs
 
 _ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -56,7 +57,7 @@ class StageContext:
     stage: str
     out_dir: Path
     config: Any = None                                   # the stage's config dataclass (the raw params without one)
-    options: dict[str, Any] = field(default_factory=dict)  # runtime options: never part of the key
+    runtime: Runtime = field(default_factory=Runtime)    # how it runs (accelerator, devices, workers): never part of the key
     upstream: dict[str, Path] = field(default_factory=dict)
     run_dir: Path | None = None
 
@@ -309,7 +310,7 @@ def run_pipeline(
     run_dir: Path | None = None,
     from_stage: str | None = None,
     until: str | None = None,
-    options: Mapping[str, Any] | None = None,
+    runtime: Runtime | Mapping[str, Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, dict[str, Any]]:
     """Validate all stages, lock the run directory, then run the stages in order, skipping those up to date.
@@ -326,14 +327,15 @@ def run_pipeline(
     forced = names.index(from_stage) if from_stage else len(names)
     last = names.index(until) if until else len(names) - 1
     records: dict[str, dict[str, Any]] = {}
-    distributed.launch(options)
+    runtime = Runtime.of(runtime)
+    distributed.launch(runtime)
     if not distributed.is_main():
         log = _quiet
     with RunLock(run_dir):
         for i, name in enumerate(names[: last + 1]):
             stage = registry[spec.use(name)]
             upstream = spec.upstream_for(name, run_dir)
-            ctx = StageContext(spec.name, name, run_dir / name, configs[name], dict(options or {}), upstream, run_dir)
+            ctx = StageContext(spec.name, name, run_dir / name, configs[name], runtime, upstream, run_dir)
             records[name] = run_stage(stage, ctx, run_dir / f"{name}.done.json",
                                       {n: records[n]["outputs_digest"] for n in names[:i]}, force=i >= forced, log=log,
                                       label=f"[{spec.name}] {name}")
@@ -382,7 +384,7 @@ def run_stage(stage: Stage, ctx: StageContext, marker: Path, upstream: Mapping[s
         "upstream": dict(upstream),
         "outputs": outputs,
         "outputs_digest": digest(outputs),
-        "options": {k: v for k, v in ctx.options.items() if v is not None},
+        "runtime": ctx.runtime.to_dict(),
         "world_size": distributed.world_size(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(start)),
         "duration_s": round(time.time() - start, 3),

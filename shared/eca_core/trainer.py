@@ -2,8 +2,8 @@
 
 Lightning catches ``KeyboardInterrupt`` inside ``fit``/``test``/``predict`` and calls ``exit(1)``;
 :func:`call_trainer` turns that back into ``KeyboardInterrupt`` so the CLI layer exits with 130
-and says what finished work is kept. Runtime options (accelerator, devices, num_nodes, strategy)
-come from the command line and never change a stage's results or its hash.
+and says what finished work is kept. The runtime (accelerator, devices, num_nodes, strategy) comes
+from the command line and never changes a stage's results or its hash.
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import signal
 import warnings
 from typing import Any, Callable, Mapping, TypeVar
 
+from eca_core.runtime import Runtime
+
 R = TypeVar("R")
 
-RUNTIME_DEFAULTS = {"accelerator": "auto", "devices": "auto", "num_nodes": 1, "strategy": "auto", "num_workers": None}
 _QUIET = (".*LeafSpec.*", ".*no `val_dataloader`.*", ".*does not have many workers.*", ".*litlogger.*",
           ".*smaller than the logging interval.*", ".*sync_dist.*", ".*GPU available but not used.*",
           ".*tensorboardX.*", ".*`isinstance.*treespec.*")
@@ -29,19 +30,17 @@ def quiet_lightning() -> None:
         warnings.filterwarnings("ignore", message=msg)
 
 
-def make_trainer(options: Mapping[str, Any] | None = None, **kwargs: Any):
-    """``lightning.Trainer`` with the runtime options of the command line and quiet defaults.
+def make_trainer(runtime: Runtime | Mapping[str, Any] | None = None, **kwargs: Any):
+    """``lightning.Trainer`` with the command line's :class:`~eca_core.runtime.Runtime` and quiet defaults.
 
     ``kwargs`` are Trainer arguments of the stage (epochs, callbacks, precision, ...); they win over
     the defaults here (no logger, no model summary, no sanity validation).
     """
     import lightning as L
 
-    opts = {**RUNTIME_DEFAULTS, **{k: v for k, v in dict(options or {}).items() if v is not None}}
     quiet_lightning()
     args: dict[str, Any] = dict(
-        accelerator=opts["accelerator"], devices=opts["devices"], num_nodes=int(opts["num_nodes"]),
-        strategy=opts["strategy"], logger=False, enable_model_summary=False, num_sanity_val_steps=0,
+        **Runtime.of(runtime).trainer_kwargs(), logger=False, enable_model_summary=False, num_sanity_val_steps=0,
         enable_checkpointing=False, enable_progress_bar=False,
     )
     callbacks = kwargs.get("callbacks") or []

@@ -53,7 +53,7 @@ def test_rows_equal_a_direct_forward(tmp_path, workers):
     encoder, norm, info = build_encoder(cfg, 32)
     jobs = _jobs(tmp_path)
     done = embed_slides(jobs, encoder, norm, info["feature_dim"], info["num_tokens"], 32, batch_size=5,
-                        num_workers=workers, options={"accelerator": "cpu", "devices": 1}, progress=False)
+                        num_workers=workers, runtime={"accelerator": "cpu", "devices": 1}, progress=False)
     assert sorted(done) == ["S0", "S1"]
     for job in jobs:
         patches = np.stack([np.asarray(job.reader.read_region(x, y, job.size_px, job.size_px, size=(32, 32)))
@@ -91,7 +91,7 @@ def test_crash_midway_leaves_no_partial_file(tmp_path):
     jobs = _jobs(tmp_path)  # S0: 16 spots = 4 batches of 4; the failure hits S0's third batch
     with pytest.raises(RuntimeError, match="injected"):
         embed_slides(jobs, encoder, norm, info["feature_dim"], info["num_tokens"], 32, batch_size=4, num_workers=0,
-                     options={"accelerator": "cpu", "devices": 1}, progress=False)
+                     runtime={"accelerator": "cpu", "devices": 1}, progress=False)
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
 
 
@@ -106,14 +106,14 @@ def test_tiles_are_sharded_over_ranks_and_assembled_in_single_process_order(tmp_
     single = [SlideJob(j.slide_id, j.reader, j.coords, j.size_px, tmp_path / "single" / f"{j.slide_id}.h5", j.attrs, j.barcodes)
               for j in jobs]
     embed_slides(single, encoder, norm, info["feature_dim"], info["num_tokens"], 32, batch_size=16, num_workers=0,
-                 options={"accelerator": "cpu", "devices": 1}, progress=False)
+                 runtime={"accelerator": "cpu", "devices": 1}, progress=False)
     assert tiles_per_rank(jobs, 16, 3) == [16, 16, 9]  # batches dealt round-robin: S0's one, then S1's two
     assert tiles_per_rank(jobs[:1], 16, 3) == [16, 0, 0]  # ranks without a tile of a slide still write its part
     monkeypatch.setattr(distributed, "world_size", lambda: 4)  # 4 ranks, 3 batches: rank 3 embeds nothing
     for r in (3, 2, 1, 0):  # rank 0 last: it assembles once every part is there
         monkeypatch.setattr(distributed, "rank", lambda r=r: r)
         embed_slides(jobs, encoder, norm, info["feature_dim"], info["num_tokens"], 32, batch_size=16, num_workers=0,
-                     options={"accelerator": "cpu", "devices": 1}, progress=False)
+                     runtime={"accelerator": "cpu", "devices": 1}, progress=False)
         if r:
             assert not jobs[0].out_path.exists() and part_path(jobs[0], r).exists() and part_path(jobs[1], r).exists()
     for job, ref in zip(jobs, single):

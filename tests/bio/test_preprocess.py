@@ -276,12 +276,12 @@ def test_cli_and_pipeline_stage(tmp_path, capsys):
     spec = PipelineSpec.from_dict({"name": "t", "stages_module": "eca_bio.stages", "run_dir": str(tmp_path / "run"),
                                    "stages": {"preprocess": {**params, "patch_px": 32, "num_workers": 0,
                                                              "encoder": TINY_ENCODER}}})
-    records = run_pipeline(spec, options=CPU, log=lambda *_: None)
+    records = run_pipeline(spec, runtime=CPU, log=lambda *_: None)
     assert {k: records["preprocess"]["summary"][k] for k in ("slides", "patches", "feature_dim")} == \
         {"slides": 2, "patches": 41, "feature_dim": 64}
     assert (tmp_path / "run" / "preprocess" / "manifest.json").exists()
     logs = []
-    run_pipeline(spec, options=CPU, log=logs.append)
+    run_pipeline(spec, runtime=CPU, log=logs.append)
     assert any("up to date" in line for line in logs)
 
 
