@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from eca_core.pipeline import PipelineSpec, run_pipeline
+from eca_core.runner.pipeline import PipelineSpec, run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 

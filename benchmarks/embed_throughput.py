@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eca_bio.embed import SlideJob, embed_slides
-from eca_bio.encoders import EncoderConfig, build_encoder
-from eca_bio.slides import open_slide
-from eca_bio.st import exclude_outside_image, find_sections, read_section
-from eca_bio.tiling import patch_size_px, spot_patches
+from eca_bio.features.embed import SlideJob, embed_slides
+from eca_bio.features.encoders import EncoderConfig, build_encoder
+from eca_bio.inputs.slides import open_slide
+from eca_bio.inputs.st import exclude_outside_image, find_sections, read_section
+from eca_bio.inputs.tiling import patch_size_px, spot_patches
 
 
 def bare_forward(encoder, norm, patches: np.ndarray, n_patches: int, device: torch.device = torch.device("cpu"),

@@ -29,7 +29,7 @@ def main() -> int:
     parser.add_argument("--devices", default="2")
     parser.add_argument("--strategy", default="ddp")
     args = parser.parse_args()
-    from eca_core.pipeline import PipelineSpec
+    from eca_core.runner.pipeline import PipelineSpec
 
     spec = PipelineSpec.from_yaml(args.pipeline)
     run_dir = args.run_dir or spec.run_dir

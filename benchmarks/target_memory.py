@@ -1,7 +1,7 @@
 """Peak memory of building expression targets for one large slide: the previous dense path vs the sparse one.
 
 The previous code densified every gene of a slide in float64 (``counts.toarray()``), then transformed the
-whole matrix, before picking the selected genes; the current code (``eca_bio.targets``) selects the genes'
+whole matrix, before picking the selected genes; the current code (``eca_bio.training.targets``) selects the genes'
 columns from the sparse counts first. Both run on the same synthetic slide in one process, and the script
 prints each one's peak of traced allocations (numpy and scipy report theirs to ``tracemalloc``) and the
 ratio. The dense path needs 2 × spots × genes × 8 bytes, so it is only run where that fits (``--dense-max-gb``).
@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from eca_bio.feature_set import SlideData
-from eca_bio.targets import fit_targets, make_targets, transform_counts
+from eca_bio.features.feature_set import SlideData
+from eca_bio.training.targets import fit_targets, make_targets, transform_counts
 
 
 def synthetic_slide(spots: int, genes: int, density: float, seed: int = 0) -> SlideData:

@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from eca_core.config import from_dict, read_yaml, set_dotted, parse_yaml  # noqa: E402
+from eca_core.runner.config import from_dict, read_yaml, set_dotted, parse_yaml  # noqa: E402
 from eca_bio.configs import PreprocessConfig, BioTrainConfig  # noqa: E402
 
 HER2ST = ROOT.parent / "shared" / "data" / "her2st"
@@ -56,7 +56,7 @@ def _overrides(params: dict, sets: list[str], stage: str) -> dict:
 
 def prepare(study: str, work: Path, sets: list[str]) -> tuple[Path, dict]:
     """The study's preprocess folder and its train-stage parameters."""
-    from eca_bio.preprocess import run_preprocess
+    from eca_bio.features.preprocess import run_preprocess
 
     if study == "demo":
         from eca_bio.demo import make_demo_data
@@ -105,7 +105,7 @@ def compare(a: Path, b: Path) -> dict:
 
 
 def run(study: str, work: Path, sets: list[str], accelerator: str = "cpu", noise: bool = False) -> dict:
-    from eca_bio.train import train_all
+    from eca_bio.training.train import train_all
 
     pre, params = prepare(study, work, sets)
     times, cfg, default_threads = {}, None, torch.get_num_threads()

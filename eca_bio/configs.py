@@ -9,14 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from eca_core.config import check
+from eca_core.runner.config import check
 from eca_core.eca_config import ECAConfig
 from eca_core.loss_config import LossConfig
 from eca_core.variants import layer_config
 from eca_bio.methods import METHODS
 
-TRANSFORMS = ("egn", "libsize")  # target transforms (eca_bio.targets)
-LAYOUT_NAMES = ("legacy_st", "visium", "visium_hd", "hest")  # spatial layouts: the keys of eca_bio.st.LAYOUTS (a test holds them equal)
+TRANSFORMS = ("egn", "libsize")  # target transforms (eca_bio.training.targets)
+LAYOUT_NAMES = ("legacy_st", "visium", "visium_hd", "hest")  # spatial layouts: the keys of eca_bio.inputs.st.LAYOUTS (a test holds them equal)
 DEFAULT_MAX_MEGAPIXELS = 1000.0  # 3 GB of RGB in memory; pyramidal slides (OpenSlide) are read lazily and never limited
 
 
@@ -90,7 +90,7 @@ class InputSpec:
 @dataclass
 class PreprocessConfig(InputSpec):
     """Parameters of the preprocess stage (YAML ``preprocess:`` params): what to read (:class:`InputSpec`), how to embed
-    it (the fields of ``eca_bio.feature_set.EmbeddingSpec``), tissue and grid settings, and runtime fields."""
+    it (the fields of ``eca_bio.features.feature_set.EmbeddingSpec``), tissue and grid settings, and runtime fields."""
 
     patch_um: float = 112.0                   # patch side in microns (224 px at 0.5 um/px)
     patch_px: int = 224                       # encoder input side in pixels
@@ -139,7 +139,7 @@ class BioTrainConfig:
     tune_grid: dict[str, list[float]] = field(default_factory=lambda: {
         "lr": [3e-4, 1e-3, 3e-3], "weight_decay": [1e-5, 1e-4, 1e-2], "dropout": [0.0, 0.1, 0.3],
         "tau_min": [0.2, 0.3, 0.5], "beta": [0.5, 1.0, 2.0], "lambda_max": [1.5, 2.0, 3.0],
-        "sra_weight": [1e-4, 1e-3, 1e-2]})  # each method draws from its own knobs (eca_bio.tuning)
+        "sra_weight": [1e-4, 1e-3, 1e-2]})  # each method draws from its own knobs (eca_bio.training.tuning)
     ridge_components: int = 256
     ridge_alpha: float | None = None  # None: HEST's 100 / (components · genes)
     ridge_alphas: list[float] = field(default_factory=lambda: [0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6])  # ridge_cv grid

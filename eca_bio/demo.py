@@ -21,10 +21,10 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from eca_core.io import atomic_path, write_text_atomic
-from eca_core import distributed
-from eca_core.runtime import Runtime
-from eca_core.pipeline import PipelineSpec, run_pipeline, validate_pipeline
-from eca_core.resume import RunLock
+from eca_core.runner import distributed
+from eca_core.runner.runtime import Runtime
+from eca_core.runner.pipeline import PipelineSpec, run_pipeline, validate_pipeline
+from eca_core.runner.resume import RunLock
 
 DEMO_MPP = 2.0  # µm per pixel of the synthetic images
 SPACING_UM = 200.0  # legacy ST array spacing

@@ -1,7 +1,7 @@
 """``eca-bio predict``: expression maps for whole-slide images without sequencing.
 
 The slide is tiled over tissue and embedded with exactly the encoder and patch settings the model
-was trained with (``eca_bio.preprocess.run_preprocess``), each tile gets its k exemplars from the
+was trained with (``eca_bio.features.preprocess.run_preprocess``), each tile gets its k exemplars from the
 training bank, and the model's predictions are written as ``<slide>.h5ad`` (DESIGN §3 layout, no
 ``truth`` layer) plus ``<slide>_genes.png`` heatmaps over the slide thumbnail.
 
@@ -19,14 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from eca_core import distributed
-from eca_core.config import from_dict
+from eca_core.runner import distributed
+from eca_core.runner.config import from_dict
 from eca_core.io import read_json, write_json_atomic
-from eca_core.pipeline import StageContext
-from eca_core.runtime import Runtime
-from eca_bio.exemplars import ExemplarIndex
+from eca_core.runner.pipeline import StageContext
+from eca_core.runner.runtime import Runtime
+from eca_bio.model.exemplars import ExemplarIndex
 from eca_bio.configs import InputSpec, PredictConfig, PreprocessConfig
-from eca_bio.feature_set import DataError, EmbeddingSpec, FeatureSet
+from eca_bio.features.feature_set import DataError, EmbeddingSpec, FeatureSet
 
 
 def find_model(path: Path) -> Path:
@@ -75,8 +75,8 @@ def training_section_check(model_dir: Path, train_slides: list[str], train_input
 def predict_slides(model: Path, cfg: PredictConfig, out_dir: Path, runtime: Runtime | None = None,
                    progress: bool = True) -> dict[str, Any]:
     """Tile + embed ``cfg.slides``, predict every tile and write .h5ad + heatmap PNG per slide into ``out_dir``."""
-    from eca_bio.preprocess import run_preprocess
-    from eca_bio.checkpoint import load_trained
+    from eca_bio.features.preprocess import run_preprocess
+    from eca_bio.model.checkpoint import load_trained
 
     if not cfg.slides and not cfg.st_dir:
         raise DataError("predict: no slides or st_dir given")
@@ -96,10 +96,10 @@ def predict_slides(model: Path, cfg: PredictConfig, out_dir: Path, runtime: Runt
 
 def _predict_embedded(model_dir: Path, trained: Any, embedding: EmbeddingSpec, cfg: PredictConfig, out_dir: Path,
                       progress: bool) -> dict[str, Any]:
-    from eca_bio.export import plot_gene_maps, prediction_anndata, section_metadata, slide_images, top_genes, write_h5ad
-    from eca_bio.targets import make_targets
-    from eca_bio.spots import SpotSet
-    from eca_bio.spots import predict_spots
+    from eca_bio.report.export import plot_gene_maps, prediction_anndata, section_metadata, slide_images, top_genes, write_h5ad
+    from eca_bio.training.targets import make_targets
+    from eca_bio.training.spots import SpotSet
+    from eca_bio.training.spots import predict_spots
 
     features = FeatureSet(out_dir / "preprocess")
     if features.spec.key() != embedding.key():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from eca_core.cli import lazy_cli
+from eca_core.runner.cli import lazy_cli
 
 COMMANDS = {
     "preprocess": ("eca_msa.stages:PREPROCESS_COMMAND", "validate an MMSA feature pickle (MOSI/MOSEI/CH-SIMS) and cache its tensors"),
@@ -13,7 +13,7 @@ COMMANDS = {
     "evaluate": ("eca_msa.stages:EVALUATE_COMMAND", "mean ± std report (markdown, JSON) and validation curves (PNG) of a training folder"),
     "synthetic": ("eca_msa.stages:GENERATE_COMMAND", "write a synthetic MMSA pickle shaped like MOSI, MOSEI or CH-SIMS"),
     "demo": ("eca_msa.demo", "generate a synthetic MOSI-shaped pickle and run the whole pipeline on it"),
-    "run": ("eca_core.cli:RUN_COMMAND", "run a pipeline YAML from pipelines/"),
+    "run": ("eca_core.runner.cli:RUN_COMMAND", "run a pipeline YAML from pipelines/"),
 }
 
 

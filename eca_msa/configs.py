@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from eca_core.config import check, from_dict, to_dict
+from eca_core.runner.config import check, from_dict, to_dict
 from eca_core.eca_config import ECAConfig
 from eca_msa import presets
 from eca_msa.datasets import DATASETS, dataset_spec
@@ -129,7 +129,7 @@ class MSATrainConfig:
 
     @classmethod
     def resolve_presets(cls, data: dict[str, Any]) -> dict[str, Any]:
-        """Lay ``data`` over its preset and options (called by :func:`eca_core.config.from_dict`)."""
+        """Lay ``data`` over its preset and options (called by :func:`eca_core.runner.config.from_dict`)."""
         return presets.resolve(data, cls.preset)
 
     def __post_init__(self) -> None:

@@ -258,7 +258,7 @@ def load_cache(path: str | Path) -> MSAData:
             d["vision"].numpy(), d["vision_mask"].numpy(), d["labels"].numpy(), list(d["ids"]),
             None if tb is None else tb.numpy(),
         )
-    from eca_core.resume import content_hash
+    from eca_core.runner.resume import content_hash
 
     return MSAData(splits, payload["source"], content_hash(path))
 

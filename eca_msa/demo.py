@@ -12,9 +12,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from eca_core import distributed
-from eca_core.runtime import Runtime
-from eca_core.pipeline import PipelineSpec, run_pipeline
+from eca_core.runner import distributed
+from eca_core.runner.runtime import Runtime
+from eca_core.runner.pipeline import PipelineSpec, run_pipeline
 
 DEMO_DATA = dict(n_train=256, n_valid=96, n_test=192, audio_len=60, vision_len=120, key_frames=3, seed=0)
 # The published MOSI ALMT (preset almt-mosi) at demo scale; text from the precomputed features unless --text-model is given.

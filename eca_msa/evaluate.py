@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from eca_core.config import from_dict
+from eca_core.runner.config import from_dict
 from eca_core.io import atomic_path, read_json, write_json_atomic, write_text_atomic
-from eca_core.pipeline import StageContext
+from eca_core.runner.pipeline import StageContext
 from eca_msa.metrics import HIGHER_IS_BETTER
 from eca_msa.configs import SETTING_LABELS, EvaluateConfig, MSATrainConfig
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from eca_core.io import write_json_atomic
-from eca_core.pipeline import StageContext
+from eca_core.runner.pipeline import StageContext
 from eca_msa.data import CACHE_NAME, load_mmsa, save_cache
 
 

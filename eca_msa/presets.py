@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from eca_core.config import deep_merge
+from eca_core.runner.config import deep_merge
 
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "almt-mosi": ("published ALMT on CMU-MOSI (fusion depth 2, bert-base-uncased)", {}),

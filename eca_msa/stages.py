@@ -4,8 +4,8 @@ Each stage's work is named by reference (``"module:function"``) and imported whe
 pipeline runner and ``eca-msa <command> --help`` only need the configs of :mod:`eca_msa.configs`.
 """
 
-from eca_core.cli import StageCommand, report_paths
-from eca_core.pipeline import Stage
+from eca_core.runner.cli import StageCommand, report_paths
+from eca_core.runner.pipeline import Stage
 from eca_msa.configs import EvaluateConfig, PreprocessConfig, SyntheticConfig, MSATrainConfig
 
 GENERATE = Stage("generate", "eca_msa.synthetic:run_stage", config=SyntheticConfig, main_only=True,

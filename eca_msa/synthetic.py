@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from eca_core.config import to_dict
+from eca_core.runner.config import to_dict
 from eca_core.io import atomic_path
-from eca_core.pipeline import StageContext
+from eca_core.runner.pipeline import StageContext
 from eca_msa.datasets import dataset_spec
 from eca_msa.configs import SyntheticConfig
 

@@ -27,15 +27,15 @@ import lightning as L
 import numpy as np
 import torch
 
-from eca_core import distributed
-from eca_core.config import from_dict, to_dict
+from eca_core.runner import distributed
+from eca_core.runner.config import from_dict, to_dict
 from eca_core.errors import InputError
 from eca_core.io import read_json, write_json_atomic
 from eca_core.losses import ECAObjective, LossConfig
-from eca_core.pipeline import StageContext, digest
-from eca_core.resume import item_is_current, write_item_marker
-from eca_core.trainer import call_trainer, make_trainer
-from eca_core.runtime import Runtime
+from eca_core.runner.pipeline import StageContext, digest
+from eca_core.runner.resume import item_is_current, write_item_marker
+from eca_core.runner.trainer import call_trainer, make_trainer
+from eca_core.runner.runtime import Runtime
 from eca_msa.almt import ALMT, ALMTConfig
 from eca_msa.datasets import DATASETS, dataset_spec
 from eca_msa.metrics import HIGHER_IS_BETTER, mmsa_loss, regression_metrics

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from eca_core.config import check
+from eca_core.runner.config import check
 from eca_core.variants import VARIANTS
 from eca_tab.datasets import get_dataset
 
@@ -34,7 +34,7 @@ class PreprocessConfig:
 
     @classmethod
     def resolve_presets(cls, data: dict[str, Any]) -> dict[str, Any]:
-        """Lay the given keys over the data set preset's (called by :func:`eca_core.config.from_dict`)."""
+        """Lay the given keys over the data set preset's (called by :func:`eca_core.runner.config.from_dict`)."""
         name = data.get("dataset") or ""
         return {**get_dataset(name).preprocess_defaults(), **data} if name else data
 

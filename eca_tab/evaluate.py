@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from eca_core.io import atomic_path, read_json, write_json_atomic, write_text_atomic
-from eca_core.pipeline import StageContext
+from eca_core.runner.pipeline import StageContext
 from eca_tab.datasets import DATASETS
 from eca_tab.train import METHOD_LABELS
 from eca_tab.configs import TabEvaluateConfig

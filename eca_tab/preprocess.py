@@ -13,7 +13,7 @@ import numpy as np
 
 from eca_core.errors import InputError
 from eca_core.io import read_json, write_json_atomic
-from eca_core.pipeline import StageContext
+from eca_core.runner.pipeline import StageContext
 from eca_tab.configs import PreprocessConfig
 from eca_tab.table import (PREPARED, SPLITS, Prepared, column_kinds, encode_categories, expand_dates, read_csv,
                            scale_numeric, split_rows, transform_target)

@@ -4,8 +4,8 @@ Each stage's work is named by reference (``"module:function"``) and imported whe
 pipeline runner and ``eca-tab <command> --help`` only need the configs of :mod:`eca_tab.configs`.
 """
 
-from eca_core.cli import StageCommand, report_paths
-from eca_core.pipeline import Stage
+from eca_core.runner.cli import StageCommand, report_paths
+from eca_core.runner.pipeline import Stage
 from eca_tab.configs import PreprocessConfig, TabEvaluateConfig, TabTrainConfig
 
 PREPROCESS = Stage("preprocess", "eca_tab.preprocess:run_stage", config=PreprocessConfig, inputs="eca_tab.preprocess:stage_inputs",

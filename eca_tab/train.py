@@ -19,15 +19,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from eca_core import distributed
-from eca_core.config import to_dict
+from eca_core.runner import distributed
+from eca_core.runner.config import to_dict
 from eca_core.io import read_json, write_json_atomic
 from eca_core.losses import ECAObjective, LossConfig
 from eca_core.metrics import pearson_per_column
-from eca_core.pipeline import StageContext, digest
-from eca_core.resume import content_hash, item_is_current, write_item_marker
+from eca_core.runner.pipeline import StageContext, digest
+from eca_core.runner.resume import content_hash, item_is_current, write_item_marker
 from eca_core.variants import get_variant, layer_config
-from eca_core.runtime import Runtime
+from eca_core.runner.runtime import Runtime
 from eca_tab.model import build_ft_transformer, parameter_groups
 from eca_tab.table import PREPARED, Prepared
 from eca_tab.configs import TabTrainConfig

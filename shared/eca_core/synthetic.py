@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from eca_core.attention import ECAConfig, ECAPooling
-from eca_core.config import to_dict
+from eca_core.runner.config import to_dict
 from eca_core.losses import ECAObjective, LossConfig, pcc_per_dim
 from eca_core.variants import VARIANTS as ALL_VARIANTS, pcc_term
 from eca_core.variants import layer_config

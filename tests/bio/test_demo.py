@@ -9,7 +9,7 @@ import numpy as np
 
 from eca_bio.cli import main as cli_main
 from eca_bio.demo import make_demo_data
-from eca_bio.st import read_legacy_st
+from eca_bio.inputs.st import read_legacy_st
 
 
 def test_demo_data_is_legacy_st_with_image_dependent_counts(tmp_path):
@@ -42,7 +42,7 @@ def test_demo_runs_the_pipeline_end_to_end(tmp_path, capsys):
 
 def test_demo_data_are_byte_identical_on_a_rerun(tmp_path):
     """The demo paints its data again on every run; the same bytes keep every stage up to date."""
-    from eca_core.resume import content_hash
+    from eca_core.runner.resume import content_hash
 
     make_demo_data(tmp_path / "a", n_slides=3, grid=5, seed=0)
     make_demo_data(tmp_path / "b", n_slides=3, grid=5, seed=0)

@@ -8,15 +8,15 @@ import anndata as ad
 import numpy as np
 import pytest
 
-from eca_bio.model import ModelConfig
+from eca_bio.model.expression import ModelConfig
 from eca_bio.predict import PredictConfig, predict_slides
-from eca_bio.preprocess import run_preprocess
-from eca_bio.feature_set import DataError
-from eca_bio.folds import plan_folds
-from eca_bio.train import BioTrainConfig, train_all
+from eca_bio.features.preprocess import run_preprocess
+from eca_bio.features.feature_set import DataError
+from eca_bio.training.folds import plan_folds
+from eca_bio.training.train import BioTrainConfig, train_all
 
 from .conftest import make_legacy_st
-from .test_preprocess import CPU, cfg_for
+from tests.bio.features.test_preprocess import CPU, cfg_for
 
 
 def test_fixed_and_none_fold_plans():

@@ -8,14 +8,14 @@ import anndata as ad
 import numpy as np
 import pytest
 
-from eca_core.config import to_dict
-from eca_bio.encoders import EncoderConfig
+from eca_core.runner.config import to_dict
+from eca_bio.features.encoders import EncoderConfig
 from eca_bio.predict import PredictConfig, find_model, predict_slides
-from eca_bio.preprocess import PreprocessConfig
-from eca_bio.feature_set import DataError
-from eca_bio.train import train_all
+from eca_bio.features.preprocess import PreprocessConfig
+from eca_bio.features.feature_set import DataError
+from eca_bio.training.train import train_all
 from tests.bio.fixtures_model import make_preprocess_dir
-from tests.bio.test_train import tiny_config
+from tests.bio.training.test_train import tiny_config
 
 ENC = EncoderConfig(name="vit_tiny_patch16_224", pretrained=False,
                     kwargs={"img_size": 32, "patch_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2})
@@ -64,8 +64,8 @@ def test_loading_and_predicting_needs_no_training_code():
     import subprocess
     import sys
 
-    code = ("import sys, eca_bio.predict, eca_bio.checkpoint, eca_bio.spots; "
+    code = ("import sys, eca_bio.predict, eca_bio.model.checkpoint, eca_bio.training.spots; "
             "from eca_bio.predict import predict_slides; "
-            "training = {'eca_bio.train', 'eca_bio.fit', 'eca_bio.engine', 'eca_bio.task', 'lightning'} & set(sys.modules); "
+            "training = {'eca_bio.training.train', 'eca_bio.training.fit', 'eca_bio.training.engine', 'eca_bio.training.task', 'lightning'} & set(sys.modules); "
             "assert not training, sorted(training)")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -14,16 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from eca_bio.preprocess import PreprocessError, run_preprocess
-from eca_bio.slides import SlideError, open_slide
-from eca_bio.st import STError, read_legacy_st
-from eca_bio.feature_set import DataError, FeatureSet
-from eca_bio.checkpoint import load_trained
-from eca_bio.train import train_all
+from eca_bio.features.preprocess import PreprocessError, run_preprocess
+from eca_bio.inputs.slides import SlideError, open_slide
+from eca_bio.inputs.st import STError, read_legacy_st
+from eca_bio.features.feature_set import DataError, FeatureSet
+from eca_bio.model.checkpoint import load_trained
+from eca_bio.training.train import train_all
 from tests.bio.conftest import make_legacy_st, tissue_image
 from tests.bio.fixtures_model import make_preprocess_dir
-from tests.bio.test_preprocess import CPU, cfg_for
-from tests.bio.test_train import tiny_config
+from tests.bio.features.test_preprocess import CPU, cfg_for
+from tests.bio.training.test_train import tiny_config
 
 
 class _Payload:
@@ -119,7 +119,7 @@ def test_truncated_embeddings_file_is_named(tmp_path):
     pre = make_preprocess_dir(tmp_path / "pre", n_slides=3, n_spots=10)
     h5 = pre / "slides" / "S1.h5"
     h5.write_bytes(h5.read_bytes()[:1000])
-    from eca_bio.slide_h5 import FeatureFileError
+    from eca_bio.features.slide_h5 import FeatureFileError
 
     with pytest.raises(FeatureFileError, match=r"S1\.h5: not a readable HDF5 file \(truncated or corrupt\?\)"):
         FeatureSet(pre).slides()

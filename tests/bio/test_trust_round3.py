@@ -6,9 +6,9 @@ import h5py
 import numpy as np
 import pytest
 
-from eca_bio.preprocess import run_preprocess
+from eca_bio.features.preprocess import run_preprocess
 from tests.bio.conftest import make_legacy_st
-from tests.bio.test_preprocess import CPU, cfg_for
+from tests.bio.features.test_preprocess import CPU, cfg_for
 
 
 def test_an_edited_slide_file_is_recomputed_not_blessed(tmp_path):
@@ -55,11 +55,11 @@ def test_manifest_ids_are_plain_names_and_files_stay_inside(tmp_path, field, val
 def test_evaluate_refuses_a_plan_whose_slide_id_leaves_the_folder(tmp_path):
     import json
 
-    from eca_bio.evaluate import EvaluateConfig, evaluate_run
-    from eca_bio.feature_set import DataError
-    from eca_bio.train import train_all
+    from eca_bio.report.evaluate import EvaluateConfig, evaluate_run
+    from eca_bio.features.feature_set import DataError
+    from eca_bio.training.train import train_all
     from tests.bio.fixtures_model import make_preprocess_dir
-    from tests.bio.test_train import tiny_config
+    from tests.bio.training.test_train import tiny_config
 
     pre = make_preprocess_dir(tmp_path / "pre", n_slides=3, n_spots=10, n_genes=6)
     train_all(tiny_config(methods=["ridge"], final_method=None, transforms=["egn"]), pre, tmp_path / "train", progress=False)
@@ -107,7 +107,7 @@ def test_a_decompression_bomb_is_refused_from_its_header(tmp_path, capsys):
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500_000  # KiB: nothing near 9 GB was allocated
     small = tmp_path / "small.png"
     tissue_image(300, 200).save(small)
-    from eca_bio.slides import SlideError, open_slide
+    from eca_bio.inputs.slides import SlideError, open_slide
 
     with pytest.raises(SlideError, match="over the limit of 0.01 for plain images"):
         open_slide(small, mpp=1.0, max_megapixels=0.01).thumbnail(64)
@@ -144,7 +144,7 @@ def _feature_file(path, how: str, secret) -> None:
     ("virtual", r"/features is a virtual dataset \(reads other files\); HDF5 inputs must be self-contained"),
 ])
 def test_feature_files_that_read_other_files_are_refused(tmp_path, how, message):
-    from eca_bio.slide_h5 import FeatureFileError, read_slide_h5
+    from eca_bio.features.slide_h5 import FeatureFileError, read_slide_h5
 
     secret = tmp_path / "secret.bin"
     secret.write_bytes(b"PRIVATE KEY " * 20)
@@ -160,7 +160,7 @@ def test_a_10x_matrix_with_external_storage_is_refused(tmp_path):
 
     import h5py
 
-    from eca_bio.st import STError, read_10x_h5
+    from eca_bio.inputs.st import STError, read_10x_h5
     from tests.bio.conftest import DATA
 
     real = DATA / "visium" / "scanpy_1.0.0"
@@ -185,8 +185,8 @@ def test_visium_hd_without_microns_per_pixel_uses_the_bin_size(tmp_path):
     """A 16 um bin is never read as a 55 um Visium spot: mpp = bin_size_um / the bin's side in pixels."""
     import json
 
-    from eca_bio.st import STError, read_visium_hd
-    from tests.bio.test_visium_hd import make_visium_hd
+    from eca_bio.inputs.st import STError, read_visium_hd
+    from tests.bio.inputs.test_visium_hd import make_visium_hd
 
     root = make_visium_hd(tmp_path / "hd_run")
     sf_path = root / "binned_outputs" / "square_016um" / "spatial" / "scalefactors_json.json"
@@ -206,8 +206,8 @@ def test_visium_hd_without_microns_per_pixel_uses_the_bin_size(tmp_path):
 def test_visium_hd_with_two_microscope_images_says_so(tmp_path):
     import shutil
 
-    from eca_bio.st import STError, read_visium_hd
-    from tests.bio.test_visium_hd import make_visium_hd
+    from eca_bio.inputs.st import STError, read_visium_hd
+    from tests.bio.inputs.test_visium_hd import make_visium_hd
 
     root = make_visium_hd(tmp_path / "hd_run")
     shutil.copy(root / "microscope.tif", root / "microscope_10x.tif")
@@ -218,8 +218,8 @@ def test_visium_hd_with_two_microscope_images_says_so(tmp_path):
 
 
 def test_an_implausible_hest_mpp_names_the_metadata_file(tmp_path):
-    from eca_bio.preprocess import PreprocessError
-    from tests.bio.test_hest import make_hest
+    from eca_bio.features.preprocess import PreprocessError
+    from tests.bio.inputs.test_hest import make_hest
 
     root = make_hest(tmp_path / "hest", mpp=25.0)
     with pytest.raises(PreprocessError, match=r"a 112 um patch is only 4 px at 25 um/px \(HEST metadata "

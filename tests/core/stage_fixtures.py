@@ -6,9 +6,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from eca_core.config import check
+from eca_core.runner.config import check
 from eca_core.io import atomic_path
-from eca_core.pipeline import Stage, StageContext
+from eca_core.runner.pipeline import Stage, StageContext
 
 CALLS: list[str] = []
 
@@ -35,7 +35,7 @@ class ScaleConfig:
 
 
 def _make(ctx: StageContext) -> dict:
-    from eca_core import distributed
+    from eca_core.runner import distributed
 
     CALLS.append("make")
     if distributed.rank() == ctx.config.fail_rank:

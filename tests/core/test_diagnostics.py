@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from eca_core.cli import main as eca_main
+from eca_core.runner.cli import main as eca_main
 from eca_core.diagnostics import homogeneity_report, mean_pool_baseline, ridge_fit, set_statistics, theorem22_bound
 from eca_core.metrics import pearson_per_column
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from eca_core.errors import LockError
-from eca_core.resume import LOCK_NAME, RunLock, content_hash
+from eca_core.runner.resume import LOCK_NAME, RunLock, content_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -21,7 +21,7 @@ def test_local_rank_in_the_environment_still_takes_the_lock(tmp_path, monkeypatc
     monkeypatch.setenv("NODE_RANK", "1")
     with RunLock(tmp_path / "run"):
         assert (tmp_path / "run" / LOCK_NAME).is_file()
-        code = ("import sys; from eca_core.resume import RunLock\n"
+        code = ("import sys; from eca_core.runner.resume import RunLock\n"
                 f"try:\n    RunLock({str(tmp_path / 'run')!r}).__enter__()\nexcept Exception as e:\n    print(type(e).__name__, e); sys.exit(3)")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "LOCAL_RANK": "1"})
         assert out.returncode == 3 and "LockError" in out.stdout and "in use by another run" in out.stdout
@@ -49,7 +49,7 @@ def test_same_size_same_mtime_replacement_is_hashed_again(tmp_path):
 
 
 def test_a_pipeline_input_swapped_with_cp_p_reruns_its_stage(tmp_path):
-    from eca_core.pipeline import PipelineSpec, run_pipeline
+    from eca_core.runner.pipeline import PipelineSpec, run_pipeline
 
     (tmp_path / "input.txt").write_text("21")
     spec = PipelineSpec.from_dict({"name": "t", "stages_module": "tests.core.stage_fixtures", "run_dir": str(tmp_path / "run"),
@@ -65,7 +65,7 @@ def test_a_pipeline_input_swapped_with_cp_p_reruns_its_stage(tmp_path):
 
 
 def _run_cli(argv, capsys) -> tuple[int, str]:
-    from eca_core.cli import main
+    from eca_core.runner.cli import main
 
     capsys.readouterr()
     code = main(argv)
@@ -97,7 +97,7 @@ def test_duplicate_yaml_keys_are_refused(tmp_path, capsys):
     (tmp_path / "in.txt").write_text("3")
     merged.write_text(f"name: t\nstages_module: tests.core.stage_fixtures\nrun_dir: {tmp_path / 'run'}\nstages:\n"
                       f"  make: &m {{input: {tmp_path / 'in.txt'}, factor: 2}}\n  scale: {{<<: *m, epochs: 2}}\n")
-    from eca_core.config import read_yaml
+    from eca_core.runner.config import read_yaml
 
     assert read_yaml(merged)["stages"]["scale"] == {"input": str(tmp_path / "in.txt"), "factor": 2, "epochs": 2}
 
@@ -115,7 +115,7 @@ def test_stages_module_must_be_a_registry_before_anything_is_imported(tmp_path, 
 
 def test_a_published_folder_has_the_umask_mode_and_its_killed_temp_twin_is_cleaned(tmp_path):
     from eca_core.io import atomic_dir
-    from eca_core.resume import clean_temp_files
+    from eca_core.runner.resume import clean_temp_files
 
     out = tmp_path / "evaluate"
     with atomic_dir(out) as tmp:

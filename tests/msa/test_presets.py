@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from eca_core.config import from_dict
+from eca_core.runner.config import from_dict
 from eca_core.errors import ConfigError
 from eca_msa.almt import ALMT, Attention
 from eca_msa.datasets import DATASETS
@@ -98,7 +98,7 @@ def test_options_then_explicit_keys_are_laid_over_the_preset():
     # an explicit key beats an option
     assert from_dict(MSATrainConfig, {"options": ["select-mae"], "select_metric": "Corr"}).select_metric == "Corr"
     # re-reading a written config gives the same config
-    from eca_core.config import to_dict
+    from eca_core.runner.config import to_dict
 
     assert from_dict(MSATrainConfig, to_dict(cfg)) == cfg
     assert MSATrainConfig().provenance() == "preset `almt-mosi` (published ALMT on CMU-MOSI (fusion depth 2, bert-base-uncased)); no options"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from eca_core.config import from_dict
+from eca_core.runner.config import from_dict
 from eca_core.errors import InputError
 from eca_msa.data import from_mmsa_dict
 from eca_msa.synthetic import SyntheticConfig, generate_mmsa

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from eca_core.errors import InputError
-from eca_core.pipeline import PipelineSpec, run_pipeline
+from eca_core.runner.pipeline import PipelineSpec, run_pipeline
 from eca_msa.cli import main as cli_main
 from eca_msa.metrics import mosi_regression_metrics
 from eca_msa.train import MSATrainConfig, setting_configs

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from eca_core.config import from_dict
+from eca_core.runner.config import from_dict
 from eca_core.errors import InputError
 from eca_tab.preprocess import PreprocessConfig, load_prepared, prepare
 from tests.tab.conftest import APPLIANCES, ROOT, write_table

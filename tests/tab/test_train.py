@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from eca_core.config import from_dict
+from eca_core.runner.config import from_dict
 from eca_core.convert import ECARTDLAttention
 from eca_tab.evaluate import TabEvaluateConfig, evaluate, paired_tests
 from eca_tab.model import FTConfig, build_ft_transformer

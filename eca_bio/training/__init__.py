@@ -1,0 +1,1 @@
+"""Training: targets from training slides, folds, the vectorised engine and the per-fit reference loop, the validation search."""

@@ -1,0 +1,127 @@
+"""Model inputs of a set of spots (features, tokens, targets, exemplar rows), the exemplar bank, and a model's scores on them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from eca_core.metrics import pearson_per_column
+from eca_bio.model.exemplars import ExemplarBank, ExemplarIndex
+from eca_bio.features.feature_set import EmbeddingSpec, SlideData
+from eca_bio.training.targets import TargetSpec, make_targets
+
+if TYPE_CHECKING:
+    from eca_bio.configs import BioTrainConfig
+
+
+@dataclass
+class SpotSet:
+    """Model inputs of a set of spots: features, tokens, targets and exemplar rows into a bank."""
+
+    features: np.ndarray
+    tokens: np.ndarray | None
+    targets: np.ndarray
+    exemplars: np.ndarray  # (N, k) rows of the bank
+    slide_ids: np.ndarray
+    barcodes: list[str]
+    centres: np.ndarray
+
+
+class SpotDataset(Dataset):
+    """Torch view of a :class:`SpotSet`; exemplar embeddings/targets are gathered from the bank per item."""
+
+    def __init__(self, spots: SpotSet, bank: ExemplarBank) -> None:
+        self.f = torch.from_numpy(spots.features)
+        self.t = torch.from_numpy(spots.tokens) if spots.tokens is not None else None
+        self.y = torch.from_numpy(spots.targets)
+        self.ex = torch.from_numpy(spots.exemplars)
+        self.bank_e = torch.from_numpy(bank.embeddings)
+        self.bank_y = torch.from_numpy(bank.targets)
+
+    def __len__(self) -> int:
+        return self.f.shape[0]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        item = {"features": self.f[i], "ex_emb": self.bank_e[self.ex[i]], "ex_expr": self.bank_y[self.ex[i]], "y": self.y[i]}
+        if self.t is not None:
+            item["tokens"] = self.t[i]
+        return item
+
+
+def build_spots(slides: list[SlideData], spec: TargetSpec, index: ExemplarIndex | None, use_tokens: bool,
+                missing_report: dict[str, list[str]] | None = None) -> SpotSet:
+    """Targets and exemplars of all spots of ``slides``; each spot's own slide is never an exemplar source."""
+    ys, feats, toks, sids, bcs, cen = [], [], [], [], [], []
+    for s in slides:
+        y, missing = make_targets(s, spec)
+        if missing and missing_report is not None:
+            missing_report[s.slide_id] = missing
+        ys.append(y)
+        feats.append(s.features)
+        toks.append(s.tokens)
+        sids += [s.slide_id] * s.n_spots
+        bcs += list(s.counts.obs_names) if s.counts is not None else [str(i) for i in range(s.n_spots)]
+        cen.append(s.centres)
+    features = np.concatenate(feats).astype(np.float32)
+    tokens = np.concatenate(toks).astype(np.float32) if use_tokens and all(t is not None for t in toks) else None
+    sid_arr = np.asarray(sids)
+    ex = index.query(features, sid_arr)[0] if index is not None else np.zeros((len(sids), 1), dtype=np.int64)
+    return SpotSet(features, tokens, np.concatenate(ys), ex, sid_arr, bcs, np.concatenate(cen))
+
+
+def make_bank(slides: list[SlideData], spec: TargetSpec, embedding: EmbeddingSpec) -> ExemplarBank:
+    """Exemplar bank of the training slides under a target spec."""
+    emb = np.concatenate([s.features for s in slides])
+    y = np.concatenate([make_targets(s, spec)[0] for s in slides])
+    sids = np.concatenate([[s.slide_id] * s.n_spots for s in slides])
+    return ExemplarBank(emb, y, sids, spec.genes, embedding.key())
+
+
+@dataclass
+class FoldSpots:
+    """A fold's exemplar bank and spot sets: fitting, early-stopping (val), all training slides, test (None: final model)."""
+
+    bank: ExemplarBank
+    fit: SpotSet
+    val: SpotSet
+    everything: SpotSet
+    test: SpotSet | None
+
+
+def fold_spots(cfg: BioTrainConfig, train_sl: list[SlideData], val_id: str | None, test_sl: list[SlideData], spec: TargetSpec,
+               embedding: EmbeddingSpec) -> FoldSpots:
+    """Bank, k-NN exemplars and spot sets of one fold: the held-out training slide ``val_id`` early-stops, the others
+    fit; each spot's exemplars come from other training slides."""
+    bank = make_bank(train_sl, spec, embedding)
+    index = ExemplarIndex(bank, cfg.k, cfg.exemplar_backend)
+    fit = build_spots([s for s in train_sl if s.slide_id != val_id], spec, index, cfg.use_tokens)
+    val = build_spots([s for s in train_sl if s.slide_id == val_id], spec, index, cfg.use_tokens)
+    return FoldSpots(bank, fit, val, build_spots(train_sl, spec, index, cfg.use_tokens),
+                     build_spots(test_sl, spec, index, cfg.use_tokens) if test_sl else None)
+
+
+def epoch_scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
+    """(PCC@M over genes with a defined PCC, MSE) of a set of predictions."""
+    r = pearson_per_column(pred, truth)
+    pcc = float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")
+    return pcc, float(np.mean((pred - truth) ** 2))
+
+
+@torch.no_grad()
+def predict_spots(model: torch.nn.Module, spots: SpotSet, bank: ExemplarBank, batch_size: int = 512) -> np.ndarray:
+    """Predicted targets (N, G) of a spot set by an :class:`~eca_bio.model.expression.ExpressionModel` (eval mode, on its device)."""
+    model.eval()
+    device = next(model.parameters()).device
+    ds = SpotDataset(spots, bank)
+    out = []
+    for start in range(0, len(ds), batch_size):
+        batch = {k: v.to(device) for k, v in ds[torch.arange(start, min(start + batch_size, len(ds)))].items()}  # the rows at once
+        out.append(model(batch["features"], batch.get("tokens"), batch["ex_emb"], batch["ex_expr"]).float().cpu().numpy())
+    pred = np.concatenate(out)
+    if not np.isfinite(pred).all():
+        raise FloatingPointError("model produced NaN/inf predictions")
+    return pred
