@@ -17,7 +17,7 @@ import statistics
 
 import torch
 
-from eca_core.attention import ECAConfig
+from eca_core.attention import ECAConfig, collect_lambdas
 from eca_core.losses import ECAObjective, LossConfig
 from eca_msa.almt import ALMT, ALMTConfig
 
@@ -68,7 +68,9 @@ def main() -> None:
     def step(model, objective, opt):
         def run():
             opt.zero_grad(set_to_none=True)
-            loss, _ = objective(model(batch), batch["label"], model)
+            with collect_lambdas() as lams:
+                pred = model(batch)
+            loss, _ = objective(pred, batch["label"], lams)
             loss.backward()
             opt.step()
         return run

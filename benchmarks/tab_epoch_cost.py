@@ -18,6 +18,7 @@ import statistics
 
 import torch
 
+from eca_core.attention import collect_lambdas
 from eca_core.losses import ECAObjective, LossConfig
 from eca_core.variants import get_variant, layer_config
 from eca_tab.model import FTConfig, build_ft_transformer, parameter_groups
@@ -37,7 +38,9 @@ def build(method: str, cfg: FTConfig, device: str):
 
 def step_fn(model, objective, opt, x, y):
     def step() -> None:
-        loss, _ = objective(model(x, None).squeeze(-1), y, model)
+        with collect_lambdas() as lams:
+            pred = model(x, None).squeeze(-1)
+        loss, _ = objective(pred, y, lams)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -31,7 +31,9 @@ from eca_core.runner import distributed
 from eca_core.runner.config import from_dict, to_dict
 from eca_core.errors import InputError
 from eca_core.io import read_json, write_json_atomic
+from eca_core.attention import collect_lambdas
 from eca_core.losses import ECAObjective, LossConfig
+from eca_core.metrics import finite_score
 from eca_core.runner.pipeline import StageContext, digest
 from eca_core.runner.resume import item_is_current, write_item_marker
 from eca_core.runner.trainer import call_trainer, make_trainer
@@ -76,8 +78,9 @@ class ALMTRegressor(L.LightningModule):
         return self.model(batch)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        pred = self.model(batch)
-        total, parts = self.objective(pred, batch["label"], self.model)
+        with collect_lambdas() as lams:
+            pred = self.model(batch)
+        total, parts = self.objective(pred, batch["label"], lams)
         self.log_dict({f"train/{k}": v.detach() for k, v in parts.items()}, on_step=False, on_epoch=True, batch_size=len(pred))
         self._train_loss[0] += float(total.detach()) * len(pred)
         self._train_loss[1] += len(pred)
@@ -104,7 +107,7 @@ class ALMTRegressor(L.LightningModule):
         metrics, _, _ = self._scores()
         if self.trainer.sanity_checking:
             return
-        logged = {f"val/{k}": (v if np.isfinite(v) else (-1.0 if HIGHER_IS_BETTER.get(k, False) else 1e9)) for k, v in metrics.items()}
+        logged = {f"val/{k}": finite_score(v, HIGHER_IS_BETTER.get(k, False)) for k, v in metrics.items()}
         self.log_dict(logged, sync_dist=False)
         n = max(self._train_loss[1], 1)
         self.history.append({"epoch": int(self.current_epoch), "lr": getattr(self, "_lr", float("nan")),
@@ -193,7 +196,7 @@ def train_one(data, cfg: MSATrainConfig, setting: str, seed: int, out_dir: Path,
         call_trainer(trainer.test, module, datamodule=dm, ckpt_path=ckpt.best_model_path, verbose=False, weights_only=True)
     history = module.history
     higher = HIGHER_IS_BETTER[cfg.select_metric]
-    scores = [h[cfg.select_metric] if np.isfinite(h[cfg.select_metric]) else (-np.inf if higher else np.inf) for h in history]
+    scores = [finite_score(h[cfg.select_metric], higher) for h in history]
     best = int(np.argmax(scores) if higher else np.argmin(scores))
     ckpt_epoch = int(torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["epoch"])
     if ckpt_epoch != history[best]["epoch"]:

@@ -22,6 +22,7 @@ import torch
 from eca_core.runner import distributed
 from eca_core.runner.config import to_dict
 from eca_core.io import read_json, write_json_atomic
+from eca_core.attention import collect_lambdas
 from eca_core.losses import ECAObjective, LossConfig
 from eca_core.metrics import pearson_per_column
 from eca_core.runner.pipeline import StageContext, digest
@@ -87,8 +88,9 @@ def fit(data: Prepared, cfg: TabTrainConfig, method: str, seed: int, device: tor
             idx = perm[i:i + cfg.batch_size]
             if len(idx) < 2:  # a correlation needs two rows
                 continue
-            pred = model(*train.inputs(idx)).squeeze(-1)
-            loss, _ = objective(pred, y_train[idx], model)
+            with collect_lambdas() as lams:
+                pred = model(*train.inputs(idx)).squeeze(-1)
+            loss, _ = objective(pred, y_train[idx], lams)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

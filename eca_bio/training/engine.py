@@ -26,9 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eca_core.attention import collect_attention_stats
+from eca_core.attention import collect_attention_stats, collect_lambdas
 from eca_core.runner.config import from_dict, to_dict
 from eca_core.losses import LossConfig, dnpl_loss, pcc_loss, sra_penalty
+from eca_core.metrics import finite_score
 from eca_bio.model.exemplars import ExemplarBank
 from eca_bio.training.members import DropoutStream, knob_template, member_tape, stacked_adamw, use_member_dropout
 from eca_bio.methods import METHODS
@@ -208,13 +209,13 @@ def _objective(template: nn.Module, loss_cfg: LossConfig):
     """(params, buffers, knobs, noise, batch) -> (loss, (pred, λ, τ)) of one member, for vmap(grad(...))."""
 
     def loss_fn(params, buffers, knobs, noise, f, t, e, ey, y):
-        with member_tape(knobs, noise), collect_attention_stats() as stats:
+        with member_tape(knobs, noise), collect_attention_stats() as stats, collect_lambdas() as lams:
             pred = torch.func.functional_call(template, (params, buffers), (f, t, e, ey))
         mse = F.mse_loss(pred.float(), y.float())
         total = mse
         if loss_cfg.pcc != "none" and loss_cfg.pcc_weight:
             total = total + loss_cfg.pcc_weight * (dnpl_loss(pred, y) if loss_cfg.pcc == "dnpl" else pcc_loss(pred, y))
-        total = total + knobs["sra_weight"] * sra_penalty(template).to(total.device)
+        total = total + knobs["sra_weight"] * sra_penalty(lams).to(total.device)
         lam = torch.cat(stats["lambda"]) if stats["lambda"] else pred.new_zeros(0)
         tau = torch.cat(stats["tau"]) if stats["tau"] else pred.new_zeros(0)
         return total, (pred.detach(), lam.detach(), tau.detach())
@@ -369,7 +370,7 @@ class _Engine:
                     row |= {f"{name}_mean": float(v.mean()), f"{name}_min": float(v.min()), f"{name}_max": float(v.max())}
             m.history.append(row)
             val = scores[i][0]
-            logged = np.float32(-1.0 if math.isnan(val) else val)
+            logged = np.float32(finite_score(val))  # what the per-fit loop logs
             if logged > m.best32:  # EarlyStopping (min_delta 0) and ModelCheckpoint(save_top_k=1): strictly better
                 m.best32, m.wait = float(logged), 0
                 m.best_state = early.state(i)

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 
-from eca_core.attention import collect_attention_stats
+from eca_core.attention import collect_attention_stats, collect_lambdas
 from eca_core.runner.config import from_dict
 from eca_core.losses import ECAObjective, LossConfig
+from eca_core.metrics import finite_score
 from eca_bio.model.expression import ExpressionModel, ModelConfig
 from eca_bio.training.spots import epoch_scores
 
@@ -33,11 +33,11 @@ class ExpressionTask(L.LightningModule):
         return self.model(batch["features"], batch.get("tokens"), batch.get("ex_emb"), batch.get("ex_expr"))
 
     def training_step(self, batch: dict[str, torch.Tensor], _: int) -> torch.Tensor:
-        with collect_attention_stats() as stats:
+        with collect_attention_stats() as stats, collect_lambdas() as lams:
             pred = self(batch)
         for name in ("lambda", "tau"):
             self._stats[name] += [t.float().cpu() for t in stats[name]]
-        total, parts = self.objective(pred, batch["y"], self.model)
+        total, parts = self.objective(pred, batch["y"], lams)
         self.log_dict({f"train_{k}": v for k, v in parts.items()}, on_step=False, on_epoch=True, batch_size=len(pred))
         self._buf["train"].append((pred.detach().float().cpu().numpy(), batch["y"].float().cpu().numpy()))
         return total
@@ -56,7 +56,7 @@ class ExpressionTask(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         scores = self._scores("val")
         if scores and not self.trainer.sanity_checking:
-            self.log("val_pcc", -1.0 if math.isnan(scores["val_pcc"]) else scores["val_pcc"])
+            self.log("val_pcc", finite_score(scores["val_pcc"]))
             self._pending = scores
 
     def _attention_stats(self) -> dict[str, float]:

@@ -11,8 +11,8 @@ Both layers compute ``z = v̄ + λ·(Σ_j α_j v_j − v̄)`` with ``α = softma
 Masks have explicit names: ``context_mask`` (B, N) with **True = a real element**, or
 ``key_padding_mask`` with ``nn.MultiheadAttention``'s meaning (**True = padding**, ignored); never a
 bare ``mask``. λ for the SRA penalty is collected per forward: :func:`collect_lambdas` gathers the λ
-of every layer run inside it, and :func:`eca_core.losses.sra_penalty` on a model reads each layer's
-latest λ and clears it, so a layer that did not run in this step never contributes a stale λ.
+of every layer run inside it (for :func:`eca_core.losses.sra_penalty`), so only layers that ran in this
+step contribute, and no layer keeps a λ (or its graph) between steps.
 ``return_aux=True`` (or ``need_weights=True``) also returns weights and temperatures.
 """
 
@@ -189,7 +189,6 @@ class ECAAggregation(nn.Module):
         self.attn_drop = nn.Dropout(dropout)  # timm's name; another module here (a training engine's) takes the unfused path
         self.temperature = DispersionTemperature(self.cfg) if self.cfg.use_dats else None
         self.residual_scale = ResidualScale(set_dim, self.cfg) if self.cfg.use_sra else None
-        self.last_lambda: Tensor | None = None
         self.scale: float | None = None  # logit scale; None: 1/sqrt(head_dim)
 
     @property
@@ -238,8 +237,7 @@ class ECAAggregation(nn.Module):
         if residual_scale is not None:
             vbar = self._value_mean(xbar, v, mask)  # (B,H,1,dh)
             out = torch.lerp(vbar.expand_as(out), out, lam.to(out.dtype).view(b, 1, 1, 1))  # v̄ + λ·(Σα v − v̄), one kernel
-            if torch.is_grad_enabled():  # read (and cleared) by sra_penalty; never kept from a no-grad forward
-                self.last_lambda = lam
+            if torch.is_grad_enabled():  # collected for sra_penalty; never from a no-grad forward
                 _record_lambda(lam)
         if _STAT_COLLECTORS:  # collect_attention_stats(): λ and τ for logs, detached
             _record_stats(lam if residual_scale is not None else None, tau if temperature is not None else None)

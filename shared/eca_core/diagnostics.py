@@ -19,7 +19,7 @@ import torch
 
 from eca_core.attention import check_set, set_dispersion
 from eca_core.io import require_self_contained_h5
-from eca_core.metrics import pearson_per_column
+from eca_core.metrics import constant_columns, pearson_per_column
 
 _BOUND_NOT_VALID = "not valid (r >= 1)"
 
@@ -122,7 +122,7 @@ def homogeneity_report(x: np.ndarray, mask: np.ndarray | None = None, y: np.ndar
     if y.ndim not in (1, 2) or y.shape[0] != x.shape[0]:
         raise ValueError(f"targets shape {y.shape} does not match {x.shape[0]} sets: expected ({x.shape[0]},) or ({x.shape[0]}, K)")
     y2 = y[:, None] if y.ndim == 1 else y
-    varying = y2.std(0) > 1e-12
+    varying = ~constant_columns(y2)
     report.n_constant_outputs = int((~varying).sum())
     names = output_names or ([f"y{k}" for k in range(y2.shape[1])] if y2.shape[1] > 1 else ["y"])
     if len(names) != y2.shape[1]:

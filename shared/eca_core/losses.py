@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from eca_core.loss_config import LossConfig
+from eca_core.metrics import CONSTANT_RTOL
 
 __all__ = ["ECAObjective", "LossConfig", "dnpl_loss", "pcc_loss", "pcc_per_dim", "sra_penalty"]
 
@@ -36,7 +37,8 @@ def pcc_per_dim(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 def _valid_columns(target: Tensor) -> Tensor:
     target = target if target.dim() == 2 else target[:, None]
-    return target.float().std(0, unbiased=False) > 1e-6
+    target = target.float()
+    return target.std(0, unbiased=False) > CONSTANT_RTOL * target.abs().amax(0).clamp_min(1.0)  # metrics' rule, no host sync
 
 
 def _mean_over_valid(per_column: Tensor, valid: Tensor, pred: Tensor) -> Tensor:
@@ -62,19 +64,9 @@ def dnpl_loss(pred: Tensor, target: Tensor) -> Tensor:
     return _mean_over_valid(scale * (1.0 - rho), _valid_columns(target), pred)
 
 
-def sra_penalty(model_or_lambdas: nn.Module | Tensor | list[Tensor]) -> Tensor:
-    """R = mean (λ − 1)² over the λ of a model's ECA layers since the last call, or over given λ tensors
-    (e.g. from :func:`eca_core.attention.collect_lambdas`). A layer's λ is counted once: reading clears it."""
-    if isinstance(model_or_lambdas, nn.Module):  # each layer's λ of its latest forward, consumed here
-        lams = []
-        for m in model_or_lambdas.modules():
-            if getattr(m, "last_lambda", None) is not None:
-                lams.append(m.last_lambda)
-                m.last_lambda = None
-    elif isinstance(model_or_lambdas, Tensor):
-        lams = [model_or_lambdas]
-    else:
-        lams = list(model_or_lambdas)
+def sra_penalty(lambdas: Tensor | list[Tensor]) -> Tensor:
+    """R = mean (λ − 1)² over the λ of a forward's ECA layers (from :func:`eca_core.attention.collect_lambdas`)."""
+    lams = [lambdas] if isinstance(lambdas, Tensor) else list(lambdas)
     if not lams:
         return torch.zeros(())
     return torch.stack([((lam.float() - 1.0) ** 2).mean() for lam in lams]).mean()
@@ -87,7 +79,8 @@ class ECAObjective(nn.Module):
         super().__init__()
         self.cfg = cfg or LossConfig()
 
-    def forward(self, pred: Tensor, target: Tensor, model: nn.Module | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(self, pred: Tensor, target: Tensor, lambdas: list[Tensor] | Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """MSE + weighted PCC term (+ weighted SRA penalty of ``lambdas``, the forward's :func:`collect_lambdas`)."""
         mse = F.mse_loss(pred.float(), target.float())
         parts = {"mse": mse}
         total = mse
@@ -95,8 +88,8 @@ class ECAObjective(nn.Module):
             corr = dnpl_loss(pred, target) if self.cfg.pcc == "dnpl" else pcc_loss(pred, target)
             parts[self.cfg.pcc] = corr
             total = total + self.cfg.pcc_weight * corr
-        if model is not None and self.cfg.sra_weight:
-            reg = sra_penalty(model).to(total.device)
+        if lambdas is not None and self.cfg.sra_weight:
+            reg = sra_penalty(lambdas).to(total.device)
             parts["sra"] = reg
             total = total + self.cfg.sra_weight * reg
         parts["loss"] = total

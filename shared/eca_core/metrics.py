@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
+CONSTANT_RTOL = 1e-6  # spread (std) at most this fraction of a column's scale, max(1, max|value|): constant, no PCC
+WORST_SCORE = {True: -1.0, False: 1e9}  # the worst finite score: higher is better (a correlation), or lower (an error)
+
+
+def constant_columns(values: np.ndarray) -> np.ndarray:
+    """True for each column with no defined correlation: std <= CONSTANT_RTOL · max(1, max|value| of the column). The metrics, the
+    diagnostics and the losses' column mask (``eca_core.losses``) use this one rule."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[:, None] if v.ndim == 1 else v
+    if v.size == 0:
+        return np.ones(v.shape[1:], dtype=bool)
+    return v.std(0) <= CONSTANT_RTOL * np.maximum(1.0, np.abs(v).max(0))
+
+
+def finite_score(value: float, higher_is_better: bool = True) -> float:
+    """A score early stopping can monitor: NaN or inf (no defined score) is the worst finite value, so such an epoch is
+    never chosen and Lightning's finite-value check never ends a run (−1 for a correlation, 1e9 for an error)."""
+    return float(value) if math.isfinite(value) else WORST_SCORE[higher_is_better]
+
 
 def pearson_per_column(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Pearson r of each column over rows; NaN where the truth (or prediction) is constant."""
+    """Pearson r of each column over rows; NaN where the truth (:func:`constant_columns`) or the prediction is constant."""
     pred = np.asarray(pred, dtype=np.float64)
     truth = np.asarray(truth, dtype=np.float64)
     if pred.shape != truth.shape:
@@ -25,7 +45,7 @@ def pearson_per_column(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     st = np.sqrt((tc**2).sum(0))
     with np.errstate(invalid="ignore", divide="ignore"):
         r = (pc * tc).sum(0) / (sp * st)
-    constant = (st <= 1e-12 * max(1.0, np.abs(truth).max())) | (sp == 0)
+    constant = constant_columns(truth) | (sp == 0)
     r[constant] = np.nan
     return np.clip(r, -1.0, 1.0)
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from eca_core.attention import ECAConfig, ECAPooling
+from eca_core.attention import ECAConfig, ECAPooling, collect_lambdas
 from eca_core.runner.config import to_dict
 from eca_core.losses import ECAObjective, LossConfig, pcc_per_dim
 from eca_core.variants import VARIANTS as ALL_VARIANTS, pcc_term
@@ -178,8 +178,9 @@ def train_variant(data: SyntheticData, variant: str, cfg: SyntheticTrainConfig, 
     curves: dict[str, list[float]] = {"train_pcc": [], "val_pcc": [], "train_mse": [], "val_mse": []}
     for _ in range(cfg.epochs):
         model.train()
-        pred = model(data.x_train)
-        loss, _ = objective(pred, data.y_train, model)
+        with collect_lambdas() as lams:
+            pred = model(data.x_train)
+        loss, _ = objective(pred, data.y_train, lams)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -14,6 +14,7 @@ from torch import nn
 
 from eca_core.attention import ECAConfig
 from eca_core.convert import ECATimmAttention, swap_attention
+from eca_core.attention import collect_lambdas
 from eca_core.losses import sra_penalty
 from eca_core.mha import ECAMultiheadAttention
 
@@ -52,9 +53,10 @@ def test_kdim_vdim_and_eca_on():
     q, k, v = torch.randn(2, 3, 16), torch.randn(2, 5, 8), torch.randn(2, 5, 12)
     torch.testing.assert_close(ECAMultiheadAttention.from_torch(mha, OFF)(q, k, v)[0], mha(q, k, v)[0], **TOL)
     eca = ECAMultiheadAttention.from_torch(mha, ECAConfig(tau_min=0.1)).train()
-    out, _ = eca(q, k, v)
+    with collect_lambdas() as lams:
+        out, _ = eca(q, k, v)
     assert not torch.allclose(out, mha(q, k, v)[0], atol=1e-4)
-    (out.square().mean() + sra_penalty(eca)).backward()
+    (out.square().mean() + sra_penalty(lams)).backward()
     assert eca.residual_scale.mlp[0].weight.grad is not None
 
 
@@ -83,7 +85,10 @@ def test_timm_vit_swap():
         torch.testing.assert_close(swapped(x), ref, **TOL)
     assert all(isinstance(b.attn, ECATimmAttention) for b in swapped.blocks)
     eca = swap_attention(copy.deepcopy(vit), ECAConfig(tau_min=0.05)).train()
-    loss = eca(x).square().mean() + sra_penalty(eca)
+    with collect_lambdas() as lams:
+        out = eca(x)
+    assert len(lams) == len(eca.blocks)
+    loss = out.square().mean() + sra_penalty(lams)
     loss.backward()
     assert eca.blocks[0].attn.qkv.weight.grad is not None
 
@@ -130,7 +135,9 @@ def test_rtdl_ft_transformer_swap():
     eca = swap_attention(copy.deepcopy(model), ECAConfig(tau_min=0.05)).train()
     with torch.no_grad():
         assert (eca.eval()(x, c) - ref).abs().max() > 1e-4  # DATS sharpens the attention
-    loss = eca.train()(x, c).square().mean() + sra_penalty(eca)
+    with collect_lambdas() as lams:
+        out = eca.train()(x, c)
+    loss = out.square().mean() + sra_penalty(lams)
     loss.backward()
     block = eca.backbone.blocks[1]["attention"]
     assert block.W_q.weight.grad is not None and block.residual_scale.mlp[0].weight.grad is not None

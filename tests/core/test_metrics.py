@@ -52,3 +52,29 @@ def test_bad_inputs():
         pearson_per_column(np.zeros((3, 2)), np.zeros((3, 3)))
     with pytest.raises(ValueError, match="NaN"):
         pearson_per_column(np.array([[1.0], [np.nan]]), np.array([[1.0], [2.0]]))
+
+
+def test_one_constant_column_rule_for_metrics_diagnostics_and_losses():
+    import torch
+
+    from eca_core.losses import _valid_columns
+    from eca_core.metrics import CONSTANT_RTOL, constant_columns
+
+    rng = np.random.default_rng(0)
+    y = np.stack([rng.normal(size=50),                        # varying
+                  np.full(50, 3.0),                            # exactly constant
+                  1e3 + 1e-6 * rng.normal(size=50),            # constant at its scale (std ~1e-9 of 1e3)
+                  1e-3 * rng.normal(size=50)], axis=1)         # small but real spread
+    want = np.array([False, True, True, False])
+    np.testing.assert_array_equal(constant_columns(y), want)
+    np.testing.assert_array_equal(~_valid_columns(torch.tensor(y, dtype=torch.float32)).numpy(), want)
+    r = pearson_per_column(y + rng.normal(size=y.shape), y)
+    np.testing.assert_array_equal(np.isnan(r), want)
+    assert CONSTANT_RTOL == 1e-6
+
+
+def test_a_missing_score_is_the_worst_finite_one():
+    from eca_core.metrics import finite_score
+
+    assert finite_score(float("nan")) == -1.0 and finite_score(float("nan"), higher_is_better=False) == 1e9
+    assert finite_score(float("inf"), higher_is_better=False) == 1e9 and finite_score(0.25) == 0.25

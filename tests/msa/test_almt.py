@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from eca_core.attention import ECAConfig
+from eca_core.attention import collect_lambdas
 from eca_core.losses import sra_penalty
 from eca_msa.almt import ALMT, ALMTConfig, Attention
 
@@ -104,13 +105,14 @@ def test_eca_on_changes_output_and_trains_lambda():
     assert not unexpected and all("residual_scale" in k or "temperature" in k for k in missing)
     batch = _batch()
     eca.train()
-    out = eca(batch)
+    with collect_lambdas() as lams:
+        out = eca(batch)
     with torch.no_grad():
         base = soft(batch)
     assert (out - base).abs().max() > 1e-4  # DATS sharpens the frame attention
-    lam = eca.video_stream.attn.attn.last_lambda
+    (lam,) = lams  # the one ECA layer: the video stream's
     assert lam.shape == (4,) and torch.all(lam >= 1.0) and torch.all(lam <= 2.0)
-    assert sra_penalty(eca) > 0
+    assert sra_penalty(lams) > 0
     out.sum().backward()
     grad = eca.video_stream.attn.attn.residual_scale.mlp[0].weight.grad
     assert grad is not None and grad.abs().sum() > 0

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from eca_core.attention import ECACrossAttention, ECAPooling
+from eca_core.attention import collect_lambdas
 from eca_core.losses import sra_penalty
 from eca_bio.model.expression import ExpressionModel, ModelConfig, RidgeBaseline
 
@@ -20,7 +21,8 @@ def _inputs(b=6, t=4, d=12, k=5, g=7):
 def test_attention_variants_are_one_flag(attention):
     f, t, e, y = _inputs()
     model = ExpressionModel(12, 7, ModelConfig(attention=attention, hidden=16, heads=2))
-    out = model(f, t, e, y)
+    with collect_lambdas() as lams:
+        out = model(f, t, e, y)
     assert out.shape == (6, 7) and torch.isfinite(out).all()
     layers = [m for m in model.modules() if isinstance(m, (ECAPooling, ECACrossAttention))]
     assert len(layers) == 2
@@ -29,9 +31,9 @@ def test_attention_variants_are_one_flag(attention):
         assert (layer.residual_scale is not None) == (attention in ("eca", "no_dats", "no_dnpl"))
     # SRA layers expose λ for the regulariser; λ starts close to 1
     if attention in ("eca", "no_dats", "no_dnpl"):
-        assert 0 <= float(sra_penalty(model)) < 1e-3
+        assert len(lams) == 2 and 0 <= float(sra_penalty(lams)) < 1e-3
     else:
-        assert float(sra_penalty(model)) == 0.0
+        assert lams == [] and float(sra_penalty(lams)) == 0.0
 
 
 def test_mean_pool_baseline_has_no_attention_and_uses_exemplars():
