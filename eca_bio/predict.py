@@ -96,7 +96,8 @@ def predict_slides(model: Path, cfg: PredictConfig, out_dir: Path, runtime: Runt
 
 def _predict_embedded(model_dir: Path, trained: Any, embedding: EmbeddingSpec, cfg: PredictConfig, out_dir: Path,
                       progress: bool) -> dict[str, Any]:
-    from eca_bio.report.export import plot_gene_maps, prediction_anndata, section_metadata, slide_images, top_genes, write_h5ad
+    from eca_bio.inputs.slides import slide_images
+    from eca_bio.report.export import plot_gene_maps, prediction_anndata, section_metadata, top_genes, write_h5ad
     from eca_bio.training.targets import make_targets
     from eca_bio.training.spots import SpotSet
     from eca_bio.training.spots import predict_spots

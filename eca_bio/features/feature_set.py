@@ -288,7 +288,7 @@ def write_h5ad(p: Any, path: Path) -> None:
     adata = p.adata.copy()
     lib = adata.uns["spatial"][adata.uns["st"]["library_id"]]
     if not lib.get("images"):  # legacy ST and the like: hires/lowres thumbnails, so scanpy.pl.spatial draws the slide
-        from eca_bio.report.export import slide_images
+        from eca_bio.inputs.slides import slide_images
 
         images, scales = slide_images(p.reader.path, p.reader.mpp, max_megapixels=p.reader.max_megapixels)
         lib["images"] = images

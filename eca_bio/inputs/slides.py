@@ -380,3 +380,20 @@ def _to_rgb_array(arr: np.ndarray) -> np.ndarray:
         hi = float(arr.max()) or 1.0
         arr = (arr.astype(np.float32) * (255.0 / (65535.0 if hi > 255 else 255.0))).clip(0, 255).astype(np.uint8)
     return np.ascontiguousarray(arr)
+
+
+HIRES_PX = 2000
+LOWRES_PX = 600
+
+
+def slide_images(image: str | Path, mpp: float | None, hires_px: int = HIRES_PX, lowres_px: int = LOWRES_PX,
+                 max_megapixels: float | None = None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Hires/lowres RGB thumbnails of a slide and their scale factors relative to level-0 pixels."""
+    with open_slide(image, mpp=mpp, max_megapixels=max_megapixels or DEFAULT_MAX_MEGAPIXELS) as reader:
+        width = reader.dimensions[0]
+        images, scales = {}, {}
+        for name, size in (("hires", hires_px), ("lowres", lowres_px)):
+            thumb = np.asarray(reader.thumbnail(size).convert("RGB"))
+            images[name] = thumb
+            scales[f"tissue_{name}_scalef"] = thumb.shape[1] / float(width)
+    return images, scales

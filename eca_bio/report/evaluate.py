@@ -328,7 +328,8 @@ def per_gene_csv(folds: list[dict[str, Any]]) -> str:
 def export_predictions(train_dir: Path, pre_dir: Path | None, method: str, transform: str, collected: dict[str, Any],
                        out: Path, cfg: EvaluateConfig) -> list[str]:
     """One .h5ad + gene-map PNG per test slide of ``method`` under ``transform``."""
-    from eca_bio.report.export import plot_gene_maps, prediction_anndata, section_metadata, slide_images, top_genes, write_h5ad
+    from eca_bio.inputs.slides import slide_images
+    from eca_bio.report.export import plot_gene_maps, prediction_anndata, section_metadata, top_genes, write_h5ad
 
     plan = collected["plan"]
     manifest = read_manifest(pre_dir) if pre_dir and (pre_dir / "manifest.json").is_file() else {"slides": []}

@@ -18,25 +18,6 @@ import pandas as pd
 
 from eca_core.io import atomic_path
 
-HIRES_PX = 2000
-LOWRES_PX = 600
-
-
-def slide_images(image: str | Path, mpp: float | None, hires_px: int = HIRES_PX, lowres_px: int = LOWRES_PX,
-                 max_megapixels: float | None = None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Hires/lowres RGB thumbnails of a slide and their scale factors relative to level-0 pixels."""
-    from eca_bio.inputs.slides import DEFAULT_MAX_MEGAPIXELS, open_slide
-
-    with open_slide(image, mpp=mpp, max_megapixels=max_megapixels or DEFAULT_MAX_MEGAPIXELS) as reader:
-        width = reader.dimensions[0]
-        images, scales = {}, {}
-        for name, size in (("hires", hires_px), ("lowres", lowres_px)):
-            thumb = np.asarray(reader.thumbnail(size).convert("RGB"))
-            images[name] = thumb
-            scales[f"tissue_{name}_scalef"] = thumb.shape[1] / float(width)
-    return images, scales
-
-
 TARGET_UNITS = {"egn": "log10(1 + counts)", "libsize": "log1p(1e4 * counts / library size)"}
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from eca_bio.report.export import plot_gene_maps, prediction_anndata, slide_images, top_genes, write_h5ad
+from eca_bio.inputs.slides import slide_images
+from eca_bio.report.export import plot_gene_maps, prediction_anndata, top_genes, write_h5ad
 
 matplotlib.use("Agg")
 

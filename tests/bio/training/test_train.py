@@ -12,7 +12,6 @@ from eca_bio.model.exemplars import BankMismatchError, ExemplarBank
 from eca_bio.model.expression import ModelConfig
 from eca_bio.features.feature_set import DataError
 from eca_bio.model.checkpoint import load_trained
-from eca_bio.training.folds import plan_folds
 from eca_bio.training.train import BioTrainConfig, train_all
 from tests.bio.fixtures_model import make_preprocess_dir
 
@@ -22,19 +21,6 @@ def tiny_config(**kw) -> BioTrainConfig:
                 batch_size=32, model=ModelConfig(hidden=8, heads=2), final_method="eca", threads=1, seeds=[0])
     base.update(kw)
     return BioTrainConfig(**base)
-
-
-def test_fold_plans():
-    folds = plan_folds(["C", "A", "B"], "loso", 0)
-    assert [f["test"] for f in folds] == [["A"], ["B"], ["C"]]
-    for f in folds:
-        assert f["val"] in f["train"] and not set(f["test"]) & set(f["train"])
-    kf = plan_folds(["A", "B", "C", "D"], "kfold", 2)
-    assert [f["test"] for f in kf] == [["A", "C"], ["B", "D"]]
-    with pytest.raises(DataError, match="fold 0 .* has 1 training slide"):
-        plan_folds(["A", "B"], "loso", 0)
-    with pytest.raises(DataError, match="n_folds"):
-        plan_folds(["A", "B", "C"], "kfold", 5)
 
 
 def test_train_writes_every_item_and_resumes(tmp_path):
