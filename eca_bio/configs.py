@@ -6,6 +6,7 @@ from this module before torch, Lightning, timm or anndata are imported.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -120,8 +121,10 @@ class BioTrainConfig:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     transforms: list[str] = field(default_factory=lambda: list(TRANSFORMS))
     n_genes: int = 250
-    cv: Literal["loso", "kfold", "fixed", "none"] = "loso"  # fixed: test_slides only (HEST-Benchmark style); none: only the final model
-    n_folds: int = 4  # k-fold by slide (cv: kfold)
+    cv: Literal["loso", "lopo", "kfold", "fixed", "none"] = "loso"  # lopo: leave one patient out; fixed: test_slides only (HEST-Benchmark style); none: only the final model
+    n_folds: int = 4  # k-fold (cv: kfold): by patient when patients are known, else by slide
+    patients: dict[str, str] = field(default_factory=dict)  # slide id -> patient (donor); wins over HEST metadata and patient_pattern
+    patient_pattern: str | None = None  # regex on slide ids; its first group (else the match) is the patient, e.g. "^([A-Z])" for her2st
     test_slides: list[str] = field(default_factory=list)  # cv: fixed: the held-out test slides
     k: int = 8  # exemplars per spot
     exemplar_backend: Literal["auto", "exact", "faiss"] = "auto"
@@ -170,6 +173,11 @@ class BioTrainConfig:
             raise ValueError(f"train.final_method {self.final_method!r} is not one of {list(METHODS)}")
         if self.final_transform is not None and self.final_transform not in TRANSFORMS:
             raise ValueError(f"train.final_transform {self.final_transform!r} is not one of {list(TRANSFORMS)}")
+        if self.patient_pattern is not None:
+            try:
+                re.compile(self.patient_pattern)
+            except re.error as exc:
+                raise ValueError(f"train.patient_pattern {self.patient_pattern!r}: {exc}") from exc
         if (self.cv == "fixed") != bool(self.test_slides):
             raise ValueError("train.test_slides names the test slides of cv: fixed (and only then)")
         if self.cv == "none" and self.final_method is None:

@@ -55,6 +55,7 @@ class SlideData:
     patch_size_px: float
     counts: ad.AnnData | None = None  # raw counts, obs in the row order of the HDF5
     attrs: dict[str, Any] = field(default_factory=dict)
+    patient: str | None = None  # the donor, when known (train.patients, HEST metadata, train.patient_pattern)
 
     @property
     def n_spots(self) -> int:
@@ -235,6 +236,10 @@ class FeatureSet:
             raise DataError(f"{self.root}: slides have different feature dimensions {sorted(dims)}")
         return slides
 
+    def patients(self) -> dict[str, str]:
+        """Slide id -> patient as the layout records it (HEST metadata's ``patient``); other layouts record none."""
+        return {e["slide_id"]: str(e["patient"]) for e in self.entries if e.get("patient")}
+
     def inputs(self, slide_ids: list[str] | None = None) -> dict[str, dict[str, str]]:
         """Slide id -> role -> content hash of the files each slide was made from (what an external test must not reuse)."""
         return {e["slide_id"]: e["inputs"] for e in self.entries
@@ -353,6 +358,8 @@ def build_manifest(cfg: PreprocessConfig, out_dir: Path, plans: list[Any], encod
             entry["n_genes"] = int(p.adata.n_vars)
             entry["excluded"] = {k: list(v) for k, v in p.adata.uns["st"]["excluded"].items()}
         entry["inputs"] = slide_identity(p)
+        if p.adata is not None and p.adata.uns["st"].get("patient"):
+            entry["patient"] = str(p.adata.uns["st"]["patient"])
         if p.adata is not None and p.adata.uns["st"].get("feature_join"):
             entry["feature_join"] = dict(p.adata.uns["st"]["feature_join"])
         entries.append(entry)

@@ -58,4 +58,6 @@ def read_hest(hest_dir: str | os.PathLike, sample_id: str, image: str | os.PathL
             {"not_in_tissue": not_in_tissue}, {"spot_diameter_fullres": spot_um / mpp},
             {"counts": str(h5ad_path.resolve()), "positions": str(h5ad_path.resolve()), "metadata": str(meta_path.resolve())})
     adata.uns["st"]["technology"] = str(meta.get("st_technology", ""))
+    if meta.get("patient"):  # HEST-1k's donor id: folds and exemplars by patient (eca_bio.training.folds)
+        adata.uns["st"]["patient"] = str(meta["patient"])
     return adata

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Mapping
 
 import numpy as np
 import torch
@@ -75,15 +75,16 @@ class ExemplarBank:
 
 
 class ExemplarIndex:
-    """k-nearest exemplars of query embeddings, excluding each query's own slide."""
+    """k-nearest exemplars of query embeddings, excluding each query's own slide (with ``groups``, slide id -> patient:
+    every slide of the query's patient)."""
 
     def __init__(self, bank: ExemplarBank, k: int = 8, backend: Backend = "auto", faiss_threshold: int = 200_000,
-                 hnsw_m: int = 32) -> None:
+                 hnsw_m: int = 32, groups: Mapping[str, str] | None = None) -> None:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if backend not in ("auto", "exact", "faiss"):
             raise ValueError(f"unknown exemplar backend {backend!r}; choose auto, exact or faiss")
-        self.bank, self.k = bank, k
+        self.bank, self.k, self.groups = bank, k, dict(groups or {})
         self.backend = ("faiss" if len(bank.embeddings) > faiss_threshold else "exact") if backend == "auto" else backend
         self._rows = {s: np.flatnonzero(bank.slide_ids == s) for s in bank.slides}
         self._faiss = {}
@@ -99,7 +100,8 @@ class ExemplarIndex:
               batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
         """Bank row indices (Q, k) and squared L2 distances (Q, k) of the nearest spots from other slides.
 
-        ``query_slides`` gives each query's slide id (or one id for all); those slides are skipped.
+        ``query_slides`` gives each query's slide id (or one id for all); those slides (and, with ``groups``, the other
+        slides of their patient) are skipped.
         """
         emb = np.ascontiguousarray(embeddings, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[1] != self.bank.embeddings.shape[1]:
@@ -116,10 +118,12 @@ class ExemplarIndex:
         dist = np.full((q, self.k), np.inf, dtype=np.float32)
         for own in np.unique(query_slides):
             sel = np.flatnonzero(query_slides == own)
-            others = [s for s in self._rows if s != own]
+            group = self.groups.get(own, own)
+            others = [s for s in self._rows if self.groups.get(s, s) != group]
             available = sum(len(self._rows[s]) for s in others)
             if available < self.k:
-                raise ValueError(f"only {available} exemplar spots outside slide '{own}'; need k={self.k}")
+                where = f"patient '{group}'" if own in self.groups else f"slide '{own}'"
+                raise ValueError(f"only {available} exemplar spots outside {where}; need k={self.k}")
             for start in range(0, len(sel), batch):
                 rows = sel[start:start + batch]
                 idx[rows], dist[rows] = self._search(emb[rows], others)

@@ -183,7 +183,9 @@ def markdown_report(collected: dict[str, Any], checks: dict[str, Any], encoder: 
              "all spots of the test slide(s) of a fold. Claims are paired tests (Wilcoxon signed-rank over genes within "
              "each fold, Bonferroni over folds, and over folds), never raw comparisons of means.",
              f"- seeds: {plan['config'].get('seeds', [plan['config'].get('seed', 0)])} for neural methods (ridge is deterministic: one run)",
-             f"- cross-validation: {plan['cv']} by slide, {len(plan['folds'])} folds; early stopping on a held-out training slide",
+             f"- cross-validation: {plan['cv']} by {'patient' if plan['cv'] == 'lopo' or (plan['cv'] == 'kfold' and plan.get('patients')) else 'slide'}, "
+             f"{len(plan['folds'])} folds; early stopping on a held-out training slide",
+             f"- grouping: {plan.get('grouping') or 'no patient ids (a run before patients were recorded): sections of one patient may leak'}",
              f"- encoder: `{enc.get('name')}` {'with pretrained weights' if pretrained else '**random-init (no pretrained weights)**'}"
              f", kwargs {enc.get('kwargs', {})}",
              f"- genes: top {plan['config']['n_genes']} by mean count over each fold's training slides; k = {plan['config']['k']} exemplars",

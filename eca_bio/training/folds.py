@@ -1,17 +1,55 @@
-"""Slide-level fold plans: which slides test, train and early-stop each fold."""
+"""Slide-level fold plans: which slides test, train and early-stop each fold, and which patient each slide is from.
+
+Sections of one patient (her2st's C1-C6 are consecutive sections of one tumour) share tissue; when patients are
+known, ``cv: lopo`` holds out one patient per fold, ``kfold`` splits patients, and exemplars come only from other
+patients (EGN's rule). Without patient ids, a report says once that sections of one patient may leak.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Mapping
 
 from eca_bio.features.feature_set import DataError
 
 
-def plan_folds(slide_ids: list[str], cv: str, n_folds: int, test_slides: list[str] | None = None) -> list[dict[str, Any]]:
-    """Slide-level folds: test slides, training slides and the training slide used for early stopping."""
+def resolve_patients(slide_ids: list[str], given: Mapping[str, str], pattern: str | None,
+                     recorded: Mapping[str, str] | None = None) -> dict[str, str] | None:
+    """Slide id -> patient: ``given`` (train.patients), else the layout's record (HEST metadata), else ``pattern``'s first
+    group (else its match) on the slide id; None when no slide has a patient. A slide left without one is an error."""
+    unknown = sorted(set(given) - set(slide_ids))
+    if unknown:
+        raise DataError(f"train.patients names slide(s) {unknown} that are not among the ST slides {sorted(slide_ids)}")
+    recorded = {k: v for k, v in (recorded or {}).items() if v}
+    out: dict[str, str] = {}
+    for sid in slide_ids:
+        if sid in given:
+            out[sid] = str(given[sid])
+        elif sid in recorded:
+            out[sid] = str(recorded[sid])
+        elif pattern is not None:
+            m = re.search(pattern, sid)
+            if m is None:
+                raise DataError(f"train.patient_pattern {pattern!r} does not match slide {sid!r}; give its patient in train.patients")
+            out[sid] = m.group(1) if m.groups() else m.group(0)
+    if not out:
+        return None
+    missing = sorted(set(slide_ids) - set(out))
+    if missing:
+        raise DataError(f"slide(s) {missing} have no patient while {sorted(out)} do; give them in train.patients")
+    return out
+
+
+def plan_folds(slide_ids: list[str], cv: str, n_folds: int, test_slides: list[str] | None = None,
+               patients: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Folds: test slides, training slides and the training slide used for early stopping (and, when ``patients`` are
+    known, each side's patients)."""
     ids = sorted(slide_ids)
     if cv == "none":
         return []
+    if cv == "lopo" and not patients:
+        raise DataError("cv lopo (leave one patient out) needs each slide's patient: give train.patients or "
+                        "train.patient_pattern (HEST folders record it in their metadata)")
     if cv == "fixed":
         missing = sorted(set(test_slides or []) - set(ids))
         if missing or not test_slides:
@@ -19,18 +57,35 @@ def plan_folds(slide_ids: list[str], cv: str, n_folds: int, test_slides: list[st
         groups = [sorted(test_slides)]
     elif cv == "loso":
         groups = [[s] for s in ids]
+    elif cv == "lopo":
+        groups = [[s for s in ids if patients[s] == p] for p in sorted(set(patients.values()))]
     elif cv == "kfold":
-        if n_folds < 2 or n_folds > len(ids):
-            raise DataError(f"k-fold by slide needs 2 <= n_folds <= {len(ids)} slides, got n_folds={n_folds}")
-        groups = [ids[i::n_folds] for i in range(n_folds)]
+        units = sorted(set(patients.values())) if patients else ids
+        if n_folds < 2 or n_folds > len(units):
+            what = "patient" if patients else "slide"
+            raise DataError(f"k-fold by {what} needs 2 <= n_folds <= {len(units)} {what}s, got n_folds={n_folds}")
+        groups = [[s for s in ids if (patients[s] if patients else s) in units[i::n_folds]] for i in range(n_folds)]
     else:
-        raise ValueError(f"unknown cv {cv!r}; choose loso, kfold, fixed or none")
+        raise ValueError(f"unknown cv {cv!r}; choose loso, lopo, kfold, fixed or none")
     folds = []
     for i, test in enumerate(groups):
         train = [s for s in ids if s not in test]
         if len(train) < 2:
             raise DataError(f"fold {i} (test {test}) has {len(train)} training slide(s); slide-level CV needs at least 2 "
                             f"(one is held out for early stopping and exemplars must come from another slide). "
-                            f"Found {len(ids)} ST slides: {ids}")
-        folds.append({"fold": i, "test": test, "train": train, "val": train[i % len(train)]})
+                            f"Found {len(ids)} ST slides: {ids}" + (" (a single fold: cv fixed with test_slides)" if cv == "lopo" else ""))
+        fold = {"fold": i, "test": test, "train": train, "val": train[i % len(train)]}
+        if patients:
+            fold["patients"] = {"test": sorted({patients[s] for s in test}), "train": sorted({patients[s] for s in train})}
+        folds.append(fold)
     return folds
+
+
+def grouping_note(patients: Mapping[str, str] | None, cv: str) -> str:
+    """One line for logs and reports: how slides were grouped, and the leak that remains."""
+    if not patients:
+        return ("no patient ids: sections of one patient may sit in training, early stopping and the exemplar bank of "
+                "another's test fold (give train.patients or train.patient_pattern)")
+    shared = "; sections of a test patient's other slides train (cv loso)" if cv == "loso" else ""
+    by = {p: sorted(s for s, q in patients.items() if q == p) for p in sorted(set(patients.values()))}
+    return f"patients {by}: exemplars only from other patients{shared}"

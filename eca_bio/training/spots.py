@@ -90,18 +90,23 @@ class FoldSpots:
     val: SpotSet
     everything: SpotSet
     test: SpotSet | None
+    exemplars_from: str = "other slides"  # or "other patients" (EGN's rule, when patients are known)
 
 
 def fold_spots(cfg: BioTrainConfig, train_sl: list[SlideData], val_id: str | None, test_sl: list[SlideData], spec: TargetSpec,
                embedding: EmbeddingSpec) -> FoldSpots:
     """Bank, k-NN exemplars and spot sets of one fold: the held-out training slide ``val_id`` early-stops, the others
-    fit; each spot's exemplars come from other training slides."""
+    fit; each spot's exemplars come from other training slides, and from other patients when the slides' patients are
+    known and the training slides hold at least two (with one, no training spot would have an exemplar)."""
     bank = make_bank(train_sl, spec, embedding)
-    index = ExemplarIndex(bank, cfg.k, cfg.exemplar_backend)
+    patients = {s.slide_id: s.patient for s in [*train_sl, *test_sl] if s.patient is not None}
+    by_patient = len({patients.get(s.slide_id) for s in train_sl} - {None}) >= 2
+    index = ExemplarIndex(bank, cfg.k, cfg.exemplar_backend, groups=patients if by_patient else None)
     fit = build_spots([s for s in train_sl if s.slide_id != val_id], spec, index, cfg.use_tokens)
     val = build_spots([s for s in train_sl if s.slide_id == val_id], spec, index, cfg.use_tokens)
     return FoldSpots(bank, fit, val, build_spots(train_sl, spec, index, cfg.use_tokens),
-                     build_spots(test_sl, spec, index, cfg.use_tokens) if test_sl else None)
+                     build_spots(test_sl, spec, index, cfg.use_tokens) if test_sl else None,
+                     "other patients" if by_patient else "other slides")
 
 
 def epoch_scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -32,7 +33,7 @@ from eca_core.runner.runtime import Runtime
 from eca_bio.training import tuning
 from eca_bio.configs import BioTrainConfig
 from eca_bio.training.engine import FitJob, RunFit, RunSpec, best_validation, fit_early, fit_refits
-from eca_bio.training.folds import plan_folds
+from eca_bio.training.folds import grouping_note, plan_folds, resolve_patients
 from eca_bio.methods import METHOD_LABELS, METHODS, method_seeds
 from eca_bio.model.expression import RidgeBaseline, model_from_hparams
 from eca_bio.training.spots import FoldSpots, SpotSet, fold_spots, predict_spots
@@ -114,6 +115,7 @@ def _finish_item(tmp: Path, key: str, result: dict[str, Any], pred: np.ndarray |
         fs.bank.save(tmp / "bank.npz")
         write_json_atomic(tmp / "targets.json", spec.to_dict())
     result["embedding"] = embedding.key()
+    result["exemplars_from"] = fs.exemplars_from
     for name, content in (extra or {}).items():
         write_json_atomic(tmp / name, content)
     write_json_atomic(tmp / "result.json", result)
@@ -290,10 +292,18 @@ def _train_all(cfg: BioTrainConfig, pre_dir: Path, out_dir: Path, runtime: Runti
     features = FeatureSet(pre_dir)
     slides = features.slides(require_expression=True, with_tokens=cfg.use_tokens)
     by_id = {s.slide_id: s for s in slides}
-    folds = plan_folds(list(by_id), cfg.cv, cfg.n_folds, cfg.test_slides)  # validates before anything is written
+    patients = resolve_patients(list(by_id), cfg.patients, cfg.patient_pattern, features.patients())
+    for s in slides:
+        s.patient = patients[s.slide_id] if patients else None
+    folds = plan_folds(list(by_id), cfg.cv, cfg.n_folds, cfg.test_slides, patients)  # validates before anything is written
+    grouping = grouping_note(patients, cfg.cv)
+    if progress:
+        print(f"train: {grouping}", file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
     embedding = features.spec
     base_key = {"embedding": embedding.key(), "slides": {s.slide_id: _slide_key(s) for s in slides}}
+    if patients:  # exemplars from other patients: another model than the slides-only rule's
+        base_key["patients"] = patients
     specs: dict[tuple[str, int], TargetSpec] = {}
     for transform in cfg.transforms:
         for fold in folds:
@@ -305,7 +315,8 @@ def _train_all(cfg: BioTrainConfig, pre_dir: Path, out_dir: Path, runtime: Runti
                 write_json_atomic(out_dir / transform / f"fold_{fold['fold']}" / "targets.json",
                                   {**spec.to_dict(), "missing_genes": missing, "fold": fold})
     if main:
-        write_json_atomic(out_dir / "folds.json", {"cv": cfg.cv, "folds": folds, "encoder": embedding.encoder,
+        write_json_atomic(out_dir / "folds.json", {"cv": cfg.cv, "folds": folds, "patients": patients, "grouping": grouping,
+                                                   "encoder": embedding.encoder,
                                                    "feature_dim": int(slides[0].features.shape[1]),
                                                    "config": to_dict(cfg), "labels": METHOD_LABELS})
     # one group per (transform, fold, method): its tuning, then its seeds, on one rank

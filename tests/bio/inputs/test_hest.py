@@ -84,3 +84,13 @@ def test_hest_metadata_mpp_wins_over_a_tiff_written_10x_too_fine(tmp_path, capsy
     assert "warning: TENX99: the image TENX99.tif says 0.05 um/px, HEST metadata pixel_size_um_estimated" in err
     explicit = run_preprocess(cfg_for(st_dir=str(root), mpp=0.6), tmp_path / "pre2", CPU, progress=False)
     assert explicit["slides"][0]["mpp"] == 0.6 and explicit["slides"][0]["mpp_source"] == "--mpp"  # explicit wins
+
+
+def test_hest_metadata_patient_reaches_the_manifest(tmp_path):
+    from eca_bio.features.feature_set import FeatureSet
+
+    meta = {"pixel_size_um_estimated": 0.5, "spot_diameter": 55.0, "st_technology": "Visium", "patient": "Patient 3"}
+    root = make_hest(tmp_path / "hest", meta=meta)
+    manifest = run_preprocess(cfg_for(st_dir=str(root)), tmp_path / "pre", CPU, progress=False)
+    assert manifest["slides"][0]["patient"] == "Patient 3"
+    assert FeatureSet(tmp_path / "pre").patients() == {"TENX99": "Patient 3"}

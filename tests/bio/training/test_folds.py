@@ -24,5 +24,5 @@ def test_fixed_and_none():
     assert plan_folds(["A", "B"], "none", 0) == []
     with pytest.raises(DataError, match=r"cv fixed: test slide\(s\) \['X'\] are not among the ST slides"):
         plan_folds(["A", "B", "C"], "fixed", 0, ["X"])
-    with pytest.raises(ValueError, match="unknown cv 'lopo'"):
-        plan_folds(["A", "B", "C"], "lopo", 0)
+    with pytest.raises(ValueError, match="unknown cv 'lopso'"):
+        plan_folds(["A", "B", "C"], "lopso", 0)
