@@ -125,6 +125,7 @@ class BioTrainConfig:
     n_folds: int = 4  # k-fold (cv: kfold): by patient when patients are known, else by slide
     patients: dict[str, str] = field(default_factory=dict)  # slide id -> patient (donor); wins over HEST metadata and patient_pattern
     patient_pattern: str | None = None  # regex on slide ids; its first group (else the match) is the patient, e.g. "^([A-Z])" for her2st
+    allow_same_image: bool = False  # train a fold whose test image also sits in training (EGN's 10xProteomic folds); every report warns
     test_slides: list[str] = field(default_factory=list)  # cv: fixed: the held-out test slides
     k: int = 8  # exemplars per spot
     exemplar_backend: Literal["auto", "exact", "faiss"] = "auto"

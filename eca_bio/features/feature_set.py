@@ -358,6 +358,7 @@ def build_manifest(cfg: PreprocessConfig, out_dir: Path, plans: list[Any], encod
             entry["n_genes"] = int(p.adata.n_vars)
             entry["excluded"] = {k: list(v) for k, v in p.adata.uns["st"]["excluded"].items()}
         entry["inputs"] = slide_identity(p)
+        entry["thumbnail_hash"] = p.thumbnail_hash
         if p.adata is not None and p.adata.uns["st"].get("patient"):
             entry["patient"] = str(p.adata.uns["st"]["patient"])
         if p.adata is not None and p.adata.uns["st"].get("feature_join"):

@@ -75,6 +75,7 @@ class _Plan:
     features: np.ndarray | None = None  # precomputed (features_dir) rows, in coords order
     features_file: Path | None = None
     features_encoder: str = ""  # the encoder the feature file names ('' if none)
+    thumbnail_hash: str = ""  # dHash of the slide's overview (the same-image check of eca_bio.training.folds)
 
 
 def config_from_params(params: dict[str, Any] | None, where: str = "preprocess") -> PreprocessConfig:
@@ -202,8 +203,11 @@ def _plan(cfg: PreprocessConfig, log, skipped: list[dict[str, str]]) -> list[_Pl
         raise PreprocessError(f"slide id(s) {dupes} occur more than once; slide ids are file/section names and must be unique")
     if not plans and skipped:
         raise PreprocessError(f"no slide could be read ({len(skipped)} skipped); first: {skipped[0]['error']}")
+    from eca_bio.inputs.slides import thumbnail_hash
+
     for p in plans:
         p.params_hash = _slide_hash(cfg, p)
+        p.thumbnail_hash = thumbnail_hash(p.thumbnail)
     return plans
 
 

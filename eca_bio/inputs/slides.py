@@ -397,3 +397,17 @@ def slide_images(image: str | Path, mpp: float | None, hires_px: int = HIRES_PX,
             images[name] = thumb
             scales[f"tissue_{name}_scalef"] = thumb.shape[1] / float(width)
     return images, scales
+
+
+def thumbnail_hash(image: Image.Image) -> str:
+    """A 64-bit difference hash (dHash) of a slide's overview, as 16 hex digits: the same image stored twice (another
+    file, re-encoded, rescaled) is 0-1 bits apart; her2st's serial sections of one tumour are 23-33 apart."""
+    g = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.LANCZOS), dtype=np.float32)
+    bits = (g[:, 1:] > g[:, :-1]).ravel()
+    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
+
+
+def hash_distance(a: str, b: str) -> int:
+    """Differing bits of two :func:`thumbnail_hash` values."""
+    return bin(int(a, 16) ^ int(b, 16)).count("1")
+

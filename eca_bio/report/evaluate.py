@@ -186,6 +186,8 @@ def markdown_report(collected: dict[str, Any], checks: dict[str, Any], encoder: 
              f"- cross-validation: {plan['cv']} by {'patient' if plan['cv'] == 'lopo' or (plan['cv'] == 'kfold' and plan.get('patients')) else 'slide'}, "
              f"{len(plan['folds'])} folds; early stopping on a held-out training slide",
              f"- grouping: {plan.get('grouping') or 'no patient ids (a run before patients were recorded): sections of one patient may leak'}",
+             *([f"- **WARNING: the same image sits on both sides of {len(plan['same_image'])} fold pair(s)** "
+                f"(train.allow_same_image): these folds measure memory, not prediction"] if plan.get("same_image") else []),
              f"- encoder: `{enc.get('name')}` {'with pretrained weights' if pretrained else '**random-init (no pretrained weights)**'}"
              f", kwargs {enc.get('kwargs', {})}",
              f"- genes: top {plan['config']['n_genes']} by mean count over each fold's training slides; k = {plan['config']['k']} exemplars",

@@ -11,6 +11,9 @@ import re
 from typing import Any, Mapping
 
 from eca_bio.features.feature_set import DataError
+from eca_bio.inputs.slides import hash_distance
+
+SAME_IMAGE_BITS = 6  # thumbnail hashes this close are one image (same image re-encoded: 0-1; serial sections: 23+)
 
 
 def resolve_patients(slide_ids: list[str], given: Mapping[str, str], pattern: str | None,
@@ -89,3 +92,27 @@ def grouping_note(patients: Mapping[str, str] | None, cv: str) -> str:
     shared = "; sections of a test patient's other slides train (cv loso)" if cv == "loso" else ""
     by = {p: sorted(s for s, q in patients.items() if q == p) for p in sorted(set(patients.values()))}
     return f"patients {by}: exemplars only from other patients{shared}"
+
+
+def same_image_pairs(folds: list[dict[str, Any]], entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every (fold, test slide, training slide) whose images are one: the same content hash, or thumbnail hashes at most
+    ``SAME_IMAGE_BITS`` apart. Training slides are the fold's fitting, early-stopping and exemplar-bank slides."""
+    ident = {e["slide_id"]: ((e.get("inputs") or {}).get("image"), e.get("thumbnail_hash")) for e in entries}
+    pairs = []
+    for fold in folds:
+        for t in fold["test"]:
+            for s in fold["train"]:
+                (sha_t, hash_t), (sha_s, hash_s) = ident.get(t, (None, None)), ident.get(s, (None, None))
+                if sha_t and sha_t == sha_s:
+                    pairs.append({"fold": fold["fold"], "test": t, "train": s, "how": "the same image file content"})
+                elif hash_t and hash_s and (d := hash_distance(hash_t, hash_s)) <= SAME_IMAGE_BITS:
+                    pairs.append({"fold": fold["fold"], "test": t, "train": s, "how": f"thumbnails {d} of 64 bits apart"})
+    return pairs
+
+
+def same_image_message(pairs: list[dict[str, Any]]) -> str:
+    p = pairs[0]
+    more = f" (and {len(pairs) - 1} more pair(s))" if len(pairs) > 1 else ""
+    return (f"fold {p['fold']}: test slide {p['test']} and training slide {p['train']} hold one image ({p['how']}){more}; "
+            f"a test on it measures memory, not prediction")
+

@@ -33,11 +33,11 @@ from eca_core.runner.runtime import Runtime
 from eca_bio.training import tuning
 from eca_bio.configs import BioTrainConfig
 from eca_bio.training.engine import FitJob, RunFit, RunSpec, best_validation, fit_early, fit_refits
-from eca_bio.training.folds import grouping_note, plan_folds, resolve_patients
+from eca_bio.training.folds import grouping_note, plan_folds, resolve_patients, same_image_message, same_image_pairs
 from eca_bio.methods import METHOD_LABELS, METHODS, method_seeds
 from eca_bio.model.expression import RidgeBaseline, model_from_hparams
 from eca_bio.training.spots import FoldSpots, SpotSet, fold_spots, predict_spots
-from eca_bio.features.feature_set import EmbeddingSpec, FeatureSet, SlideData
+from eca_bio.features.feature_set import DataError, EmbeddingSpec, FeatureSet, SlideData
 from eca_bio.training.targets import TargetSpec, fit_targets, make_targets
 from eca_bio.training.tuning import select_ridge_alpha
 
@@ -297,6 +297,12 @@ def _train_all(cfg: BioTrainConfig, pre_dir: Path, out_dir: Path, runtime: Runti
         s.patient = patients[s.slide_id] if patients else None
     folds = plan_folds(list(by_id), cfg.cv, cfg.n_folds, cfg.test_slides, patients)  # validates before anything is written
     grouping = grouping_note(patients, cfg.cv)
+    same_image = same_image_pairs(folds, features.entries)
+    if same_image and not cfg.allow_same_image:
+        raise DataError(same_image_message(same_image) + " (train.allow_same_image: true to reproduce such a protocol; "
+                        "every report then warns)")
+    if same_image:
+        grouping += f"; WARNING: {same_image_message(same_image)} (allowed by train.allow_same_image)"
     if progress:
         print(f"train: {grouping}", file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -316,6 +322,7 @@ def _train_all(cfg: BioTrainConfig, pre_dir: Path, out_dir: Path, runtime: Runti
                                   {**spec.to_dict(), "missing_genes": missing, "fold": fold})
     if main:
         write_json_atomic(out_dir / "folds.json", {"cv": cfg.cv, "folds": folds, "patients": patients, "grouping": grouping,
+                                                   "same_image": same_image,
                                                    "encoder": embedding.encoder,
                                                    "feature_dim": int(slides[0].features.shape[1]),
                                                    "config": to_dict(cfg), "labels": METHOD_LABELS})

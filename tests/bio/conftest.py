@@ -41,12 +41,17 @@ def tiny_encoder() -> dict:
 
 
 def tissue_image(width: int, height: int, seed: int = 0) -> Image.Image:
-    """White slide with a pink/purple textured tissue ellipse in the middle."""
+    """White slide with a pink/purple textured tissue ellipse in the middle. ``seed`` draws the texture and a broad
+    stain gradient, so slides of different seeds look different at a glance too (the same-image check's thumbnails)."""
     rng = np.random.default_rng(seed)
     img = Image.new("RGB", (width, height), (245, 245, 245))
     mask = Image.new("L", (width, height), 0)
     ImageDraw.Draw(mask).ellipse([width * 0.1, height * 0.1, width * 0.9, height * 0.9], fill=255)
     tissue = rng.integers(0, 60, size=(height, width, 3), dtype=np.uint8) + np.array([170, 90, 160], dtype=np.uint8)
+    angle, freq, phase = np.random.default_rng([seed, 7]).uniform([0, 1.5, 0], [np.pi, 3.5, 2 * np.pi])
+    yy, xx = np.mgrid[0:height, 0:width] / max(width, height)
+    wave = 25 * np.sin(2 * np.pi * freq * (xx * np.cos(angle) + yy * np.sin(angle)) + phase)
+    tissue = np.clip(tissue.astype(np.float32) + wave[..., None], 0, 255).astype(np.uint8)
     img.paste(Image.fromarray(tissue), mask=mask)
     return img
 

@@ -22,7 +22,7 @@ def embedded(tmp_path_factory):
     """Three small legacy-ST sections embedded by the project (tiny random encoder)."""
     root = tmp_path_factory.mktemp("slide_h5")
     for k in range(3):
-        make_legacy_st(root / "st" / f"S{k}", section=f"S{k}", n=6, origin=150.0 + 10 * k)
+        make_legacy_st(root / "st" / f"S{k}", section=f"S{k}", n=6, origin=150.0 + 10 * k, seed=k + 1)  # three sections, three images
     manifest = run_preprocess(cfg_for(st_dir=str(root / "st")), root / "pre", CPU, progress=False)
     return root, manifest
 

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from eca_bio.features.feature_set import DataError
 from eca_bio.model.exemplars import ExemplarBank, ExemplarIndex
@@ -73,3 +74,29 @@ def test_train_by_patient_records_the_grouping(tmp_path):
     assert result["test"] == ["S0"] and result["exemplars_from"] == "other patients"  # S1 (patient P) never an exemplar
     plan = json.loads((tmp_path / "loso" / "folds.json").read_text())
     assert plan["folds"][0]["patients"] == {"test": ["P"], "train": ["P", "Q"]} and "cv loso" in plan["grouping"]
+
+
+def test_a_fold_with_one_image_on_both_sides_is_refused(tmp_path):
+    """EGN's 10xProteomic folds pair folders holding one slide image; here two section names for one image."""
+    from eca_bio.features.preprocess import run_preprocess
+    from tests.bio.conftest import make_legacy_st
+    from tests.bio.features.test_preprocess import CPU, cfg_for
+
+    st = tmp_path / "st"
+    make_legacy_st(st / "A1", section="A1", seed=1)
+    make_legacy_st(st / "A2", section="A2", seed=2)
+    make_legacy_st(st / "A3", section="A3", seed=3)
+    make_legacy_st(st / "B1", section="B1", seed=3)  # A3's image again ...
+    image = st / "B1" / "HE_B1.jpg"
+    Image.open(image).save(image, quality=60)  # ... re-encoded: other bytes, the same picture
+    run_preprocess(cfg_for(st_dir=str(st), token_grid=1), tmp_path / "pre", CPU, progress=False)
+    cfg = tiny_config(n_genes=6, final_method=None, methods=["ridge"])
+    with pytest.raises(DataError, match=r"fold 2: test slide A3 and training slide B1 hold one image \(thumbnails [01] of 64 "
+                                        r"bits apart\) \(and 1 more pair\(s\)\); a test on it measures memory"):
+        train_all(cfg, tmp_path / "pre", tmp_path / "train", progress=False)
+    assert not (tmp_path / "train").exists()
+    train_all(tiny_config(n_genes=6, final_method=None, methods=["ridge"], allow_same_image=True), tmp_path / "pre",
+              tmp_path / "train", progress=False)
+    plan = json.loads((tmp_path / "train" / "folds.json").read_text())
+    assert [(p["test"], p["train"]) for p in plan["same_image"]] == [("A3", "B1"), ("B1", "A3")]
+    assert "WARNING: fold 2: test slide A3" in plan["grouping"]

@@ -101,7 +101,8 @@ def test_ctrl_c_exits_130_and_keeps_finished_stages(tmp_path):
     pipe = _pipeline(tmp_path, make=", sleep: 30")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "eca_core.runner.cli", "run", str(pipe)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # a background job ignores SIGINT
     try:
         line = ""
         deadline = time.time() + 120
