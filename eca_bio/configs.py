@@ -121,12 +121,13 @@ class BioTrainConfig:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     transforms: list[str] = field(default_factory=lambda: list(TRANSFORMS))
     n_genes: int = 250
-    cv: Literal["loso", "lopo", "kfold", "fixed", "none"] = "loso"  # lopo: leave one patient out; fixed: test_slides only (HEST-Benchmark style); none: only the final model
+    cv: Literal["loso", "lopo", "kfold", "fixed", "given", "none"] = "loso"  # lopo: leave one patient out; fixed: test_slides only (HEST-Benchmark style); given: test_folds; none: only the final model
     n_folds: int = 4  # k-fold (cv: kfold): by patient when patients are known, else by slide
     patients: dict[str, str] = field(default_factory=dict)  # slide id -> patient (donor); wins over HEST metadata and patient_pattern
     patient_pattern: str | None = None  # regex on slide ids; its first group (else the match) is the patient, e.g. "^([A-Z])" for her2st
     allow_same_image: bool = False  # train a fold whose test image also sits in training (EGN's 10xProteomic folds); every report warns
     test_slides: list[str] = field(default_factory=list)  # cv: fixed: the held-out test slides
+    test_folds: list[list[str]] = field(default_factory=list)  # cv: given: each fold's test slides (a published protocol's folds)
     k: int = 8  # exemplars per spot
     exemplar_backend: Literal["auto", "exact", "faiss"] = "auto"
     use_tokens: bool = True  # attend over stored patch tokens (else the CLS feature only)
@@ -181,6 +182,8 @@ class BioTrainConfig:
                 raise ValueError(f"train.patient_pattern {self.patient_pattern!r}: {exc}") from exc
         if (self.cv == "fixed") != bool(self.test_slides):
             raise ValueError("train.test_slides names the test slides of cv: fixed (and only then)")
+        if (self.cv == "given") != bool(self.test_folds) or not all(self.test_folds):
+            raise ValueError("train.test_folds lists each fold's test slides for cv: given (and only then)")
         if self.cv == "none" and self.final_method is None:
             raise ValueError("train.cv: none trains only the final model; set final_method")
 

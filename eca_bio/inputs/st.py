@@ -19,7 +19,7 @@ import anndata as ad
 from eca_bio.inputs.hest import read_hest
 from eca_bio.inputs.legacy_st import legacy_sections, legacy_st_mpp, read_legacy_st
 from eca_bio.inputs.st_common import IMAGE_SUFFIXES, STError, exclude_outside_image
-from eca_bio.inputs.visium import VISIUM_HD_BIN, read_10x_h5, read_visium, read_visium_hd
+from eca_bio.inputs.visium import VISIUM_HD_BIN, read_10x_h5, read_visium, read_visium_hd, visium_count_file
 
 __all__ = ["LAYOUTS", "IMAGE_SUFFIXES", "Section", "STError", "detect_layout", "exclude_outside_image", "find_sections", "legacy_st_mpp",
            "read_10x_h5", "read_hest", "read_legacy_st", "read_section", "read_visium", "read_visium_hd"]
@@ -54,7 +54,7 @@ def _is_hest(folder: Path) -> bool:
 
 
 def _is_visium(folder: Path) -> bool:
-    return (folder / "spatial").is_dir() and any((folder / n).exists() for n in ("filtered_feature_bc_matrix.h5", "raw_feature_bc_matrix.h5"))
+    return (folder / "spatial").is_dir() and visium_count_file(folder) is not None
 
 
 # layout -> its kind, in detection order; adding a layout is one entry here (and its name in eca_bio.configs.LAYOUT_NAMES)
@@ -65,7 +65,9 @@ LAYOUTS: dict[str, LayoutKind] = {
     "visium_hd": LayoutKind(lambda f: (f / "binned_outputs").is_dir(), lambda f: [f.name],
                             lambda s, image, hd_bin: read_visium_hd(s.path, image=image, library_id=s.section_id, bin_name=hd_bin),
                             "a Visium HD Space Ranger folder (binned_outputs/<bin>/ + microscope image)"),
-    "visium": LayoutKind(_is_visium, lambda f: [f.name], lambda s, image, _: read_visium(s.path, image=image, library_id=s.section_id),
+    "visium": LayoutKind(_is_visium, lambda f: [f.name],
+                         lambda s, image, _: read_visium(s.path, image=image, library_id=s.section_id,
+                                                         count_file=visium_count_file(s.path) or "filtered_feature_bc_matrix.h5"),
                          "a Visium Space Ranger folder (filtered_feature_bc_matrix.h5 + spatial/)"),
     "legacy_st": LayoutKind(lambda f: bool(legacy_sections(f)), legacy_sections,
                             lambda s, image, _: read_legacy_st(s.path, s.section_id, image=image),
@@ -82,7 +84,9 @@ def detect_layout(path: str | os.PathLike) -> Layout | None:
 
 
 def find_sections(st_dir: str | os.PathLike, fmt: STFormat = "auto", sections: list[str] | None = None) -> list[Section]:
-    """Sections in ``st_dir``: the folder itself if it is one, else its sub-folders that are (sorted by name)."""
+    """Sections in ``st_dir``: the folder itself if it is one, else its sub-folders that are (sorted by name), and the
+    Visium folders one level further down, in release folders as 10x's downloads are kept (EGN's ``1.0.0/<name>``,
+    ``1.1.0/<name>``): their ids carry the release (``1.0.0_<name>``), since one name can come in several releases."""
     st_dir = Path(st_dir)
     if not st_dir.is_dir():
         raise STError(f"{st_dir}: no such directory")
@@ -91,6 +95,8 @@ def find_sections(st_dir: str | os.PathLike, fmt: STFormat = "auto", sections: l
     candidates = [st_dir] if own else sorted(p for p in st_dir.iterdir() if p.is_dir())
     for folder in candidates:
         layout = detect_layout(folder)
+        if layout is None and not own:
+            found.extend(_release_sections(folder, fmt))
         if layout is None or (fmt != "auto" and layout != fmt):
             continue
         found.extend(Section(sid, folder, layout) for sid in LAYOUTS[layout].sections(folder))
@@ -107,6 +113,16 @@ def find_sections(st_dir: str | os.PathLike, fmt: STFormat = "auto", sections: l
             raise STError(f"{st_dir}: section(s) {missing} not found; available: {ids}")
         found = [s for s in found if s.section_id in set(sections)]
     return found
+
+
+def _release_sections(folder: Path, fmt: STFormat) -> list[Section]:
+    """Visium (HD) section folders inside ``folder`` (a release folder such as 10x's ``1.2.0``), ids ``<release>_<name>``."""
+    out = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        layout = detect_layout(sub)
+        if layout in ("visium", "visium_hd") and fmt in ("auto", layout):
+            out.append(Section(f"{folder.name}_{sub.name}", sub, layout))
+    return out
 
 
 def read_section(section: Section, image: str | os.PathLike | None = None, hd_bin: str = VISIUM_HD_BIN) -> ad.AnnData:

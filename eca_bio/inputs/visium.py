@@ -19,6 +19,16 @@ from eca_bio.inputs.st_common import (IMAGE_SUFFIXES, VISIUM_SPOT_DIAMETER_UM, S
 VISIUM_HD_BIN = "square_016um"  # default bin of a Visium HD run (binned_outputs/square_002um | 008um | 016um)
 
 
+def visium_count_file(folder: Path) -> str | None:
+    """The count matrix of a Space Ranger folder: ``filtered_feature_bc_matrix.h5`` (or raw), also as 10x's downloads
+    name it, prefixed with the dataset (``<name>_filtered_feature_bc_matrix.h5``, as EGN reads them)."""
+    for kind in ("filtered", "raw"):
+        for name in (f"{kind}_feature_bc_matrix.h5", f"{folder.name}_{kind}_feature_bc_matrix.h5"):
+            if (folder / name).exists():
+                return name
+    return None
+
+
 def read_visium(folder: str | os.PathLike, image: str | os.PathLike | None = None, library_id: str | None = None,
                 count_file: str = "filtered_feature_bc_matrix.h5", hd: bool = False) -> ad.AnnData:
     """Space Ranger output folder -> AnnData, as ``scanpy.read_visium`` reads it, plus the full-res image path.

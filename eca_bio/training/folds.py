@@ -44,7 +44,7 @@ def resolve_patients(slide_ids: list[str], given: Mapping[str, str], pattern: st
 
 
 def plan_folds(slide_ids: list[str], cv: str, n_folds: int, test_slides: list[str] | None = None,
-               patients: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+               patients: Mapping[str, str] | None = None, test_folds: list[list[str]] | None = None) -> list[dict[str, Any]]:
     """Folds: test slides, training slides and the training slide used for early stopping (and, when ``patients`` are
     known, each side's patients)."""
     ids = sorted(slide_ids)
@@ -58,6 +58,11 @@ def plan_folds(slide_ids: list[str], cv: str, n_folds: int, test_slides: list[st
         if missing or not test_slides:
             raise DataError(f"cv fixed: test slide(s) {missing or '(none given)'} are not among the ST slides {ids}")
         groups = [sorted(test_slides)]
+    elif cv == "given":
+        missing = sorted({s for fold in test_folds or [] for s in fold} - set(ids))
+        if missing or not test_folds:
+            raise DataError(f"cv given: test slide(s) {missing or '(no folds given)'} are not among the ST slides {ids}")
+        groups = [sorted(fold) for fold in test_folds]
     elif cv == "loso":
         groups = [[s] for s in ids]
     elif cv == "lopo":
@@ -69,7 +74,7 @@ def plan_folds(slide_ids: list[str], cv: str, n_folds: int, test_slides: list[st
             raise DataError(f"k-fold by {what} needs 2 <= n_folds <= {len(units)} {what}s, got n_folds={n_folds}")
         groups = [[s for s in ids if (patients[s] if patients else s) in units[i::n_folds]] for i in range(n_folds)]
     else:
-        raise ValueError(f"unknown cv {cv!r}; choose loso, lopo, kfold, fixed or none")
+        raise ValueError(f"unknown cv {cv!r}; choose loso, lopo, kfold, fixed, given or none")
     folds = []
     for i, test in enumerate(groups):
         train = [s for s in ids if s not in test]

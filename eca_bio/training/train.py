@@ -295,7 +295,7 @@ def _train_all(cfg: BioTrainConfig, pre_dir: Path, out_dir: Path, runtime: Runti
     patients = resolve_patients(list(by_id), cfg.patients, cfg.patient_pattern, features.patients())
     for s in slides:
         s.patient = patients[s.slide_id] if patients else None
-    folds = plan_folds(list(by_id), cfg.cv, cfg.n_folds, cfg.test_slides, patients)  # validates before anything is written
+    folds = plan_folds(list(by_id), cfg.cv, cfg.n_folds, cfg.test_slides, patients, cfg.test_folds)  # validates before anything is written
     grouping = grouping_note(patients, cfg.cv)
     same_image = same_image_pairs(folds, features.entries)
     if same_image and not cfg.allow_same_image:

@@ -104,14 +104,15 @@ def write_10x_h5(path: Path, matrix: np.ndarray, barcodes: list[str], gene_ids: 
 
 
 def make_visium(folder: Path, header: bool = True, n_rows: int = 4, n_cols: int = 5, image_size: tuple[int, int] = (640, 560),
-                mpp_tag: float | None = None) -> Path:
-    """A tiny Space Ranger folder: filtered_feature_bc_matrix.h5, spatial/{tissue_positions,scalefactors}, a .tif."""
+                mpp_tag: float | None = None, seed: int = 0, image_seed: int | None = None) -> Path:
+    """A tiny Space Ranger folder: filtered_feature_bc_matrix.h5, spatial/{tissue_positions,scalefactors}, a .tif.
+    ``seed`` draws the counts, ``image_seed`` (default: ``seed``) the tissue image."""
     import tifffile
 
     folder.mkdir(parents=True, exist_ok=True)
     spatial = folder / "spatial"
     spatial.mkdir(exist_ok=True)
-    rng = np.random.default_rng(2)
+    rng = np.random.default_rng(2 + seed)
     positions, barcodes = [], []
     for r in range(n_rows):
         for c in range(n_cols):
@@ -131,7 +132,7 @@ def make_visium(folder: Path, header: bool = True, n_rows: int = 4, n_cols: int 
     counts = rng.integers(0, 9, size=(len(barcodes), len(genes)))
     counts[1] = 0  # a barcode with no counts
     write_10x_h5(folder / "filtered_feature_bc_matrix.h5", counts, barcodes, genes, names)
-    img = np.asarray(tissue_image(*image_size))
+    img = np.asarray(tissue_image(*image_size, seed=seed if image_seed is None else image_seed))
     kwargs = {}
     if mpp_tag is not None:
         kwargs = {"resolution": (1e4 / mpp_tag, 1e4 / mpp_tag), "resolutionunit": "CENTIMETER"}
