@@ -42,14 +42,22 @@ def _field(rng: np.random.Generator, h: int, w: int, bumps: int = 5) -> np.ndarr
     return f / max(float(f.max()), 1e-6)
 
 
-def paint_slide(rng: np.random.Generator, h: int, w: int) -> tuple[Image.Image, np.ndarray, np.ndarray]:
-    """An H&E-like RGB image and its tumour (nuclei density) and stroma (eosin) fields."""
+def paint_slide(rng: np.random.Generator, h: int, w: int, homogeneity: float = 0.0) -> tuple[Image.Image, np.ndarray, np.ndarray]:
+    """An H&E-like RGB image and its tumour (nuclei density) and stroma (eosin) fields.
+
+    ``homogeneity`` (0-1) trades scattered nuclei (a few per patch token: tokens of one spot differ) for a fine
+    chromatin speckle of the same density (many per token: the tokens of one spot look alike, spots still differ
+    by their fields), i.e. in-sample homogeneity against cross-sample spread, the regime of the ECA paper."""
     tumour, stroma = _field(rng, h, w), _field(rng, h, w)
     shift = rng.normal(0, 8, size=3)  # per-slide stain variation
     base = np.stack([235 - 20 * stroma, 170 - 60 * stroma, 205 - 30 * stroma], -1) + shift
-    img = Image.fromarray(np.clip(base + rng.normal(0, 4, size=base.shape), 0, 255).astype(np.uint8))
+    pixels = base + rng.normal(0, 4, size=base.shape)
+    if homogeneity > 0:  # speckle: each pixel purple with a probability that follows the tumour field
+        speck = rng.uniform(size=(h, w)) < homogeneity * (0.05 + 0.45 * tumour)
+        pixels[speck] = np.array([85, 45, 135]) + shift
+    img = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
-    n_nuclei = int(h * w / 90)
+    n_nuclei = int(h * w / 90 * (1.0 - homogeneity))
     ys, xs = rng.uniform(0, h, n_nuclei), rng.uniform(0, w, n_nuclei)
     keep = rng.uniform(size=n_nuclei) < 0.08 + 0.9 * tumour[ys.astype(int), xs.astype(int)]
     for y, x in zip(ys[keep], xs[keep]):
@@ -59,8 +67,10 @@ def paint_slide(rng: np.random.Generator, h: int, w: int) -> tuple[Image.Image, 
     return img, tumour, stroma
 
 
-def make_demo_data(out: Path, n_slides: int = 4, grid: int = 9, n_genes: int = 60, seed: int = 0) -> dict[str, Path]:
-    """Write ``n_slides`` legacy-ST sections under ``out/st`` and one slide without ST under ``out/wsi``."""
+def make_demo_data(out: Path, n_slides: int = 4, grid: int = 9, n_genes: int = 60, seed: int = 0,
+                   homogeneity: float = 0.0) -> dict[str, Path]:
+    """Write ``n_slides`` legacy-ST sections under ``out/st`` and one slide without ST under ``out/wsi``
+    (``homogeneity``: see :func:`paint_slide`)."""
     rng = np.random.default_rng(seed)
     out = Path(out)
     step = SPACING_UM / DEMO_MPP  # px between neighbouring spots
@@ -74,7 +84,7 @@ def make_demo_data(out: Path, n_slides: int = 4, grid: int = 9, n_genes: int = 6
         sid = f"SYN{s + 1}"
         folder = out / "st" / sid
         folder.mkdir(parents=True, exist_ok=True)
-        img, tumour, stroma = paint_slide(rng, size, size)
+        img, tumour, stroma = paint_slide(rng, size, size, homogeneity)
         rows, sel = {}, []
         for gx in range(1, grid + 1):
             for gy in range(1, grid + 1):
@@ -94,7 +104,7 @@ def make_demo_data(out: Path, n_slides: int = 4, grid: int = 9, n_genes: int = 6
         with atomic_path(folder / f"{sid}_HE.png") as tmp:
             img.save(tmp)
     (out / "wsi").mkdir(parents=True, exist_ok=True)
-    img, _, _ = paint_slide(rng, size, int(size * 1.3))
+    img, _, _ = paint_slide(rng, size, int(size * 1.3), homogeneity)
     new_slide = out / "wsi" / "SYN_new.png"
     with atomic_path(new_slide) as tmp:
         img.save(tmp)
@@ -116,6 +126,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slides", type=int, default=4, help="number of synthetic ST slides (>= 3 for LOSO)")
     parser.add_argument("--grid", type=int, default=9, help="spots per side of each synthetic ST array")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--homogeneity", type=float, default=1.0,
+                        help="0-1: how alike the patch tokens of one spot look against the spread across spots; 1 (default) "
+                             "is the ECA paper's regime (token sets d/cross ~0.55-0.8, Theorem 2.2 r ~12), 0 scatters nuclei "
+                             "so a spot's tokens differ as much as spots do (d/cross ~1)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="STAGE.KEY=VALUE",
                         help="override a stage parameter of the demo pipeline; repeatable")
     Runtime.add_arguments(parser)
@@ -147,7 +161,10 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _run(spec: PipelineSpec, out: Path, args: argparse.Namespace) -> dict:
-    data = distributed.on_main(make_demo_data, out / "data", n_slides=args.slides, grid=args.grid, seed=args.seed)
+    if not 0.0 <= args.homogeneity <= 1.0:
+        raise ValueError(f"--homogeneity {args.homogeneity}: give a value in [0, 1]")
+    data = distributed.on_main(make_demo_data, out / "data", n_slides=args.slides, grid=args.grid, seed=args.seed,
+                               homogeneity=args.homogeneity)
     if distributed.is_main():
         print(f"synthetic data: {len(list(data['st_dir'].iterdir()))} ST slides in {data['st_dir'].resolve()}, "
               f"new slide {data['new_slide'].resolve()}")

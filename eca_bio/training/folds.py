@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from eca_bio.features.feature_set import DataError
 from eca_bio.inputs.slides import hash_distance
 
-SAME_IMAGE_BITS = 6  # thumbnail hashes this close are one image (same image re-encoded: 0-1; serial sections: 23+)
+SAME_IMAGE_BITS = 24  # thumbnail hashes (256 bits) this close are one image (re-encoded copies: <= 14; other slides: >= 34)
 
 
 def resolve_patients(slide_ids: list[str], given: Mapping[str, str], pattern: str | None,
@@ -111,7 +111,7 @@ def same_image_pairs(folds: list[dict[str, Any]], entries: list[dict[str, Any]])
                 if sha_t and sha_t == sha_s:
                     pairs.append({"fold": fold["fold"], "test": t, "train": s, "how": "the same image file content"})
                 elif hash_t and hash_s and (d := hash_distance(hash_t, hash_s)) <= SAME_IMAGE_BITS:
-                    pairs.append({"fold": fold["fold"], "test": t, "train": s, "how": f"thumbnails {d} of 64 bits apart"})
+                    pairs.append({"fold": fold["fold"], "test": t, "train": s, "how": f"thumbnails {d} of 256 bits apart"})
     return pairs
 
 
