@@ -98,6 +98,7 @@ class PreprocessConfig(InputSpec):
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     token_grid: int | None = None             # pool patch tokens to k x k (None: keep all tokens)
     store_tokens: bool = True                 # write the 'tokens' dataset
+    window_px: int | None = None              # end-to-end models (EGN: 256): each ST spot's patch also stored as a uint8 window of this side
     precision: str = "32-true"                # Lightning precision, e.g. "bf16-mixed" on GPUs
     tissue: TissueConfig = field(default_factory=TissueConfig)
     grid_overlap: float = 0.0                 # WSI grid: fraction of overlap between neighbouring patches
@@ -110,7 +111,7 @@ class PreprocessConfig(InputSpec):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(self, patch_um=">0", patch_px=">=8", batch_size=">=1", num_workers=">=0", token_grid=">=1",
+        check(self, patch_um=">0", patch_px=">=8", batch_size=">=1", num_workers=">=0", token_grid=">=1", window_px=">=8",
               grid_overlap="[0,1)", min_tissue="[0,1]")
 
 

@@ -80,7 +80,7 @@ def read_manifest(pre_dir: Path) -> dict[str, Any]:
         if sid in seen:
             raise DataError(f"{where}.slide_id: {sid!r} listed twice")
         seen.add(sid)
-        for key in ("h5", "h5ad", "thumbnail"):
+        for key in ("h5", "h5ad", "thumbnail", "windows"):
             if entry.get(key) or key == "h5":
                 inside(pre_dir, entry.get(key), f"{where}.{key}", DataError)
     return manifest
@@ -236,6 +236,14 @@ class FeatureSet:
             raise DataError(f"{self.root}: slides have different feature dimensions {sorted(dims)}")
         return slides
 
+    def windows(self, entry: dict[str, Any]) -> np.ndarray:
+        """The slide's spot windows (N, S, S, 3) uint8, rows as its HDF5's (preprocess with ``window_px``)."""
+        from eca_bio.features.window_store import read_windows
+
+        if not entry.get("windows"):
+            raise DataError(f"{self.root}: slide {entry['slide_id']} has no spot windows (run preprocess with window_px set)")
+        return read_windows(self.root / entry["windows"], entry.get("n_patches"))
+
     def patients(self) -> dict[str, str]:
         """Slide id -> patient as the layout records it (HEST metadata's ``patient``); other layouts record none."""
         return {e["slide_id"]: str(e["patient"]) for e in self.entries if e.get("patient")}
@@ -354,6 +362,8 @@ def build_manifest(cfg: PreprocessConfig, out_dir: Path, plans: list[Any], encod
             "dimensions": [int(v) for v in p.reader.dimensions],
             "has_expression": p.adata is not None,
         }
+        if p.window_px:
+            entry["windows"] = f"slides/{p.slide_id}.windows.h5"
         if p.adata is not None:
             entry["n_genes"] = int(p.adata.n_vars)
             entry["excluded"] = {k: list(v) for k, v in p.adata.uns["st"]["excluded"].items()}

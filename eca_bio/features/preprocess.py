@@ -48,7 +48,8 @@ from eca_core.io import write_json_atomic
 from eca_core.runner.pipeline import StageContext
 from eca_core.runner.resume import RunLock, clean_temp_files, content_hash, item_is_current, write_item_marker
 from eca_core.runner.runtime import Runtime
-from eca_bio.features import slide_h5
+from eca_bio.features import slide_h5, window_store
+from eca_bio.features.window_store import write_windows
 from eca_bio.features.feature_set import (FORMAT_VERSION, ST_FILES, EmbeddingSpec, build_manifest, coords_attrs, h5_attrs,
                                   slide_identity, write_h5ad, write_rows_h5)
 from eca_bio.features.precomputed import check_same_image, find_features_file, join_features_to_spots, precomputed_encoder
@@ -76,6 +77,7 @@ class _Plan:
     features_file: Path | None = None
     features_encoder: str = ""  # the encoder the feature file names ('' if none)
     thumbnail_hash: str = ""  # dHash of the slide's overview (the same-image check of eca_bio.training.folds)
+    window_px: int | None = None  # the spot windows this slide stores (ST slides with window_px set: eca_bio.features.window_store)
 
 
 def config_from_params(params: dict[str, Any] | None, where: str = "preprocess") -> PreprocessConfig:
@@ -140,6 +142,9 @@ def _run_preprocess(cfg: PreprocessConfig, out_dir: Path, runtime: Runtime | Non
                 if p.adata is not None:
                     write_h5ad(p, slides_dir / f"{p.slide_id}.h5ad")
                 draw_patches(p.thumbnail, p.reader.dimensions, p.coords, p.size_px, slides_dir / f"{p.slide_id}.thumb.png", p.mask)
+                if p.window_px:
+                    write_windows(slides_dir / f"{p.slide_id}.windows.h5", p.reader, p.coords, p.size_px, p.window_px,
+                                  {"slide_id": p.slide_id, "params_hash": p.params_hash}, progress)
                 if len(p.coords) == 0 or p.features is not None:
                     write_rows_h5(job, encoder_info, cfg.store_tokens and p.features is None, p.features)
             if len(p.coords) and p.features is None:
@@ -206,6 +211,7 @@ def _plan(cfg: PreprocessConfig, log, skipped: list[dict[str, str]]) -> list[_Pl
     from eca_bio.inputs.slides import thumbnail_hash
 
     for p in plans:
+        p.window_px = cfg.window_px if p.adata is not None else None
         p.params_hash = _slide_hash(cfg, p)
         p.thumbnail_hash = thumbnail_hash(p.thumbnail)
     return plans
@@ -337,6 +343,7 @@ def _slide_hash(cfg: PreprocessConfig, p: _Plan) -> str:
         "content": {str(f): content_hash(f) for f in _input_files(p)},
         "mpp": p.reader.mpp,
         "size_px": p.size_px,
+        **({"window_px": p.window_px} if p.window_px else {}),
     }
     h.update(json.dumps(payload, sort_keys=True).encode())
     h.update(np.ascontiguousarray(p.coords, dtype=np.int64).tobytes())
@@ -357,8 +364,10 @@ def _slide_done(slides_dir: Path, p: _Plan) -> bool:
         return True
     if marker.exists():
         return False
-    files = [f"{p.slide_id}.h5", f"{p.slide_id}.thumb.png"] + ([f"{p.slide_id}.h5ad"] if p.adata is not None else [])
-    if slide_h5.is_complete(slides_dir / files[0], p.params_hash) and all((slides_dir / f).is_file() for f in files):
+    files = [f"{p.slide_id}.h5", f"{p.slide_id}.thumb.png"] + ([f"{p.slide_id}.h5ad"] if p.adata is not None else []) \
+        + ([f"{p.slide_id}.windows.h5"] if p.window_px else [])
+    windows_ok = not p.window_px or window_store.is_complete(slides_dir / files[-1], p.params_hash, len(p.coords))
+    if slide_h5.is_complete(slides_dir / files[0], p.params_hash) and windows_ok and all((slides_dir / f).is_file() for f in files):
         write_item_marker(marker, p.params_hash, files)
         return True
     return False
