@@ -5,25 +5,19 @@ from __future__ import annotations
 import json
 
 import anndata as ad
-import numpy as np
 import pytest
 
 from eca_bio.model.expression import ModelConfig
 from eca_bio.predict import PredictConfig, predict_slides
 from eca_bio.features.preprocess import run_preprocess
 from eca_bio.features.feature_set import DataError
-from eca_bio.training.folds import plan_folds
 from eca_bio.training.train import BioTrainConfig, train_all
 
 from .conftest import make_legacy_st
 from tests.bio.features.test_preprocess import CPU, cfg_for
 
 
-def test_fixed_and_none_fold_plans():
-    assert plan_folds(["A", "B", "C", "D"], "fixed", 0, ["D", "B"]) == [{"fold": 0, "test": ["B", "D"], "train": ["A", "C"], "val": "A"}]
-    assert plan_folds(["A", "B"], "none", 0) == []
-    with pytest.raises(DataError, match=r"test slide\(s\) \['X'\] are not among the ST slides"):
-        plan_folds(["A", "B", "C"], "fixed", 0, ["X"])
+def test_fixed_cv_needs_its_test_slides():  # the fold plans themselves: tests/bio/training/test_folds.py
     with pytest.raises(ValueError, match="test_slides names the test slides of cv: fixed"):
         BioTrainConfig(cv="fixed")
 

@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import gzip
-import json
 import logging
 import os
-import shutil
-from pathlib import Path
 
 import h5py
-import numpy as np
 import pytest
 import torch
 

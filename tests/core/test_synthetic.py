@@ -11,7 +11,7 @@ import torch
 
 from eca_core.runner.cli import main as eca_main
 from eca_core.diagnostics import set_statistics
-from eca_core.synthetic import (LEVEL_CONTRAST, LEVEL_TARGET_D, VARIANTS, GatingRegressor, SyntheticConfig, SyntheticTrainConfig,
+from eca_core.synthetic import (LEVEL_CONTRAST, LEVEL_TARGET_D, VARIANTS, GatingRegressor, SyntheticTrainConfig,
                                 generate, level_config, train_variant)
 
 

@@ -12,7 +12,7 @@ import pytest
 from eca_core.runner.config import from_dict
 from eca_core.errors import InputError
 from eca_tab.preprocess import PreprocessConfig, load_prepared, prepare
-from tests.tab.conftest import APPLIANCES, ROOT, write_table
+from tests.tab.conftest import APPLIANCES, ROOT
 
 needs_appliances = pytest.mark.skipif(not APPLIANCES.is_file(), reason="../shared/data/uci not present")
 

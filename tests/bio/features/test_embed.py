@@ -5,7 +5,6 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from eca_bio.features.embed import SlideBatchSampler, SlideJob, embed_slides
 from eca_bio.features.slide_h5 import coords_attrs

@@ -8,7 +8,6 @@ import numpy as np
 import openslide
 import pytest
 import tifffile
-from PIL import Image
 
 from eca_bio.inputs.slides import ImageReader, OpenSlideReader, SlideError, open_slide
 
