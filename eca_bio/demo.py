@@ -27,6 +27,7 @@ from eca_core.runner.pipeline import PipelineSpec, run_pipeline, validate_pipeli
 from eca_core.runner.resume import RunLock
 
 DEMO_MPP = 2.0  # µm per pixel of the synthetic images
+DEFAULT_HOMOGENEITY = 1.0  # the ECA paper's regime (see paint_slide); 0 is one flag away
 SPACING_UM = 200.0  # legacy ST array spacing
 
 
@@ -68,7 +69,7 @@ def paint_slide(rng: np.random.Generator, h: int, w: int, homogeneity: float = 0
 
 
 def make_demo_data(out: Path, n_slides: int = 4, grid: int = 9, n_genes: int = 60, seed: int = 0,
-                   homogeneity: float = 0.0) -> dict[str, Path]:
+                   homogeneity: float = DEFAULT_HOMOGENEITY) -> dict[str, Path]:
     """Write ``n_slides`` legacy-ST sections under ``out/st`` and one slide without ST under ``out/wsi``
     (``homogeneity``: see :func:`paint_slide`)."""
     rng = np.random.default_rng(seed)
@@ -126,7 +127,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--slides", type=int, default=4, help="number of synthetic ST slides (>= 3 for LOSO)")
     parser.add_argument("--grid", type=int, default=9, help="spots per side of each synthetic ST array")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--homogeneity", type=float, default=1.0,
+    parser.add_argument("--homogeneity", type=float, default=DEFAULT_HOMOGENEITY,
                         help="0-1: how alike the patch tokens of one spot look against the spread across spots; 1 (default) "
                              "is the ECA paper's regime (token sets d/cross ~0.55-0.8, Theorem 2.2 r ~12), 0 scatters nuclei "
                              "so a spot's tokens differ as much as spots do (d/cross ~1)")
