@@ -121,3 +121,23 @@ def same_image_message(pairs: list[dict[str, Any]]) -> str:
     return (f"fold {p['fold']}: test slide {p['test']} and training slide {p['train']} hold one image ({p['how']}){more}; "
             f"a test on it measures memory, not prediction")
 
+
+def plan_study(cfg: Any, slides: list[Any], entries: list[dict[str, Any]], recorded: Mapping[str, str]
+               ) -> tuple[dict[str, str] | None, list[dict[str, Any]], str, list[dict[str, Any]]]:
+    """A train config's grouping of its slides, checked before anything is written: (patients, folds, the grouping
+    line for logs and reports, same-image pairs). Sets each slide's ``patient``; one image on both sides of a fold is
+    an error unless ``cfg.allow_same_image``, and then the grouping line warns."""
+    ids = [s.slide_id for s in slides]
+    patients = resolve_patients(ids, cfg.patients, cfg.patient_pattern, recorded)
+    for s in slides:
+        s.patient = patients[s.slide_id] if patients else None
+    folds = plan_folds(ids, cfg.cv, cfg.n_folds, cfg.test_slides, patients, cfg.test_folds)
+    grouping = grouping_note(patients, cfg.cv)
+    same_image = same_image_pairs(folds, entries)
+    if same_image and not cfg.allow_same_image:
+        raise DataError(same_image_message(same_image) + " (train.allow_same_image: true to reproduce such a protocol; "
+                        "every report then warns)")
+    if same_image:
+        grouping += f"; WARNING: {same_image_message(same_image)} (allowed by train.allow_same_image)"
+    return patients, folds, grouping, same_image
+

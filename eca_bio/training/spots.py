@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -107,6 +107,25 @@ def fold_spots(cfg: BioTrainConfig, train_sl: list[SlideData], val_id: str | Non
     return FoldSpots(bank, fit, val, build_spots(train_sl, spec, index, cfg.use_tokens),
                      build_spots(test_sl, spec, index, cfg.use_tokens) if test_sl else None,
                      "other patients" if by_patient else "other slides")
+
+
+def set_homogeneity(spots: SpotSet, bank: ExemplarBank) -> dict[str, Any]:
+    """Homogeneity of the test spots' sets (``eca diagnose``): patch tokens and exemplar embeddings, with the
+    Theorem 2.2 r against the targets (median over genes) and the share of genes where the bound applies."""
+    from eca_core.diagnostics import homogeneity_report
+
+    out = {}
+    sets = {"exemplars": bank.embeddings[spots.exemplars]}
+    if spots.tokens is not None:
+        sets["tokens"] = spots.tokens
+    for name, x in sets.items():
+        rep = homogeneity_report(np.asarray(x, dtype=np.float64), y=spots.targets)
+        r = np.array([o.r for o in rep.outputs], dtype=float)
+        out[name] = {"sets": rep.n_sets, "elements": rep.max_elements, "d_rms": rep.d_rms, "R_rms": rep.R_rms,
+                     "cross_dispersion": rep.cross_dispersion, "homogeneity_ratio": rep.homogeneity_ratio,
+                     "r_median": float(np.median(r)) if r.size else float("nan"),
+                     "bound_applies": float(np.mean(r < 1)) if r.size else float("nan")}
+    return out
 
 
 def epoch_scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:

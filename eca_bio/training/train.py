@@ -33,11 +33,11 @@ from eca_core.runner.runtime import Runtime
 from eca_bio.training import tuning
 from eca_bio.configs import BioTrainConfig
 from eca_bio.training.engine import FitJob, RunFit, RunSpec, best_validation, fit_early, fit_refits
-from eca_bio.training.folds import grouping_note, plan_folds, resolve_patients, same_image_message, same_image_pairs
+from eca_bio.training.folds import plan_study
 from eca_bio.methods import METHOD_LABELS, METHODS, method_seeds
 from eca_bio.model.expression import RidgeBaseline, model_from_hparams
-from eca_bio.training.spots import FoldSpots, SpotSet, fold_spots, predict_spots
-from eca_bio.features.feature_set import DataError, EmbeddingSpec, FeatureSet, SlideData
+from eca_bio.training.spots import FoldSpots, SpotSet, fold_spots, predict_spots, set_homogeneity
+from eca_bio.features.feature_set import EmbeddingSpec, FeatureSet, SlideData
 from eca_bio.training.targets import TargetSpec, fit_targets, make_targets
 from eca_bio.training.tuning import select_ridge_alpha
 
@@ -63,25 +63,6 @@ def _write_history(path: Path, history: list[dict[str, float]]) -> None:
 def _save_predictions(path: Path, pred: np.ndarray, spots: SpotSet) -> None:
     np.savez_compressed(path, pred=pred, truth=spots.targets, slide_ids=spots.slide_ids,
                         barcodes=np.asarray(spots.barcodes), centres=spots.centres)
-
-
-def set_homogeneity(spots: SpotSet, bank: Any) -> dict[str, Any]:
-    """Homogeneity of the test spots' sets (``eca diagnose``): patch tokens and exemplar embeddings, with the
-    Theorem 2.2 r against the targets (median over genes) and the share of genes where the bound applies."""
-    from eca_core.diagnostics import homogeneity_report
-
-    out = {}
-    sets = {"exemplars": bank.embeddings[spots.exemplars]}
-    if spots.tokens is not None:
-        sets["tokens"] = spots.tokens
-    for name, x in sets.items():
-        rep = homogeneity_report(np.asarray(x, dtype=np.float64), y=spots.targets)
-        r = np.array([o.r for o in rep.outputs], dtype=float)
-        out[name] = {"sets": rep.n_sets, "elements": rep.max_elements, "d_rms": rep.d_rms, "R_rms": rep.R_rms,
-                     "cross_dispersion": rep.cross_dispersion, "homogeneity_ratio": rep.homogeneity_ratio,
-                     "r_median": float(np.median(r)) if r.size else float("nan"),
-                     "bound_applies": float(np.mean(r < 1)) if r.size else float("nan")}
-    return out
 
 
 def _result(method: str, key: str, spec: TargetSpec, val_id: str | None, test_sl: list[SlideData], seed: int,
@@ -292,17 +273,7 @@ def _train_all(cfg: BioTrainConfig, pre_dir: Path, out_dir: Path, runtime: Runti
     features = FeatureSet(pre_dir)
     slides = features.slides(require_expression=True, with_tokens=cfg.use_tokens)
     by_id = {s.slide_id: s for s in slides}
-    patients = resolve_patients(list(by_id), cfg.patients, cfg.patient_pattern, features.patients())
-    for s in slides:
-        s.patient = patients[s.slide_id] if patients else None
-    folds = plan_folds(list(by_id), cfg.cv, cfg.n_folds, cfg.test_slides, patients, cfg.test_folds)  # validates before anything is written
-    grouping = grouping_note(patients, cfg.cv)
-    same_image = same_image_pairs(folds, features.entries)
-    if same_image and not cfg.allow_same_image:
-        raise DataError(same_image_message(same_image) + " (train.allow_same_image: true to reproduce such a protocol; "
-                        "every report then warns)")
-    if same_image:
-        grouping += f"; WARNING: {same_image_message(same_image)} (allowed by train.allow_same_image)"
+    patients, folds, grouping, same_image = plan_study(cfg, slides, features.entries, features.patients())  # validates first
     if progress:
         print(f"train: {grouping}", file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
