@@ -3,8 +3,10 @@ to the spot's exemplars (their embeddings and expression) every ``bfre`` blocks,
 the bridged spot query. The paper's spatial-transcriptomics host of ECA (its Table 3).
 
 Written from EGN's code, parameter for parameter (the tests pin the published size's count, 133,356,794, as EGN's own
-``v1/egn.py`` computes it); ``vit_attention="eca"`` swaps the ViT's self-attention for ECA (``eca_core.swap_attention``
-on timm's ``Attention``, which is EGN's ``Attention`` with its weights named ``qkv``/``proj``).
+``v1/egn.py`` computes it). ECA in EGN, two switches for its two softmax attentions: ``vit_attention="eca"`` swaps the
+ViT's self-attention for ECA (``eca_core.swap_attention`` on timm's ``Attention``, which is EGN's ``Attention`` with
+its weights named ``qkv``/``proj``), ``pool="eca"`` puts ECA in CSRA's token softmax (:class:`ECACSRA`). EGN's
+exemplar bridge gates with sigmoids, not a softmax: there is no convex aggregation there for ECA to replace.
 Shapes: B spots, N = (image_size / patch_size)² tokens, K exemplars, G genes, M the exemplar-embedding size (mdim).
 """
 
@@ -66,6 +68,35 @@ class CSRA(nn.Module):
         return score.mean(1) + self.lam * (score * weights).sum(1)        # (B,dim)
 
 
+class ECACSRA(CSRA):
+    """CSRA with ECA in its token softmax: DATS sets the temperature from the tokens' dispersion, and SRA extrapolates
+    the attention read-out from the token mean, ``att' = s̄ + λ·(Σ α s − s̄)``; the head is ``s̄ + lam·att'``. With both
+    switched off (τ = 1, λ = 1) it is CSRA. λ reaches ``collect_lambdas`` (the SRA penalty) like any ECA layer's."""
+
+    def __init__(self, dim: int, cfg: ECAConfig, temperature: float = 0.1, lam: float = 0.5) -> None:
+        super().__init__(dim, temperature, lam)
+        from eca_core.attention import DispersionTemperature, ResidualScale
+
+        self.dats = DispersionTemperature(cfg) if cfg.use_dats else None
+        self.residual_scale = ResidualScale(dim, cfg) if cfg.use_sra else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        from eca_core.attention import record_lambda, set_dispersion
+
+        score = self.head(x)                                              # (B,N,dim)
+        keep = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        _, d = set_dispersion(x.detach(), keep, with_radius=False)  # a statistic, as in every ECA layer
+        tau = self.dats(d) if self.dats is not None else None
+        scale = self.temperature / tau.view(-1, 1, 1) if tau is not None else self.temperature
+        att = (score * torch.softmax(score * scale, dim=1)).sum(1)          # (B,dim)
+        base = score.mean(1)
+        if self.residual_scale is not None:
+            lam = self.residual_scale(x.mean(1))                           # (B,)
+            att = torch.lerp(base, att, lam.to(att.dtype).unsqueeze(1))
+            record_lambda(lam, tau)
+        return base + self.lam * att
+
+
 class Update(nn.Module):
     """The spot query and the exemplar keys updated from their difference (EGN's exemplar bridging, first half)."""
 
@@ -116,7 +147,7 @@ class EGN(nn.Module):
                  heads: int = 16, mlp_dim: int = 4096, bhead: int = 8, bdim: int = 64, bfre: int = 2, mdim: int = 2048,
                  player: int = 2, linear_projection: bool = True, channels: int = 3, dropout: float = 0.0,
                  emb_dropout: float = 0.0, vit_attention: Literal["softmax", "eca"] = "softmax",
-                 eca: ECAConfig | None = None) -> None:
+                 pool: Literal["csra", "eca"] = "csra", eca: ECAConfig | None = None) -> None:
         super().__init__()
         from timm.layers import Attention  # EGN's Attention: qkv without bias, an output projection with one
 
@@ -134,7 +165,9 @@ class EGN(nn.Module):
             **({"bridge": ExemplarBridge(dim, bhead, bdim, self.grid)} if (i + 1) % bfre == 0 else {}),
             "ff": PreNorm(dim, feed_forward(dim, mlp_dim, dropout)),
         }) for i in range(depth)])
-        self.pool = CSRA(dim)
+        if pool not in ("csra", "eca"):
+            raise ValueError(f"pool must be 'csra' or 'eca', got {pool!r}")
+        self.pool = ECACSRA(dim, eca or ECAConfig(mode="eca")) if pool == "eca" else CSRA(dim)
         self.head = nn.Sequential(nn.LayerNorm(dim * 2), nn.Linear(dim * 2, n_genes))
         if vit_attention == "eca":
             from eca_core.convert import swap_attention
@@ -162,3 +195,25 @@ class EGN(nn.Module):
                 x, q, oq = block["bridge"](x, q, oq, oq_v)
             x = block["ff"](x) + x
         return self.head(torch.cat((self.pool(x), q.squeeze(1)), 1))
+
+
+# Named sizes: the published run (EGN's README command; ECA paper §G.3 and Table 3, 3 folds of 10xProteomic) and a
+# small one for CPUs. "model": EGN's keyword arguments (mdim: the retrieval embedding's size, EGN's ResNet50 2048);
+# "train": EGN's optimisation (50 epochs, batch 32, AdamW lr 5e-4, weight decay 1e-4, 6 exemplars, 250 genes);
+# "published": the paper's Table 3 means for EGN and EGN+ECA, the numbers a reproduction is held to.
+PRESETS: dict[str, dict[str, dict[str, float | int | bool]]] = {
+    "egn-10xproteomic": {
+        "model": dict(image_size=256, patch_size=32, dim=1024, depth=8, heads=16, mlp_dim=4096, bhead=8, bdim=64, bfre=2,
+                      player=2, linear_projection=True, mdim=2048, n_genes=250),
+        "train": dict(epochs=50, batch_size=32, lr=5e-4, weight_decay=1e-4, k=6, n_genes=250),
+        "published": {"egn_pcc_f": 0.602, "egn_pcc_s": 0.647, "egn_pcc_m": 0.629, "egn_mse": 0.056,
+                      "egn_eca_pcc_f": 0.690, "egn_eca_pcc_s": 0.724, "egn_eca_pcc_m": 0.716, "egn_eca_mse": 0.051},
+    },
+    "egn-cpu-small": {  # 2 CPU cores: 64 px windows, an 8 x 8 grid as EGN's bridge is written for, 4 blocks
+        "model": dict(image_size=64, patch_size=8, dim=64, depth=4, heads=4, mlp_dim=128, bhead=2, bdim=16, bfre=2,
+                      player=1, linear_projection=True, n_genes=250),
+        "train": dict(epochs=20, batch_size=32, lr=5e-4, weight_decay=1e-4, k=6, n_genes=250),
+        "published": {},
+    },
+}
+

@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from eca_core.eca_config import ECAConfig
 
-__all__ = ["AttentionAux", "ECAAggregation", "ECAConfig", "ECACrossAttention", "ECAPooling", "collect_attention_stats", "collect_lambdas"]
+__all__ = ["AttentionAux", "ECAAggregation", "ECAConfig", "ECACrossAttention", "ECAPooling", "collect_attention_stats", "collect_lambdas",
+           "record_lambda"]
 
 _TAU_FLOOR = 1e-2
 _EPS = 1e-6
@@ -384,6 +385,15 @@ def collect_attention_stats() -> Iterator[dict[str, list[Tensor]]]:
         yield bucket
     finally:
         _STAT_COLLECTORS.remove(bucket)
+
+
+def record_lambda(lam: Tensor, tau: Tensor | None = None) -> None:
+    """Hand this forward's λ (B,) (and τ) to the active collectors: for an ECA component of one's own (a pooling head
+    that extrapolates like SRA), so ``collect_lambdas`` / ``sra_penalty`` and ``collect_attention_stats`` see it."""
+    if torch.is_grad_enabled():
+        _record_lambda(lam)
+    if _STAT_COLLECTORS:
+        _record_stats(lam, tau)
 
 
 def _record_lambda(lam: Tensor) -> None:

@@ -24,9 +24,13 @@ def _inputs(b=3, k=4, cfg=TINY, seed=0):
 def test_published_size_has_egns_parameter_count():
     # EGN's v1/egn.py with its README's flags (--size 256 --dim 1024 --heads 16 --mlp_dim 4096 --depth 8 --bhead 8
     # --bdim 64 --bfre 2 --player 2 --linear_projection True --mdim 2048), counted by running that file: 133,356,794
+    from eca_bio.model.egn import PRESETS
+
     with torch.device("meta"):
-        model = EGN()
-    assert sum(p.numel() for p in model.parameters()) == 133_356_794
+        model, preset = EGN(), EGN(**PRESETS["egn-10xproteomic"]["model"])
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in preset.parameters()) == 133_356_794
+    small = EGN(**{**PRESETS["egn-cpu-small"]["model"], "mdim": 16})
+    assert small.grid == 8 and small(*_inputs(b=2, cfg={"image_size": 64, "mdim": 16, "n_genes": 250})).shape == (2, 250)
 
 
 def test_forward_backward_and_shapes():
@@ -94,3 +98,27 @@ def test_same_outputs_as_egns_own_model():
     img, emb, ex_emb, ex_expr = _inputs(cfg=cfg)
     want = ref({"img": img, "p_feature": emb, "op_feature": ex_emb, "op_count": ex_expr})
     torch.testing.assert_close(ours(img, emb, ex_emb, ex_expr), want, rtol=1e-4, atol=1e-5)
+
+
+def test_eca_in_the_csra_pooling_head_is_the_other_switch():
+    from eca_core.attention import collect_lambdas
+    from eca_core.losses import sra_penalty
+
+    torch.manual_seed(0)
+    csra = EGN(**TINY).eval()
+    off = EGN(**TINY, pool="eca", eca=ECAConfig(mode="softmax")).eval()
+    assert not off.load_state_dict(csra.state_dict(), strict=False).missing_keys
+    x = _inputs()
+    torch.testing.assert_close(off(*x), csra(*x), rtol=1e-5, atol=1e-6)  # switched off: CSRA
+    eca = EGN(**TINY, pool="eca").train()
+    missing = eca.load_state_dict(csra.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("pool.") and ("residual_scale" in k or "dats" in k) for k in missing)
+    with collect_lambdas() as lams:
+        out = eca(*x)
+    (lam,) = lams  # the head's λ (B,) reaches the SRA penalty like any ECA layer's
+    assert lam.shape == (3,) and torch.all(lam >= 1.0)
+    (out.square().mean() + sra_penalty(lams)).backward()
+    assert eca.pool.residual_scale.mlp[0].weight.grad is not None
+    assert not torch.allclose(eca.eval()(*x), csra(*x), atol=1e-4)  # DATS sharpens the token softmax
+    with pytest.raises(ValueError, match="pool must be 'csra' or 'eca'"):
+        EGN(**TINY, pool="mean")
