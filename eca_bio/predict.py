@@ -39,10 +39,11 @@ def find_model(path: Path) -> Path:
                     f"with result.json and preprocess.json; run `eca-bio train` with final_method set)")
 
 
-def preprocess_config_for(model_dir: Path, cfg: PredictConfig, saved: dict[str, Any]) -> PreprocessConfig:
+def preprocess_config_for(model_dir: Path, cfg: PredictConfig, saved: dict[str, Any],
+                          spec: EmbeddingSpec | None = None) -> PreprocessConfig:
     """New inputs (``cfg``'s :class:`~eca_bio.configs.InputSpec` fields, any layout) embedded as the model's preprocess
     folder was: its :class:`EmbeddingSpec` (``saved``: the model's preprocess.json) and its tissue and grid settings."""
-    spec = EmbeddingSpec.from_saved(saved, model_dir / "preprocess.json")
+    spec = spec or EmbeddingSpec.from_saved(saved, model_dir / "preprocess.json")
     params = saved.get("params") or {}
     encoder = params.get("encoder", {}) if "source" in spec.encoder else spec.encoder  # imported features: files, not a model
     return from_dict(PreprocessConfig, {
@@ -86,11 +87,11 @@ def predict_slides(model: Path, cfg: PredictConfig, out_dir: Path, runtime: Runt
     model_dir = find_model(model)
     trained = load_trained(model_dir)
     saved = read_json(model_dir / "preprocess.json", DataError)
-    pcfg = preprocess_config_for(model_dir, cfg, saved)
+    embedding = EmbeddingSpec.from_saved(saved, model_dir / "preprocess.json")
+    pcfg = preprocess_config_for(model_dir, cfg, saved, embedding)
     out_dir = Path(out_dir)
     check = training_section_check(model_dir, trained.spec.train_slides, saved.get("train_inputs") or {}) if cfg.st_dir else None
     run_preprocess(pcfg, out_dir / "preprocess", runtime, progress=progress, check_inputs=check)  # tiles sharded over ranks
-    embedding = EmbeddingSpec.from_saved(saved, model_dir / "preprocess.json")
     return distributed.on_main(_predict_embedded, model_dir, trained, embedding, cfg, out_dir, progress)  # light: rank 0
 
 

@@ -6,6 +6,7 @@ Layout (the contract between preprocess, train, evaluate, predict and diagnose):
     slides/<slide_id>.h5        coords, features, tokens, barcodes (the schema is eca_bio.features.slide_h5's)
     slides/<slide_id>.h5ad      ST slides: raw counts, obs_names = barcodes in h5 row order, obsm['spatial']
     slides/<slide_id>.thumb.png thumbnail with the patches drawn
+    slides/<slide_id>.windows.h5 spot windows for end-to-end models, with window_px (eca_bio.features.window_store)
 
 :class:`EmbeddingSpec` is what a model must match (encoder and patch geometry; ``.key()`` is the one identity,
 stored in the manifest, the exemplar bank and ``model.pt``); :class:`FeatureSet` opens a folder and reads its

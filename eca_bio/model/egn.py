@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from eca_core.attention import DispersionTemperature, ResidualScale, record_lambda, set_dispersion
 from eca_core.eca_config import ECAConfig
 
 
@@ -75,14 +76,10 @@ class ECACSRA(CSRA):
 
     def __init__(self, dim: int, cfg: ECAConfig, temperature: float = 0.1, lam: float = 0.5) -> None:
         super().__init__(dim, temperature, lam)
-        from eca_core.attention import DispersionTemperature, ResidualScale
-
         self.dats = DispersionTemperature(cfg) if cfg.use_dats else None
         self.residual_scale = ResidualScale(dim, cfg) if cfg.use_sra else None
 
     def forward(self, x: Tensor) -> Tensor:
-        from eca_core.attention import record_lambda, set_dispersion
-
         score = self.head(x)                                              # (B,N,dim)
         keep = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         _, d = set_dispersion(x.detach(), keep, with_radius=False)  # a statistic, as in every ECA layer

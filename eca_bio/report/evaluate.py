@@ -286,10 +286,10 @@ def homogeneity_table(methods: dict[str, Any], primary: str = "eca", softmax: st
              f"{primary}'s PCC@M gain over {softmax} in that fold:", "",
              f"| test | sets | d RMS | R RMS | cross | d/cross | r median | genes r < 1 | {primary} − {softmax} |",
              "|---|---|---|---|---|---|---|---|---|", *rows, ""]
+    from scipy.stats import spearmanr
+
     for name, pairs in ratio_gain.items():
         if len(pairs) >= 3:
-            from scipy.stats import spearmanr
-
             rho = float(spearmanr([p[0] for p in pairs], [p[1] for p in pairs])[0])
             where, sets = "more" if rho < 0 else "less", f"{name.removesuffix('s')} sets"
             lines += [f"Where does the gain sit? The paper expects {primary} to gain most where the {sets} are homogeneous "
