@@ -7,14 +7,15 @@ from this module before torch, Lightning, timm or anndata are imported.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
 
 from eca_core.runner.config import check
 from eca_core.eca_config import ECAConfig
 from eca_core.loss_config import LossConfig
 from eca_core.variants import layer_config
-from eca_bio.methods import METHODS
+from eca_bio.methods import ALL_METHODS, EGN_METHODS, METHODS
+from eca_bio.model.egn_presets import PRESETS as EGN_PRESETS
 
 TRANSFORMS = ("egn", "libsize")  # target transforms (eca_bio.training.targets)
 LAYOUT_NAMES = ("legacy_st", "visium", "visium_hd", "hest")  # spatial layouts: the keys of eca_bio.inputs.st.LAYOUTS (a test holds them equal)
@@ -116,10 +117,39 @@ class PreprocessConfig(InputSpec):
 
 
 @dataclass
+class EGNConfig:
+    """EGN trained end to end on spot windows (methods ``egn*``): a named size and its optimisation; a field left
+    None takes the preset's value (``eca_bio.model.egn_presets``). The retrieval embedding is the preprocess encoder's."""
+
+    preset: str = "egn-cpu-small"  # egn-10xproteomic (the published size, GPUs), egn-cpu-small, egn-tiny
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    k: int | None = None  # exemplars per spot (EGN: 6)
+    schedule: Literal["egn", "constant"] = "egn"  # egn: EGN's cosine warm restarts (a cycle per half epoch, floor lr/5)
+    precision: str = "32-true"  # Lightning precision of EGN's fits, e.g. "bf16-mixed" on GPUs that have it
+
+    def __post_init__(self) -> None:
+        if self.preset not in EGN_PRESETS:
+            raise ValueError(f"train.egn.preset {self.preset!r} is not one of {list(EGN_PRESETS)}")
+        check(self, epochs=">=1", batch_size=">=2", lr=">0", weight_decay=">=0", k=">=1")
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """EGN's keyword arguments of the preset (``mdim`` and ``n_genes`` are set by the data)."""
+        return dict(EGN_PRESETS[self.preset]["model"])
+
+    def train_settings(self) -> dict[str, Any]:
+        """epochs, batch_size, lr, weight_decay and k: the preset's, with the fields given here."""
+        given = {k: getattr(self, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "k") if getattr(self, k) is not None}
+        return {**EGN_PRESETS[self.preset]["train"], **given}
+
+
+@dataclass
 class BioTrainConfig:
     """Parameters of the train stage (the ``train:`` block of a bio pipeline YAML)."""
 
-    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    methods: list[str] = field(default_factory=lambda: list(METHODS))  # also EGN end to end: egn, egn_eca, ... (eca_bio.methods)
     transforms: list[str] = field(default_factory=lambda: list(TRANSFORMS))
     n_genes: int = 250
     cv: Literal["loso", "lopo", "kfold", "fixed", "given", "none"] = "loso"  # lopo: leave one patient out; fixed: test_slides only (HEST-Benchmark style); given: test_folds; none: only the final model
@@ -140,6 +170,7 @@ class BioTrainConfig:
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    egn: EGNConfig = field(default_factory=EGNConfig)  # methods egn*: size and optimisation (preprocess with window_px)
     refit: bool = True  # retrain on all training slides for the early-stopped number of epochs
     tune_trials: int = 1  # validation-slide search: configurations tried per neural method (1: the defaults only)
     tune_grid: dict[str, list[float]] = field(default_factory=lambda: {
@@ -166,14 +197,16 @@ class BioTrainConfig:
         check(self, tune_trials=">=1", n_genes=">=1", n_folds=">=2", k=">=1", epochs=">=1", patience=">=0", min_epochs=">=1",
               batch_size=">=2", lr=">0", weight_decay=">=0", ridge_components=">=1", ridge_alpha=">0",
               ridge_alphas=">0", threads=">=1")
-        bad = [m for m in self.methods if m not in METHODS]
+        bad = [m for m in self.methods if m not in ALL_METHODS]
         if bad or not self.methods:
-            raise ValueError(f"train.methods: unknown {bad}; choose from {list(METHODS)}")
+            raise ValueError(f"train.methods: unknown {bad}; choose from {ALL_METHODS}")
         bad = [t for t in self.transforms if t not in TRANSFORMS]
         if bad or not self.transforms:
             raise ValueError(f"train.transforms: unknown {bad}; choose from {list(TRANSFORMS)}")
         if self.final_method is not None and self.final_method not in METHODS:
-            raise ValueError(f"train.final_method {self.final_method!r} is not one of {list(METHODS)}")
+            hint = " (EGN methods are cross-validated; the model `eca-bio predict` runs is a frozen-feature one: predict embeds tiles, it cuts no windows)" \
+                if self.final_method in EGN_METHODS else ""
+            raise ValueError(f"train.final_method {self.final_method!r} is not one of {list(METHODS)}{hint}")
         if self.final_transform is not None and self.final_transform not in TRANSFORMS:
             raise ValueError(f"train.final_transform {self.final_transform!r} is not one of {list(TRANSFORMS)}")
         if self.patient_pattern is not None:
@@ -187,6 +220,11 @@ class BioTrainConfig:
             raise ValueError("train.test_folds lists each fold's test slides for cv: given (and only then)")
         if self.cv == "none" and self.final_method is None:
             raise ValueError("train.cv: none trains only the final model; set final_method")
+
+    def for_method(self, method: str) -> "BioTrainConfig":
+        """The settings ``method`` trains with: EGN methods take epochs, batch size, lr, weight decay and k from
+        ``egn`` (its preset); every other method these fields as given."""
+        return replace(self, **self.egn.train_settings()) if method in EGN_METHODS else self
 
 
 @dataclass

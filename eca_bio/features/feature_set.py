@@ -57,6 +57,7 @@ class SlideData:
     counts: ad.AnnData | None = None  # raw counts, obs in the row order of the HDF5
     attrs: dict[str, Any] = field(default_factory=dict)
     patient: str | None = None  # the donor, when known (train.patients, HEST metadata, train.patient_pattern)
+    windows: np.ndarray | None = None  # (N, S, S, 3) uint8 spot windows (end-to-end models; preprocess window_px)
 
     @property
     def n_spots(self) -> int:
@@ -227,9 +228,15 @@ class FeatureSet:
         """One manifest entry as :class:`SlideData`, its file checked against ``spec`` (default: the folder's)."""
         return load_slide(self.root, entry, spec or self.spec, with_tokens)
 
-    def slides(self, require_expression: bool = False, with_tokens: bool = True, spec: EmbeddingSpec | None = None) -> list[SlideData]:
-        """Every slide (only ST ones with ``require_expression``), each made as ``spec`` (default: the folder's) says."""
-        slides = [self.load(e, with_tokens, spec) for e in self.entries if e.get("h5ad") or not require_expression]
+    def slides(self, require_expression: bool = False, with_tokens: bool = True, spec: EmbeddingSpec | None = None,
+               with_windows: bool = False) -> list[SlideData]:
+        """Every slide (only ST ones with ``require_expression``), each made as ``spec`` (default: the folder's) says;
+        ``with_windows``: with its spot windows (an error names a slide without them)."""
+        entries = [e for e in self.entries if e.get("h5ad") or not require_expression]
+        slides = [self.load(e, with_tokens, spec) for e in entries]
+        if with_windows:
+            for s, e in zip(slides, entries):
+                s.windows = self.windows(e)
         if not slides:
             raise DataError(f"{self.root}/manifest.json lists no {'ST ' if require_expression else ''}slides")
         dims = {s.features.shape[1] for s in slides}

@@ -20,6 +20,10 @@ from torch import Tensor, nn
 from eca_core.attention import DispersionTemperature, ResidualScale, record_lambda, set_dispersion
 from eca_core.eca_config import ECAConfig
 
+# EGN's input normalisation (its main.py: torchvision Normalize with these, measured on 10xProteomic's images)
+EGN_MEAN = (0.5476, 0.5218, 0.6881)
+EGN_STD = (0.2461, 0.2101, 0.1649)
+
 
 class PreNorm(nn.Module):
     def __init__(self, dim: int, fn: nn.Module) -> None:
@@ -152,7 +156,9 @@ class EGN(nn.Module):
             raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads} (EGN's dim_head is dim / heads)")
-        self.patch_size, self.grid = patch_size, image_size // patch_size
+        self.image_size, self.patch_size, self.grid = image_size, patch_size, image_size // patch_size
+        self.register_buffer("mean", torch.tensor(EGN_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(EGN_STD).view(1, 3, 1, 1), persistent=False)
         self.patch_embed = nn.Linear(channels * patch_size * patch_size, dim)
         self.pos_embedding = nn.Parameter(torch.randn(1, self.grid * self.grid + 1, dim))
         self.dropout = nn.Dropout(emb_dropout)
@@ -173,6 +179,15 @@ class EGN(nn.Module):
         elif vit_attention != "softmax":
             raise ValueError(f"vit_attention must be 'softmax' or 'eca', got {vit_attention!r}")
 
+    def prepare(self, windows: Tensor) -> Tensor:
+        """Stored uint8 windows (B,S,S,3) -> the model's input (B,3,image_size,image_size): resized (antialiased)
+        when S differs, scaled to [0, 1] and normalised as EGN's ToTensor + Normalize."""
+        x = windows.permute(0, 3, 1, 2).to(self.mean.dtype) / 255.0
+        if x.shape[-1] != self.image_size:
+            x = nn.functional.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True,
+                                          align_corners=False)
+        return (x - self.mean) / self.std
+
     def tokens(self, image: Tensor) -> Tensor:
         """Image (B,C,H,W) -> patch rows (B,N,p·p·C), in EGN's order (row-major patches, then p1, p2, channel)."""
         b, c, hgt, wid = image.shape
@@ -192,25 +207,3 @@ class EGN(nn.Module):
                 x, q, oq = block["bridge"](x, q, oq, oq_v)
             x = block["ff"](x) + x
         return self.head(torch.cat((self.pool(x), q.squeeze(1)), 1))
-
-
-# Named sizes: the published run (EGN's README command; ECA paper §G.3 and Table 3, 3 folds of 10xProteomic) and a
-# small one for CPUs. "model": EGN's keyword arguments (mdim: the retrieval embedding's size, EGN's ResNet50 2048);
-# "train": EGN's optimisation (50 epochs, batch 32, AdamW lr 5e-4, weight decay 1e-4, 6 exemplars, 250 genes);
-# "published": the paper's Table 3 means for EGN and EGN+ECA, the numbers a reproduction is held to.
-PRESETS: dict[str, dict[str, dict[str, float | int | bool]]] = {
-    "egn-10xproteomic": {
-        "model": dict(image_size=256, patch_size=32, dim=1024, depth=8, heads=16, mlp_dim=4096, bhead=8, bdim=64, bfre=2,
-                      player=2, linear_projection=True, mdim=2048, n_genes=250),
-        "train": dict(epochs=50, batch_size=32, lr=5e-4, weight_decay=1e-4, k=6, n_genes=250),
-        "published": {"egn_pcc_f": 0.602, "egn_pcc_s": 0.647, "egn_pcc_m": 0.629, "egn_mse": 0.056,
-                      "egn_eca_pcc_f": 0.690, "egn_eca_pcc_s": 0.724, "egn_eca_pcc_m": 0.716, "egn_eca_mse": 0.051},
-    },
-    "egn-cpu-small": {  # 2 CPU cores: 64 px windows, an 8 x 8 grid as EGN's bridge is written for, 4 blocks
-        "model": dict(image_size=64, patch_size=8, dim=64, depth=4, heads=4, mlp_dim=128, bhead=2, bdim=16, bfre=2,
-                      player=1, linear_projection=True, n_genes=250),
-        "train": dict(epochs=20, batch_size=32, lr=5e-4, weight_decay=1e-4, k=6, n_genes=250),
-        "published": {},
-    },
-}
-

@@ -23,7 +23,9 @@ from torch import Tensor, nn
 
 from eca_core.attention import ECACrossAttention, ECAPooling
 from eca_core.runner.config import from_dict
+from eca_core.variants import layer_config
 from eca_bio.configs import ModelConfig
+from eca_bio.model.egn import EGN
 
 
 class ExpressionModel(nn.Module):
@@ -71,9 +73,14 @@ class ExpressionModel(nn.Module):
         return self.head(torch.cat([spot, ctx], dim=-1))
 
 
-def model_from_hparams(hparams: dict[str, Any], state: dict[str, Tensor] | None = None) -> ExpressionModel:
-    """An :class:`ExpressionModel` from the ``hparams`` a ``model.pt`` carries (and its weights)."""
-    model = ExpressionModel(hparams["in_dim"], hparams["n_genes"], from_dict(ModelConfig, hparams["model"], "model"))
+def model_from_hparams(hparams: dict[str, Any], state: dict[str, Tensor] | None = None) -> nn.Module:
+    """The model the ``hparams`` of a ``model.pt`` describe (an :class:`ExpressionModel`, or EGN when they hold its
+    keyword arguments), with its weights."""
+    if "egn" in hparams:
+        model = EGN(**{**hparams["egn"], "mdim": hparams["in_dim"], "n_genes": hparams["n_genes"]},
+                    eca=layer_config("eca", **hparams["eca"]))
+    else:
+        model = ExpressionModel(hparams["in_dim"], hparams["n_genes"], from_dict(ModelConfig, hparams["model"], "model"))
     if state is not None:
         model.load_state_dict(state)
     return model.eval()

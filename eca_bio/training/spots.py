@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class SpotSet:
-    """Model inputs of a set of spots: features, tokens, targets and exemplar rows into a bank."""
+    """Model inputs of a set of spots: features, tokens, targets, exemplar rows into a bank (and, for EGN, windows)."""
 
     features: np.ndarray
     tokens: np.ndarray | None
@@ -29,6 +29,7 @@ class SpotSet:
     slide_ids: np.ndarray
     barcodes: list[str]
     centres: np.ndarray
+    windows: np.ndarray | None = None  # (N, S, S, 3) uint8 image windows (end-to-end models)
 
 
 class SpotDataset(Dataset):
@@ -41,6 +42,7 @@ class SpotDataset(Dataset):
         self.ex = torch.from_numpy(spots.exemplars)
         self.bank_e = torch.from_numpy(bank.embeddings)
         self.bank_y = torch.from_numpy(bank.targets)
+        self.w = torch.from_numpy(spots.windows) if spots.windows is not None else None
 
     def __len__(self) -> int:
         return self.f.shape[0]
@@ -49,11 +51,21 @@ class SpotDataset(Dataset):
         item = {"features": self.f[i], "ex_emb": self.bank_e[self.ex[i]], "ex_expr": self.bank_y[self.ex[i]], "y": self.y[i]}
         if self.t is not None:
             item["tokens"] = self.t[i]
+        if self.w is not None:
+            item["image"] = self.w[i]
         return item
 
 
+def spot_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Predictions (B, G) of either model on a batch: EGN reads the window, with the spot's embedding as its query;
+    the frozen-feature model reads the embedding (and tokens)."""
+    if "image" in batch:
+        return model(model.prepare(batch["image"]), batch["features"].unsqueeze(1), batch["ex_emb"], batch["ex_expr"])
+    return model(batch["features"], batch.get("tokens"), batch["ex_emb"], batch["ex_expr"])
+
+
 def build_spots(slides: list[SlideData], spec: TargetSpec, index: ExemplarIndex | None, use_tokens: bool,
-                missing_report: dict[str, list[str]] | None = None) -> SpotSet:
+                missing_report: dict[str, list[str]] | None = None, use_windows: bool = False) -> SpotSet:
     """Targets and exemplars of all spots of ``slides``; each spot's own slide is never an exemplar source."""
     ys, feats, toks, sids, bcs, cen = [], [], [], [], [], []
     for s in slides:
@@ -70,7 +82,8 @@ def build_spots(slides: list[SlideData], spec: TargetSpec, index: ExemplarIndex 
     tokens = np.concatenate(toks).astype(np.float32) if use_tokens and all(t is not None for t in toks) else None
     sid_arr = np.asarray(sids)
     ex = index.query(features, sid_arr)[0] if index is not None else np.zeros((len(sids), 1), dtype=np.int64)
-    return SpotSet(features, tokens, np.concatenate(ys), ex, sid_arr, bcs, np.concatenate(cen))
+    windows = np.concatenate([s.windows for s in slides]) if use_windows else None
+    return SpotSet(features, tokens, np.concatenate(ys), ex, sid_arr, bcs, np.concatenate(cen), windows)
 
 
 def make_bank(slides: list[SlideData], spec: TargetSpec, embedding: EmbeddingSpec) -> ExemplarBank:
@@ -94,18 +107,21 @@ class FoldSpots:
 
 
 def fold_spots(cfg: BioTrainConfig, train_sl: list[SlideData], val_id: str | None, test_sl: list[SlideData], spec: TargetSpec,
-               embedding: EmbeddingSpec) -> FoldSpots:
+               embedding: EmbeddingSpec, use_windows: bool = False) -> FoldSpots:
     """Bank, k-NN exemplars and spot sets of one fold: the held-out training slide ``val_id`` early-stops, the others
     fit; each spot's exemplars come from other training slides, and from other patients when the slides' patients are
-    known and the training slides hold at least two (with one, no training spot would have an exemplar)."""
+    known and the training slides hold at least two (with one, no training spot would have an exemplar).
+    ``use_windows``: the sets carry the slides' image windows (EGN)."""
     bank = make_bank(train_sl, spec, embedding)
     patients = {s.slide_id: s.patient for s in [*train_sl, *test_sl] if s.patient is not None}
     by_patient = len({patients.get(s.slide_id) for s in train_sl} - {None}) >= 2
     index = ExemplarIndex(bank, cfg.k, cfg.exemplar_backend, groups=patients if by_patient else None)
-    fit = build_spots([s for s in train_sl if s.slide_id != val_id], spec, index, cfg.use_tokens)
-    val = build_spots([s for s in train_sl if s.slide_id == val_id], spec, index, cfg.use_tokens)
-    return FoldSpots(bank, fit, val, build_spots(train_sl, spec, index, cfg.use_tokens),
-                     build_spots(test_sl, spec, index, cfg.use_tokens) if test_sl else None,
+    def spots(slides: list[SlideData]) -> SpotSet:
+        return build_spots(slides, spec, index, cfg.use_tokens and not use_windows, use_windows=use_windows)
+
+    fit = spots([s for s in train_sl if s.slide_id != val_id])
+    val = spots([s for s in train_sl if s.slide_id == val_id])
+    return FoldSpots(bank, fit, val, spots(train_sl), spots(test_sl) if test_sl else None,
                      "other patients" if by_patient else "other slides")
 
 
@@ -136,15 +152,16 @@ def epoch_scores(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def predict_spots(model: torch.nn.Module, spots: SpotSet, bank: ExemplarBank, batch_size: int = 512) -> np.ndarray:
-    """Predicted targets (N, G) of a spot set by an :class:`~eca_bio.model.expression.ExpressionModel` (eval mode, on its device)."""
+def predict_spots(model: torch.nn.Module, spots: SpotSet, bank: ExemplarBank, batch_size: int | None = None) -> np.ndarray:
+    """Predicted targets (N, G) of a spot set by a trained model (the frozen-feature model or EGN; eval mode, on its device)."""
     model.eval()
     device = next(model.parameters()).device
     ds = SpotDataset(spots, bank)
+    batch_size = batch_size or (64 if spots.windows is not None else 512)  # windows: a ViT's activations per spot
     out = []
     for start in range(0, len(ds), batch_size):
         batch = {k: v.to(device) for k, v in ds[torch.arange(start, min(start + batch_size, len(ds)))].items()}  # the rows at once
-        out.append(model(batch["features"], batch.get("tokens"), batch["ex_emb"], batch["ex_expr"]).float().cpu().numpy())
+        out.append(spot_forward(model, batch).float().cpu().numpy())
     pred = np.concatenate(out)
     if not np.isfinite(pred).all():
         raise FloatingPointError("model produced NaN/inf predictions")

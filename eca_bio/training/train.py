@@ -34,7 +34,7 @@ from eca_bio.training import tuning
 from eca_bio.configs import BioTrainConfig
 from eca_bio.training.engine import FitJob, RunFit, RunSpec, best_validation, fit_early, fit_refits
 from eca_bio.training.folds import plan_study
-from eca_bio.methods import METHOD_LABELS, METHODS, method_seeds
+from eca_bio.methods import EGN_METHODS, METHOD_LABELS, METHODS, is_ridge, method_seeds
 from eca_bio.model.expression import RidgeBaseline, model_from_hparams
 from eca_bio.training.spots import FoldSpots, SpotSet, fold_spots, predict_spots, set_homogeneity
 from eca_bio.features.feature_set import EmbeddingSpec, FeatureSet, SlideData
@@ -108,9 +108,10 @@ def train_method(method: str, cfg: BioTrainConfig, train_sl: list[SlideData], va
                  extra: dict[str, Any] | None = None, seed: int = 0, tuned: dict[str, float] | None = None) -> dict[str, Any]:
     """Train one method on one fold alone (ridge, or a neural method in the per-fit Lightning loop) and write model,
     history and test predictions into ``out`` atomically; ``tuned`` holds the validation-slide search's choice."""
+    cfg = cfg.for_method(method)
     if tuned:
         cfg = tuning.apply(cfg, tuned)
-    fs = fold_spots(cfg, train_sl, val_id, test_sl, spec, embedding)
+    fs = fold_spots(cfg, train_sl, val_id, test_sl, spec, embedding, use_windows=method in EGN_METHODS)
     result = _result(method, key, spec, val_id, test_sl, seed, tuned)
     with atomic_dir(out) as tmp:
         if method in ("ridge", "ridge_cv"):
@@ -123,6 +124,9 @@ def train_method(method: str, cfg: BioTrainConfig, train_sl: list[SlideData], va
             from eca_bio.training.fit import fit_neural
 
             task, history, best_epoch = fit_neural(method, cfg, fs.fit, fs.val, fs.everything, fs.bank, tmp, runtime, seed)
+            if method in EGN_METHODS:
+                result["egn"] = {"preset": cfg.egn.preset, "parameters": sum(p.numel() for p in task.model.parameters()),
+                                 "window_px": int(fs.everything.windows.shape[1]), **cfg.egn.train_settings()}
             for stale in tmp.glob("best*.ckpt"):
                 stale.rename(tmp / "early_stopping.ckpt")
             pred = _write_neural(tmp, method, cfg, fs, spec, embedding, result, task.model.state_dict(), dict(task.hparams),
@@ -271,8 +275,11 @@ def _train_all(cfg: BioTrainConfig, pre_dir: Path, out_dir: Path, runtime: Runti
         torch.set_num_threads(cfg.threads)
     quiet_lightning()
     features = FeatureSet(pre_dir)
-    slides = features.slides(require_expression=True, with_tokens=cfg.use_tokens)
+    end_to_end = any(m in EGN_METHODS for m in cfg.methods)
+    slides = features.slides(require_expression=True, with_tokens=cfg.use_tokens, with_windows=end_to_end)
     by_id = {s.slide_id: s for s in slides}
+    windows_key = {e["slide_id"]: content_hash(features.root / e["windows"]) for e in features.entries
+                   if end_to_end and e["slide_id"] in by_id}
     patients, folds, grouping, same_image = plan_study(cfg, slides, features.entries, features.patients())  # validates first
     if progress:
         print(f"train: {grouping}", file=sys.stderr)
@@ -310,7 +317,7 @@ def _train_all(cfg: BioTrainConfig, pre_dir: Path, out_dir: Path, runtime: Runti
     try:
         for group in mine:
             transform, fold, method, _ = group[0]
-            engine = METHODS[method] is not None and cfg.engine == "vectorised"
+            engine = method in METHODS and not is_ridge(method) and cfg.engine == "vectorised"
             if transform == "final":
                 if engine:
                     stacked.setdefault(method, []).append(final_group(cfg, slides, features, out_dir / "final", base_key))
@@ -321,6 +328,8 @@ def _train_all(cfg: BioTrainConfig, pre_dir: Path, out_dir: Path, runtime: Runti
                 bar.update(1)
                 continue
             item_key = {**base_key, "config": item_config(cfg, method), "fold": fold, "transform": transform, "method": method}
+            if method in EGN_METHODS:  # it trains on the windows: their content is part of what it is
+                item_key["windows"] = windows_key
             method_dir = out_dir / transform / f"fold_{fold['fold']}" / method
             train_sl, test_sl = [by_id[s] for s in fold["train"]], [by_id[t] for t in fold["test"]]
             spec = specs[(transform, fold["fold"])]
@@ -332,7 +341,8 @@ def _train_all(cfg: BioTrainConfig, pre_dir: Path, out_dir: Path, runtime: Runti
                     method_dir / "tuning.json", tune_key))
                 continue
             bar.set_postfix_str(f"{transform} fold {fold['fold']} {method}")
-            tuned = {} if METHODS[method] is None or cfg.tune_trials <= 1 else tune_method(
+            # EGN trains with its published optimisation: no validation-slide search
+            tuned = {} if is_ridge(method) or method in EGN_METHODS or cfg.tune_trials <= 1 else tune_method(
                 method, cfg, train_sl, fold["val"], spec, embedding, method_dir / "tuning.json", runtime, tune_key)
             for _, _, _, seed in group:
                 key = _digest({**item_key, "seed": seed, "tuned": tuned})
@@ -390,7 +400,7 @@ def train_final(cfg: BioTrainConfig, slides: list[SlideData], features: FeatureS
     ids, spec, extra = _final_setup(cfg, slides, features)
     tune_path, tune_key = out.with_name("final_tuning.json"), _digest({"final_tuning": key})
     chosen = {}
-    if METHODS[cfg.final_method] is not None and cfg.tune_trials > 1:
+    if not is_ridge(cfg.final_method) and cfg.tune_trials > 1:
         chosen = tune_method(cfg.final_method, cfg, slides, ids[-1], spec, features.spec, tune_path, runtime, tune_key)
     train_method(cfg.final_method, cfg, slides, ids[-1], [], spec, features.spec, out, runtime, key, seed=cfg.seeds[0],
                  tuned=chosen, extra=extra)
@@ -404,10 +414,11 @@ _RIDGE_FIELDS = ("n_genes", "cv", "n_folds", "test_slides", "ridge_components", 
 def item_config(cfg: BioTrainConfig, method: str) -> dict[str, Any]:
     """The config fields that determine one method's outputs (so adding a method or changing another's
     settings retrains nothing else)."""
-    d = to_dict(cfg)
-    if method in ("ridge", "ridge_cv"):
+    d = to_dict(cfg.for_method(method))
+    if is_ridge(method):
         return {k: d[k] for k in _RIDGE_FIELDS if method == "ridge_cv" or k != "ridge_alphas"}
-    fields = {k: v for k, v in d.items() if k not in (*_RUN_FIELDS, "seeds") and not k.startswith("ridge_")}
+    unused = ("tune_trials", "tune_grid") if method in EGN_METHODS else ("egn",)  # EGN: no search; others: no EGN
+    fields = {k: v for k, v in d.items() if k not in (*_RUN_FIELDS, "seeds", *unused) and not k.startswith("ridge_")}
     return {**fields, "dropout_draws": DROPOUT_DRAWS}
 
 

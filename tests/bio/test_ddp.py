@@ -1,4 +1,5 @@
-"""`eca-bio demo` on 2 CPU processes (gloo, DDP) equals the 1-process run: same rows, features, folds and metrics."""
+"""`eca-bio demo` on 2 CPU processes (gloo, DDP) equals the 1-process run: same rows, features, windows, folds and
+metrics, for the frozen-feature model and for EGN trained end to end on the spot windows."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = ["--slides", "3", "--grid", "6", "--set", "train.methods=[ridge, eca]", "--set", "train.transforms=[egn]",
+TINY = ["--slides", "3", "--grid", "6", "--set", "train.methods=[ridge, eca, egn_eca]", "--set", "train.transforms=[egn]",
+        "--set", "preprocess.window_px=32", "--set", "train.egn.preset=egn-tiny", "--set", "train.egn.epochs=2",
         "--set", "train.epochs=2", "--set", "train.n_genes=20", "--set", "preprocess.batch_size=8", "--num-workers", "0",
         "--accelerator", "cpu"]
 
@@ -45,7 +47,7 @@ def test_tiles_are_sharded_and_files_written_once(runs):
 
 def test_same_rows_and_features_in_every_h5(runs):
     one, two, _, _ = runs
-    files = sorted(p.relative_to(one) for p in one.rglob("*.h5") if "data" not in p.parts)
+    files = sorted(p.relative_to(one) for p in one.rglob("*.h5") if "data" not in p.parts and ".windows" not in p.suffixes)
     assert [str(f) for f in files] == ["predict/preprocess/slides/SYN_new.h5", "preprocess/slides/SYN1.h5",
                                        "preprocess/slides/SYN2.h5", "preprocess/slides/SYN3.h5"]
     for rel in files:
@@ -56,6 +58,11 @@ def test_same_rows_and_features_in_every_h5(runs):
             for key in ("features", "tokens"):
                 x, y = a[key][()].astype(np.float32), b[key][()].astype(np.float32)
                 np.testing.assert_allclose(y, x, rtol=1e-2, atol=1e-3 * float(np.abs(x).max()))
+    windows = sorted(p.relative_to(one) for p in (one / "preprocess/slides").glob("*.windows.h5"))
+    assert [w.name for w in windows] == ["SYN1.windows.h5", "SYN2.windows.h5", "SYN3.windows.h5"]
+    for rel in windows:  # uint8 pixels cut by one rank from the same slide: exact
+        with h5py.File(one / rel) as a, h5py.File(two / rel) as b:
+            np.testing.assert_array_equal(a["windows"][()], b["windows"][()])
 
 
 def test_same_folds_and_report(runs):

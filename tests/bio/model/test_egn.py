@@ -24,7 +24,7 @@ def _inputs(b=3, k=4, cfg=TINY, seed=0):
 def test_published_size_has_egns_parameter_count():
     # EGN's v1/egn.py with its README's flags (--size 256 --dim 1024 --heads 16 --mlp_dim 4096 --depth 8 --bhead 8
     # --bdim 64 --bfre 2 --player 2 --linear_projection True --mdim 2048), counted by running that file: 133,356,794
-    from eca_bio.model.egn import PRESETS
+    from eca_bio.model.egn_presets import PRESETS
 
     with torch.device("meta"):
         model, preset = EGN(), EGN(**PRESETS["egn-10xproteomic"]["model"])
