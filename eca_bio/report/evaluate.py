@@ -126,7 +126,7 @@ def _fold_entry(item: Path, fold: dict[str, Any], seeds: list[int]) -> dict[str,
             "n_spots": reports[0]["n_samples"], "per_gene": per_gene, "history": _history(first / "history.csv"),
             "lambda_tau": [r.get("lambda_tau") for r in results if r.get("lambda_tau")],
             "tuned": results[0].get("tuned", {}),
-            "homogeneity": results[0].get("homogeneity"),
+            "homogeneity": results[0].get("homogeneity"), "egn": results[0].get("egn"),
             "tuning": read_json(item / "tuning.json", DataError) if (item / "tuning.json").is_file() else None,
             **{k: moran[k] for k in ("moran_pred", "moran_truth", "moran_ratio")}, "moran_per_gene": moran["per_gene"]}
 
@@ -191,7 +191,7 @@ def markdown_report(collected: dict[str, Any], checks: dict[str, Any], encoder: 
              f"- encoder: `{enc.get('name')}` {'with pretrained weights' if pretrained else '**random-init (no pretrained weights)**'}"
              f", kwargs {enc.get('kwargs', {})}",
              f"- genes: top {plan['config']['n_genes']} by mean count over each fold's training slides; k = {plan['config']['k']} exemplars",
-             ""]
+             *_egn_lines(results), ""]
     for transform, methods in results.items():
         lines += [f"## Target transform: `{transform}`", "", TRANSFORM_NOTES.get(transform, transform), "",
                   f"| method ({transform}) | PCC@F | PCC@S | PCC@M | MSE | MAE |", "|---|---|---|---|---|---|"]
@@ -226,6 +226,18 @@ def markdown_report(collected: dict[str, Any], checks: dict[str, Any], encoder: 
                          f"across folds: {a['median_diff']:+.4f}, p {a['p']:.2g}")
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _egn_lines(results: dict[str, Any]) -> list[str]:
+    """One line on the EGN methods' size and optimisation, if the run trained any."""
+    egn = {m: r["folds"][0]["egn"] for ms in results.values() for m, r in ms.items() if r["folds"] and r["folds"][0].get("egn")}
+    if not egn:
+        return []
+    e = next(iter(egn.values()))
+    sizes = ", ".join(f"{m} {v['parameters']:,}" for m, v in egn.items())
+    return [f"- EGN end to end: preset `{e['preset']}` on {e['window_px']} px spot windows, up to {e['epochs']} epochs, batch "
+            f"{e['batch_size']}, AdamW lr {e['lr']:g}, weight decay {e['weight_decay']:g}, k = {e['k']} exemplars (EGN's "
+            f"optimisation, no search); parameters: {sizes}"]
 
 
 def plot_curves(folds: list[dict[str, Any]], path: Path, title: str) -> None:

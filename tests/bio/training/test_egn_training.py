@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from eca_bio.configs import BioTrainConfig, EGNConfig
+from eca_bio.configs import BioTrainConfig, EGNConfig, EvaluateConfig
 from eca_bio.features.feature_set import DataError, FeatureSet
 from eca_bio.features.preprocess import run_preprocess
 from eca_bio.model.egn import EGN
 from eca_bio.model.expression import model_from_hparams
+from eca_bio.report.evaluate import evaluate_run
 from eca_bio.training.spots import fold_spots, predict_spots
 from eca_bio.training.targets import TargetSpec
 from eca_bio.training.task import egn_lr_factor
@@ -69,6 +70,12 @@ def test_egn_methods_train_on_windows_write_models_and_resume(sections, tmp_path
         assert ("lambda_mean" in header) == (method == "egn_eca")  # ECA's λ / τ reach the history, EGN has none
     again = train_all(egn_config(), sections / "pre", out, progress=False)
     assert again["trained"] == 0 and again["skipped"] == 10
+    evaluate_run(out, tmp_path / "eval", EvaluateConfig(primary="egn_eca", softmax="egn", references=["ridge"], export_method="egn_eca"),
+                 sections / "pre")
+    report = (tmp_path / "eval" / "report.md").read_text()
+    size = json.loads((out / "egn" / "fold_0" / "egn" / "seed_0" / "result.json").read_text())["egn"]["parameters"]
+    assert f"- EGN end to end: preset `egn-tiny` on 32 px spot windows, up to 3 epochs, batch 16" in report
+    assert f"egn {size:,}" in report and "| EGN+ECA (ViT attention) |" in report and "egn_eca PCC > egn PCC" in report
 
 
 def test_changed_windows_retrain_egn_but_not_the_frozen_feature_methods(sections, tmp_path):

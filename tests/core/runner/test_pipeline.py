@@ -126,7 +126,7 @@ def test_bad_pipeline_definitions(tmp_path):
 def test_repository_pipelines_parse():
     root = Path(__file__).resolve().parents[3] / "pipelines"
     files = sorted(root.glob("*.yaml"))
-    assert {"msa_mosi.yaml", "msa_mosei.yaml", "msa_sims.yaml", "bio_her2st.yaml"} <= {f.name for f in files}
+    assert {"msa_mosi.yaml", "msa_mosei.yaml", "msa_sims.yaml", "bio_her2st.yaml", "bio_egn_her2st.yaml"} <= {f.name for f in files}
     for f in files:
         spec = PipelineSpec.from_yaml(f)
         assert spec.stages, f
