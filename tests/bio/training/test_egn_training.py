@@ -74,7 +74,7 @@ def test_egn_methods_train_on_windows_write_models_and_resume(sections, tmp_path
                  sections / "pre")
     report = (tmp_path / "eval" / "report.md").read_text()
     size = json.loads((out / "egn" / "fold_0" / "egn" / "seed_0" / "result.json").read_text())["egn"]["parameters"]
-    assert f"- EGN end to end: preset `egn-tiny` on 32 px spot windows, up to 3 epochs, batch 16" in report
+    assert "- EGN end to end: preset `egn-tiny` on 32 px spot windows, up to 3 epochs, batch 16" in report
     assert f"egn {size:,}" in report and "| EGN+ECA (ViT attention) |" in report and "egn_eca PCC > egn PCC" in report
 
 
