@@ -89,4 +89,3 @@ def validation_score(method: str, cfg: BioTrainConfig, fit: SpotSet, val: SpotSe
                      runtime: Runtime, seed: int = 0) -> tuple[float, int]:
     """(best validation PCC@M, its epoch) of one configuration trained with early stopping; nothing is kept."""
     return best_validation(_early_stopped(method, _new_task(method, cfg, fit, seed), cfg, fit, val, bank, runtime, seed, []))
-

@@ -116,6 +116,7 @@ def fold_spots(cfg: BioTrainConfig, train_sl: list[SlideData], val_id: str | Non
     patients = {s.slide_id: s.patient for s in [*train_sl, *test_sl] if s.patient is not None}
     by_patient = len({patients.get(s.slide_id) for s in train_sl} - {None}) >= 2
     index = ExemplarIndex(bank, cfg.k, cfg.exemplar_backend, groups=patients if by_patient else None)
+
     def spots(slides: list[SlideData]) -> SpotSet:
         return build_spots(slides, spec, index, cfg.use_tokens and not use_windows, use_windows=use_windows)
 
