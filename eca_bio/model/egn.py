@@ -92,7 +92,7 @@ class ECACSRA(CSRA):
         att = (score * torch.softmax(score * scale, dim=1)).sum(1)          # (B,dim)
         base = score.mean(1)
         if self.residual_scale is not None:
-            lam = self.residual_scale(x.mean(1))                           # (B,)
+            lam = self.residual_scale(x.mean(1)).squeeze(-1)               # (B,)
             att = torch.lerp(base, att, lam.to(att.dtype).unsqueeze(1))
             record_lambda(lam, tau)
         return base + self.lam * att

@@ -119,7 +119,7 @@ class _KnobResidualScale(ResidualScale):
 
     def forward(self, xbar: Tensor) -> Tensor:
         first, last = self.mlp[0], self.mlp[2]
-        raw = F.linear(F.gelu(F.linear(xbar, first.weight, first.bias), approximate="tanh"), last.weight, last.bias).squeeze(-1)
+        raw = F.linear(F.gelu(F.linear(xbar, first.weight, first.bias), approximate="tanh"), last.weight, last.bias)
         return F.softplus(raw).add_(1.0).clamp_max_(_TAPE.knobs["lambda_max"])
 
 

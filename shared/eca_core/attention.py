@@ -76,18 +76,19 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
 
 
 def _set_statistics(x: Tensor, mask: Tensor, with_dispersion: bool) -> tuple[Tensor, Tensor | None]:
-    """x̄ (B, D) of a masked set (differentiable) and, if asked, d (B,) = sqrt(max(mean_j ‖x_ij‖² − ‖x̄_i‖², eps))
-    without autograd: the cheap forms used for λ's input and τ (few kernels: ECA's fixed cost on small sets)."""
+    """x̄ (B, D) of a masked set (differentiable) and, if asked, d (B, 1, 1) = sqrt(max(mean_j ‖x_ij‖² − ‖x̄_i‖², eps))
+    without autograd: the cheap forms used for λ's input and τ, d in the shape τ scales the queries with (each op here
+    is ECA's fixed cost on small sets). Every set has a real element (``check_set``)."""
     w = mask.to(x.dtype)
-    w = w.div_(w.sum(1, keepdim=True).clamp_min_(1.0)).unsqueeze(1)  # (B,1,N) weights of the masked mean
+    w = w.div_(w.sum(1, keepdim=True)).unsqueeze(1)  # (B,1,N) weights of the masked mean
     xbar = torch.bmm(w, x)  # (B,1,D)
     if not with_dispersion:
-        return xbar.squeeze(1), None
+        return xbar.view(xbar.shape[0], -1), None
     with torch.no_grad():
-        sq = torch.linalg.vector_norm(x, dim=-1).square().unsqueeze(2)  # (B,N,1) ‖x_ij‖² (out of place: vmap has no square_ rule)
+        sq = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square()  # (B,N,1) ‖x_ij‖² (out of place: vmap has no square_ rule)
         var = torch.baddbmm(torch.bmm(w, sq), xbar, xbar.transpose(1, 2), alpha=-1.0)  # (B,1,1) mean ‖x‖² − ‖x̄‖²
-        d = var.view(-1).clamp_min_(_EPS).sqrt_()  # ≥ sqrt(eps): rounding can make the difference slightly negative
-    return xbar.squeeze(1), d
+        d = var.clamp_min_(_EPS).sqrt_()  # ≥ sqrt(eps): rounding can make the difference slightly negative
+    return xbar.view(xbar.shape[0], -1), d
 
 
 def set_dispersion(x: Tensor, mask: Tensor, with_radius: bool = True, eps: float = _EPS) -> tuple[Tensor, ...]:
@@ -136,7 +137,7 @@ class DispersionTemperature(nn.Module):
 
 
 class ResidualScale(nn.Module):
-    """SRA: λ_i = min(λ_max, 1 + softplus(MLP(x̄_i))), initialised so that λ ≈ 1."""
+    """SRA: λ_i = min(λ_max, 1 + softplus(MLP(x̄_i))), initialised so that λ ≈ 1; x̄ (..., D) -> λ (..., 1)."""
 
     def __init__(self, dim: int, cfg: ECAConfig) -> None:
         super().__init__()
@@ -149,7 +150,7 @@ class ResidualScale(nn.Module):
     def forward(self, xbar: Tensor) -> Tensor:
         first, last = self.mlp[0], self.mlp[2]  # the MLP unrolled: three module calls cost more than its math here
         xbar = xbar if xbar.dtype == first.weight.dtype else xbar.to(first.weight.dtype)
-        raw = F.linear(F.gelu(F.linear(xbar, first.weight, first.bias), approximate="tanh"), last.weight, last.bias).squeeze(-1)
+        raw = F.linear(F.gelu(F.linear(xbar, first.weight, first.bias), approximate="tanh"), last.weight, last.bias)
         raw = raw if raw.dtype == torch.float32 else raw.float()
         return F.softplus(raw).add_(1.0).clamp_max_(self.lambda_max)  # in place: softplus/clamp backward need no output
 
@@ -201,25 +202,28 @@ class ECAAggregation(nn.Module):
     def dropout(self, p: float) -> None:
         self.attn_drop.p = p
 
-    def _aggregate(self, q: Tensor, k: Tensor, v: Tensor, elements: Tensor, mask: Tensor, need_weights: bool,
-                   attn_bias: Tensor | None = None) -> tuple[Tensor, AttentionAux]:
-        # q (B,H,L,dh)  k, v (B,H,N,dh)  elements (B,N,D)  mask (B,N) keep  attn_bias (B|1,H|1,L,N) additive -> out (B,H,L,dh)
-        b = q.shape[0]
-        temperature, residual_scale = self.temperature, self.residual_scale
+    def _statistics(self, elements: Tensor, mask: Tensor, need_weights: bool) -> tuple[Tensor | None, Tensor | None]:
+        """(x̄ (B,D), d (B,1,1)) of the set, each only where it is used: x̄, differentiable, is λ's MLP input; d, a
+        statistic (no gradient flows through τ's d), sets τ (and fills the aux of need_weights/return_aux calls). Hosts
+        call it on their input before projecting it, while the elements are still in cache."""
+        temperature = self.temperature is not None or need_weights
+        if not temperature and self.residual_scale is None:
+            return None, None
         x = elements if elements.dtype in (torch.float32, torch.float64) else elements.float()
-        # x̄ (B,D), differentiable, is λ's MLP input; d (B,), a statistic (no gradient flows through τ's d), sets τ.
-        # Each is computed only where it is used (d also for the aux of need_weights/return_aux calls).
-        if temperature is not None or residual_scale is not None or need_weights:
-            xbar, d = _set_statistics(x, mask, temperature is not None or need_weights)
-        else:
-            xbar = d = None
-        if d is None:
-            d = q.new_full((b,), float("nan"), dtype=torch.float32)
-        ones = None if temperature is not None and residual_scale is not None else q.new_ones(b, dtype=torch.float32)
-        tau = temperature(d) if temperature is not None else ones
-        lam = residual_scale(xbar) if residual_scale is not None else ones
-        if temperature is not None:
-            q = q / tau.to(q.dtype).view(b, 1, 1, 1)
+        return _set_statistics(x, mask, temperature)
+
+    def _aggregate(self, q: Tensor, k: Tensor, v: Tensor, elements: Tensor | None, mask: Tensor, need_weights: bool,
+                   attn_bias: Tensor | None = None, stats: tuple[Tensor | None, Tensor | None] | None = None
+                   ) -> tuple[Tensor, AttentionAux | None]:
+        # q (B,H,L,dh)  k, v (B,H,N,dh)  elements (B,N,D)  mask (B,N) keep  attn_bias (B|1,H|1,L,N) additive
+        # stats: the host's _statistics(elements, mask, need_weights) (None: computed here from elements)
+        # -> out (B,H,L,dh), and the aux only for need_weights (the host returns it); λ (B,1), τ and d (B,1,1) till then
+        temperature, residual_scale = self.temperature, self.residual_scale
+        xbar, d = stats if stats is not None else self._statistics(elements, mask, need_weights)
+        tau = temperature(d) if temperature is not None else None
+        lam = residual_scale(xbar) if residual_scale is not None else None
+        if tau is not None:
+            q = q / (tau if tau.dtype == q.dtype else tau.to(q.dtype)).unsqueeze(1)  # (B,1,1,1)
         attn_mask = mask[:, None, None, :]  # (B,1,1,N), True = attend
         scale = self.scale if self.scale is not None else 1.0 / math.sqrt(self.head_dim)
         if attn_bias is not None:  # an extra additive / boolean mask (nn.MultiheadAttention's attn_mask)
@@ -235,21 +239,26 @@ class ECAAggregation(nn.Module):
         else:
             p = self.attn_drop.p if self.training else 0.0
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p, scale=self.scale)
-        if residual_scale is not None:
-            vbar = self._value_mean(xbar, v, mask)  # (B,H,1,dh)
-            out = torch.lerp(vbar.expand_as(out), out, lam.to(out.dtype).view(b, 1, 1, 1))  # v̄ + λ·(Σα v − v̄), one kernel
-            if torch.is_grad_enabled():  # collected for sra_penalty; never from a no-grad forward
-                _record_lambda(lam)
+        if lam is not None:  # v̄ + λ·(Σα v − v̄), one kernel; v̄ (B,H,1,dh) broadcasts over the queries
+            weight = (lam if lam.dtype == out.dtype else lam.to(out.dtype)).view(-1, 1, 1, 1)
+            out = torch.lerp(self._value_mean(xbar, v, mask), out, weight)
+            if torch.is_grad_enabled():  # collected for sra_penalty, (B,); never from a no-grad forward
+                _record_lambda(lam.view(-1))
         if _STAT_COLLECTORS:  # collect_attention_stats(): λ and τ for logs, detached
-            _record_stats(lam if residual_scale is not None else None, tau if temperature is not None else None)
-        return out, AttentionAux(lam, tau, weights, d)
+            _record_stats(None if lam is None else lam.view(-1), None if tau is None else tau.view(-1))
+        if not need_weights:
+            return out, None
+        b = q.shape[0]
+        ones = q.new_ones(b, dtype=torch.float32)
+        return out, AttentionAux(ones if lam is None else lam.view(b), ones if tau is None else tau.view(b), weights,
+                                 q.new_full((b,), float("nan"), dtype=torch.float32) if d is None else d.view(b))
 
     def _value_mean(self, xbar: Tensor, v: Tensor, mask: Tensor) -> Tensor:
         """v̄ (B,H,1,dh): the mean of the values over the real elements. A host whose ``v_proj`` is an
         ``nn.Linear`` on the elements gets it as ``v_proj(x̄)`` (exact: the projection is affine, and cheaper)."""
         proj = getattr(self, "v_proj", None)
-        if isinstance(proj, (nn.Linear, nn.Identity)):
-            return self._split(proj(xbar.to(v.dtype)).unsqueeze(1))
+        if isinstance(proj, (nn.Linear, nn.Identity)):  # (B, H·dh) is (B,H,1,dh) in memory: one view
+            return proj(xbar if xbar.dtype == v.dtype else xbar.to(v.dtype)).view(xbar.shape[0], self.num_heads, 1, self.head_dim)
         w = mask.to(v.dtype)
         return (torch.einsum("bn,bhnd->bhd", w, v) / w.sum(1).clamp_min(1.0).view(-1, 1, 1)).unsqueeze(2)
 
@@ -298,8 +307,10 @@ class ECAPooling(ECAAggregation):
         if x.shape[-1] != self.dim:
             raise ValueError(f"x has feature dim {x.shape[-1]}, layer expects {self.dim} (shape {tuple(x.shape)})")
         b = x.shape[0]
+        stats = self._statistics(x, mask, need_weights or return_aux)  # before the projections: x is in cache
         q = self.query.to(x.dtype).expand(b, -1, -1)  # (B,Q,inner)
-        out, aux = self._aggregate(self._split(q), self._split(self.k_proj(x)), self._split(self.v_proj(x)), x, mask, need_weights or return_aux)
+        out, aux = self._aggregate(self._split(q), self._split(self.k_proj(x)), self._split(self.v_proj(x)), x, mask,
+                                   need_weights or return_aux, stats=stats)
         out = self.out_proj(out.transpose(1, 2).reshape(b, self.num_queries, -1))
         return (out, aux) if (return_aux or need_weights) else out
 
@@ -351,8 +362,9 @@ class ECACrossAttention(ECAAggregation):
         if key.shape[:2] != value.shape[:2] or key.shape[-1] != self.kv_dim or value.shape[-1] != self.kv_dim:
             raise ValueError(f"key {tuple(key.shape)} / value {tuple(value.shape)} must be (B, N, {self.kv_dim}) with the same B, N")
         b, l, _ = query.shape
+        stats = self._statistics(value, mask, need_weights or return_aux)  # before the projections: value is in cache
         q, k, v = self._split(self.q_proj(query)), self._split(self.k_proj(key)), self._split(self.v_proj(value))
-        out, aux = self._aggregate(q, k, v, value, mask, need_weights or return_aux)
+        out, aux = self._aggregate(q, k, v, value, mask, need_weights or return_aux, stats=stats)
         out = self.out_proj(out.transpose(1, 2).reshape(b, l, -1))
         return (out, aux) if (return_aux or need_weights) else out
 

@@ -48,11 +48,12 @@ class ECATimmAttention(ECAAggregation):
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         b, n, _ = x.shape                                                            # (B, N, C)
+        keep = torch.ones(b, n, dtype=torch.bool, device=x.device)                  # self-attention over all tokens
+        stats = self._statistics(x, keep, False)                                     # before the projections: x is in cache
         gate = self.gate(x).sigmoid() if self.gate is not None else None
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)                                                      # (B, H, N, dh)
         q, k = self.q_norm(q), self.k_norm(k)
-        keep = torch.ones(b, n, dtype=torch.bool, device=x.device)                  # self-attention over all tokens
         bias = None
         if attn_mask is not None:
             bias = attn_mask.to(q.dtype) if attn_mask.dtype != torch.bool else \
@@ -60,7 +61,7 @@ class ECATimmAttention(ECAAggregation):
         elif is_causal:
             bias = torch.zeros(n, n, dtype=q.dtype, device=x.device).masked_fill(
                 torch.ones(n, n, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
-        out, _ = self._aggregate(q, k, v, x, keep, False, bias)
+        out, _ = self._aggregate(q, k, v, x, keep, False, bias, stats=stats)
         out = self.norm(out.transpose(1, 2).reshape(b, n, self.attn_dim))
         if gate is not None:
             out = out * gate
@@ -97,10 +98,11 @@ class ECARTDLAttention(ECAAggregation):
 
     def forward(self, x_q: Tensor, x_kv: Tensor) -> Tensor:
         b, l, _ = x_q.shape                                                          # (B, L, D), L = N or 1 ([CLS])
+        keep = torch.ones(x_kv.shape[:2], dtype=torch.bool, device=x_kv.device)     # every token is real
+        stats = self._statistics(x_kv, keep, False)                                  # before the projections: x_kv is in cache
         q = self._split(self.W_q(x_q))                                               # (B, H, L, dh)
         k, v = self._split(self.W_k(x_kv)), self._split(self.W_v(x_kv))              # (B, H, N, dh)
-        keep = torch.ones(x_kv.shape[:2], dtype=torch.bool, device=x_kv.device)     # every token is real
-        out, _ = self._aggregate(q, k, v, x_kv, keep, False)
+        out, _ = self._aggregate(q, k, v, x_kv, keep, False, stats=stats)
         out = out.transpose(1, 2).reshape(b, l, -1)                                  # (B, L, D)
         return self.W_out(out) if self.W_out is not None else out
 
@@ -132,7 +134,7 @@ def _eca_hf_attention(module: nn.Module, query: Tensor, key: Tensor, value: Tens
     eca.scale = scaling
     eca.dropout = dropout
     out, aux = eca._aggregate(query, key, value, elements, keep, bool(kwargs.get("output_attentions")), bias)
-    return out.transpose(1, 2).contiguous(), aux.weights
+    return out.transpose(1, 2).contiguous(), aux.weights if aux is not None else None
 
 
 def _register_hf() -> None:

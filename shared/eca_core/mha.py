@@ -104,10 +104,11 @@ class ECAMultiheadAttention(ECAAggregation):
         if bias is None and is_causal:
             bias = _additive(torch.ones(l, s, dtype=torch.bool, device=query.device).triu(1), b, self.num_heads, l, s,
                              query.dtype, query.device)
+        stats = self._statistics(value, keep, need_weights)  # before the projections: value is in cache
         q, k, v = self._split(self.q_proj(query)), self._split(self.k_proj(key)), self._split(self.v_proj(value))
-        out, aux = self._aggregate(q, k, v, value, keep, need_weights, bias)
+        out, aux = self._aggregate(q, k, v, value, keep, need_weights, bias, stats=stats)
         out = self.out_proj(out.transpose(1, 2).reshape(b, l, self.embed_dim))
-        weights = aux.weights
+        weights = aux.weights if aux is not None else None
         if weights is not None and average_attn_weights:
             weights = weights.mean(1)                                       # (B, L, S)
         if unbatched:
