@@ -151,7 +151,7 @@ class ResidualScale(nn.Module):
         first, last = self.mlp[0], self.mlp[2]  # the MLP unrolled: three module calls cost more than its math here
         xbar = xbar if xbar.dtype == first.weight.dtype else xbar.to(first.weight.dtype)
         raw = F.linear(F.gelu(F.linear(xbar, first.weight, first.bias), approximate="tanh"), last.weight, last.bias)
-        raw = raw if raw.dtype == torch.float32 else raw.float()
+        raw = raw if raw.dtype in (torch.float32, torch.float64) else raw.float()  # half precision: λ in float32
         return F.softplus(raw).add_(1.0).clamp_max_(self.lambda_max)  # in place: softplus/clamp backward need no output
 
 

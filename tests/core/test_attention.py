@@ -273,3 +273,24 @@ def test_compiles_as_one_graph():
     mask = torch.ones(2, 7, dtype=torch.bool)
     compiled = torch.compile(layer, fullgraph=True, backend="eager")  # fullgraph: any graph break is an error
     torch.testing.assert_close(compiled(q, x, context_mask=mask), layer(q, x, context_mask=mask), atol=1e-6, rtol=1e-6)
+
+
+def test_eca_gradients_match_finite_differences_in_float64():
+    """gradcheck: the SRA path (x̄ → λ, v̄ = v_proj(x̄), the lerp) through x and every parameter, and the full layer
+    through its parameters (τ's d is a statistic with no gradient by design, so x is held fixed there)."""
+    from torch.func import functional_call
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 8, dtype=torch.float64)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[1, 3:] = False
+    sra = ECAPooling(8, num_heads=2, cfg=ECAConfig(mode="eca", dats=False)).double().train()
+    assert torch.autograd.gradcheck(lambda t: sra(t, context_mask=mask), (x.clone().requires_grad_(),))
+    full = ECAPooling(8, num_heads=2, cfg=ECAConfig(mode="eca")).double().eval()  # eval: d_ref holds still between calls
+    names = [n for n, _ in full.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_() for p in full.parameters())
+
+    def of_params(*ps):
+        return functional_call(full, dict(zip(names, ps)), (x,), {"context_mask": mask})
+
+    assert torch.autograd.gradcheck(of_params, params)
