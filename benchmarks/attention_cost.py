@@ -7,15 +7,16 @@ ECA / softmax (target <= 1.15 on every shape) and ECA / nn.MultiheadAttention, e
 rounds of the ratio within a round. The pooling shapes give nn.MultiheadAttention the same learned
 queries (expanded over the batch).
 
-On the smallest pooling shape (about 5.5 ms a step on one CPU thread) ECA's fixed cost per call is
-what remains: about 0.28 ms for its ~35 small kernels (set statistics, τ, the λ MLP, v̄, the lerp) and
-their autograd nodes, measured on a 4-element set; between the large kernels of a real step each
-small one runs slower (caches refilled), so it reads 0.55-0.75 ms there. Larger shapes amortise it.
-glibc's allocator makes single runs bimodal (page faults of freshly mapped buffers hit the layers
-unevenly); for repeatable ratios pin it:
+On the smallest pooling shape (about 6.5-7.5 ms a step on one CPU thread) ECA's fixed cost per call is what
+remains: ~36 small forward ops (set statistics, τ, the λ MLP, v̄, the lerp) and ~18 autograd nodes more than softmax,
+measured on a 4-element set (the first line the script prints: about 0.34 ms; 0.39 ms before the statistics moved
+ahead of the projections and λ/τ/d kept their broadcast shapes). Between the large kernels of a real step each small
+op runs slower (caches refilled), so it reads 0.7-0.9 ms there. Larger shapes amortise it.
+glibc's allocator makes single runs bimodal (page faults of freshly mapped buffers hit the layers unevenly); for
+repeatable ratios pin it:
 ``MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 python ...``
-On our 2-core CPU the small pooling shape then reads 1.11-1.14 in six runs (1.07-1.10 unpinned);
-the other shapes 1.05-1.08; compiled, 1.03-1.05.
+On our 2-core CPU, pinned, the small pooling shape then reads 1.09-1.13 in four runs, the other shapes 1.03-1.10;
+compiled, 1.04-1.05.
 
 Usage: python benchmarks/attention_cost.py [--rounds 15] [--iters 10] [--threads 1] [--device cpu] [--compile]
 """
@@ -106,6 +107,20 @@ def time_block(step, iters: int, device: torch.device) -> float:
     return (time.perf_counter() - t) / iters
 
 
+def fixed_cost(device: torch.device, rounds: int = 15, iters: int = 100) -> float:
+    """Median over interleaved rounds of ECA's minus softmax's forward+backward time on 4 sets of 4 elements (dim 16):
+    what ECA adds per call when its math costs nothing."""
+    tiny = Shape("tiny", "pooling", 4, 4, 16, 1)
+    steps = [step_fn(tiny, build(tiny, mode), device) for mode in ("softmax", "eca")]
+    for step in steps:
+        time_block(step, 20, device)
+    diffs = []
+    for _ in range(rounds):
+        soft, eca = (time_block(step, iters, device) for step in steps)
+        diffs.append(eca - soft)
+    return statistics.median(diffs)
+
+
 def paired_ratio(a: list[float], b: list[float]) -> float:
     """Median over rounds of a/b within each round: times taken seconds apart share the machine's state."""
     return statistics.median(x / y for x, y in zip(a, b))
@@ -124,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"{args.rounds} interleaved rounds x {args.iters} forward+backward steps")
+    print(f"ECA's fixed cost per call (forward+backward, 4-element sets): {fixed_cost(device) * 1e3:.3f} ms\n")
     print("| shape | mode | softmax ms | ECA ms | nn.MHA ms | ECA/softmax | ECA/nn.MHA |")
     print("|---|---|---|---|---|---|---|")
     ok = True
