@@ -30,7 +30,7 @@ import h5py
 import numpy as np
 
 from eca_core.errors import InputError
-from eca_core.io import require_self_contained_h5
+from eca_core.io import open_own_h5
 
 FEATURES_DTYPE = np.float32
 TOKENS_DTYPE = np.float16
@@ -157,24 +157,17 @@ def read_slide_h5(path: str | Path, with_tokens: bool = True) -> SlideH5:
     path = Path(path)
     if not path.is_file():
         raise FeatureFileError(f"{path}: no such feature file")
-    try:
-        require_self_contained_h5(path, FeatureFileError)
-        with h5py.File(path, "r") as f:
-            for key in ("coords", "features"):
-                if key not in f:
-                    raise FeatureFileError(f"{path}: no '{key}' dataset (present: {sorted(f)})")
-            features = np.asarray(f["features"][()], dtype=np.float32)
-            coords = np.asarray(f["coords"][()])
-            tokens = np.asarray(f["tokens"][()], dtype=np.float32) if with_tokens and "tokens" in f else None
-            barcodes = [b.decode() if isinstance(b, bytes) else str(b) for b in f["barcodes"][()]] if "barcodes" in f else None
-            attrs = {k: _plain(v) for k, v in f.attrs.items()}
-            c_attrs = {k: _plain(v) for k, v in f["coords"].attrs.items()}
-            f_attrs = {k: _plain(v) for k, v in f["features"].attrs.items()}
-    except FeatureFileError:
-        raise
-    except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise FeatureFileError(f"{path}: not a readable HDF5 file (truncated or corrupt?): "
-                               f"{' '.join(str(exc).split())[:200]}") from exc
+    with open_own_h5(path, FeatureFileError) as f:
+        for key in ("coords", "features"):
+            if key not in f:
+                raise FeatureFileError(f"{path}: no '{key}' dataset (present: {sorted(f)})")
+        features = np.asarray(f["features"][()], dtype=np.float32)
+        coords = np.asarray(f["coords"][()])
+        tokens = np.asarray(f["tokens"][()], dtype=np.float32) if with_tokens and "tokens" in f else None
+        barcodes = [b.decode() if isinstance(b, bytes) else str(b) for b in f["barcodes"][()]] if "barcodes" in f else None
+        attrs = {k: _plain(v) for k, v in f.attrs.items()}
+        c_attrs = {k: _plain(v) for k, v in f["coords"].attrs.items()}
+        f_attrs = {k: _plain(v) for k, v in f["features"].attrs.items()}
     if features.ndim == 3 and features.shape[0] == 1:  # CLAM .pt-style batch dimension
         features = features[0]
     if features.ndim != 2 or coords.ndim != 2 or coords.shape != (features.shape[0], 2):

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from eca_core.errors import InputError
-from eca_core.io import atomic_path, require_self_contained_h5
+from eca_core.io import atomic_path, open_own_h5
 
 WINDOWS_DTYPE = np.uint8
 
@@ -54,20 +54,14 @@ def is_complete(path: Path, params_hash: str, n_rows: int) -> bool:
 
 def read_windows(path: Path, n_rows: int | None = None) -> np.ndarray:
     """All windows (N, S, S, 3) uint8 of a window file, checked (``n_rows``: the slide's rows they must match)."""
-    import h5py
-
     path = Path(path)
     if not path.is_file():
         raise WindowFileError(f"{path}: no window file (run preprocess with window_px set)")
-    try:
-        require_self_contained_h5(path, WindowFileError)
-        with h5py.File(path, "r") as f:
-            ds = f["windows"]
-            if ds.dtype != WINDOWS_DTYPE or ds.ndim != 4 or ds.shape[3] != 3 or ds.shape[1] != ds.shape[2]:
-                raise WindowFileError(f"{path}: 'windows' must be (N, S, S, 3) uint8, got {ds.shape} {ds.dtype}")
-            windows = ds[()]
-    except (OSError, KeyError) as exc:
-        raise WindowFileError(f"{path}: not a readable window file (truncated or corrupt?): {' '.join(str(exc).split())[:200]}") from exc
+    with open_own_h5(path, WindowFileError, "window") as f:
+        ds = f["windows"]
+        if ds.dtype != WINDOWS_DTYPE or ds.ndim != 4 or ds.shape[3] != 3 or ds.shape[1] != ds.shape[2]:
+            raise WindowFileError(f"{path}: 'windows' must be (N, S, S, 3) uint8, got {ds.shape} {ds.dtype}")
+        windows = ds[()]
     if n_rows is not None and len(windows) != n_rows:
         raise WindowFileError(f"{path}: {len(windows)} windows for {n_rows} spots")
     return windows

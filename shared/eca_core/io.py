@@ -142,6 +142,22 @@ def require_self_contained_h5(path: str | os.PathLike, error: type[Exception] = 
         walk(f, "")
 
 
+@contextmanager
+def open_own_h5(path: str | os.PathLike, error: type[Exception] = InputError, kind: str = "HDF5") -> Iterator[Any]:
+    """An HDF5 file read from elsewhere, open for reading: refused unless self-contained, and anything unreadable in it
+    (a truncated file, a missing dataset, a bad dtype) raised as ``error`` naming the file in one line."""
+    import h5py
+
+    try:
+        require_self_contained_h5(path, error)
+        with h5py.File(path, "r") as f:
+            yield f
+    except error:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise error(f"{path}: not a readable {kind} file (truncated or corrupt?): {' '.join(str(exc).split())[:200]}") from exc
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
