@@ -18,6 +18,33 @@ if TYPE_CHECKING:
     from eca_bio.configs import BioTrainConfig
 
 
+class WindowRows:
+    """The image windows (N, S, S, 3) uint8 of a spot set as the slides' own arrays, in the set's order: a batch gathers
+    its rows, the set never copies them whole (a fold's fit, validation, all-training and test sets share the slides'
+    windows: 2 GB per 10k spots at 256 px, once)."""
+
+    def __init__(self, parts: list[np.ndarray]) -> None:
+        self.parts = parts
+        self.offsets = np.cumsum([0, *(len(p) for p in parts)])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.parts[0].shape[1:])
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """The windows of ``rows`` (indices into the set), gathered from their slides."""
+        rows = np.asarray(rows, dtype=np.int64)
+        part = np.searchsorted(self.offsets, rows, side="right") - 1
+        out = np.empty((len(rows), *self.shape[1:]), dtype=self.parts[0].dtype)
+        for k in np.unique(part):
+            sel = part == k
+            out[sel] = self.parts[k][rows[sel] - self.offsets[k]]
+        return out
+
+
 @dataclass
 class SpotSet:
     """Model inputs of a set of spots: features, tokens, targets, exemplar rows into a bank (and, for EGN, windows)."""
@@ -29,7 +56,7 @@ class SpotSet:
     slide_ids: np.ndarray
     barcodes: list[str]
     centres: np.ndarray
-    windows: np.ndarray | None = None  # (N, S, S, 3) uint8 image windows (end-to-end models)
+    windows: WindowRows | None = None  # (N, S, S, 3) uint8 image windows (end-to-end models), the slides' arrays
 
 
 class SpotDataset(Dataset):
@@ -42,7 +69,7 @@ class SpotDataset(Dataset):
         self.ex = torch.from_numpy(spots.exemplars)
         self.bank_e = torch.from_numpy(bank.embeddings)
         self.bank_y = torch.from_numpy(bank.targets)
-        self.w = torch.from_numpy(spots.windows) if spots.windows is not None else None
+        self.w = spots.windows
 
     def __len__(self) -> int:
         return self.f.shape[0]
@@ -52,7 +79,8 @@ class SpotDataset(Dataset):
         if self.t is not None:
             item["tokens"] = self.t[i]
         if self.w is not None:
-            item["image"] = self.w[i]
+            rows = self.w.take(np.atleast_1d(np.asarray(i)))
+            item["image"] = torch.from_numpy(rows if np.ndim(i) else rows[0])
         return item
 
 
@@ -82,7 +110,7 @@ def build_spots(slides: list[SlideData], spec: TargetSpec, index: ExemplarIndex 
     tokens = np.concatenate(toks).astype(np.float32) if use_tokens and all(t is not None for t in toks) else None
     sid_arr = np.asarray(sids)
     ex = index.query(features, sid_arr)[0] if index is not None else np.zeros((len(sids), 1), dtype=np.int64)
-    windows = np.concatenate([s.windows for s in slides]) if use_windows else None
+    windows = WindowRows([s.windows for s in slides]) if use_windows else None
     return SpotSet(features, tokens, np.concatenate(ys), ex, sid_arr, bcs, np.concatenate(cen), windows)
 
 
