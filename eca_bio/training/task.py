@@ -16,7 +16,7 @@ from eca_core.attention import collect_attention_stats, collect_lambdas
 from eca_core.runner.config import from_dict
 from eca_core.losses import ECAObjective, LossConfig
 from eca_core.metrics import finite_score
-from eca_bio.model.expression import ExpressionModel, ModelConfig, model_from_hparams
+from eca_bio.model.expression import model_from_hparams
 from eca_bio.training.spots import epoch_scores, spot_forward
 
 
@@ -82,13 +82,14 @@ class SpotTask(L.LightningModule):
 
 
 class ExpressionTask(SpotTask):
-    """The frozen-feature expression model (:class:`ExpressionModel`) under the DESIGN §2 objective."""
+    """The frozen-feature expression model (:class:`~eca_bio.model.expression.ExpressionModel`) under the DESIGN §2
+    objective."""
 
     def __init__(self, in_dim: int, n_genes: int, model: dict[str, Any], loss: dict[str, Any], lr: float = 1e-3,
                  weight_decay: float = 1e-4) -> None:
         super().__init__(loss)
         self.save_hyperparameters()
-        self.model = ExpressionModel(in_dim, n_genes, from_dict(ModelConfig, model, "model"))
+        self.model = model_from_hparams(dict(self.hparams)).train()  # the one builder model.pt is loaded with
 
 
 def egn_lr_factor(step: int, cycle: int, warmup: int, floor: float = 0.2) -> float:
